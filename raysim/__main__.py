@@ -1,0 +1,3 @@
+from raysim.cli import main
+
+raise SystemExit(main())

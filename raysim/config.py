@@ -1,0 +1,293 @@
+"""Scenario schema: YAML -> typed, validated config.
+
+A scenario is one YAML file. Every section is a pydantic model that forbids unknown keys, so
+a typo is an error that names the field, not a silently ignored setting.
+
+    >>> cfg = load_scenario("scenarios/quickstart.yaml", overrides=["rounds=5"])
+    >>> cfg.selection.per_round
+    50
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ScenarioError(ValueError):
+    """A scenario (or override) is invalid; the message is one line naming the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Section):
+    """Embedded synthetic image-classification set (no files needed)."""
+
+    samples: int = Field(20000, ge=20)
+    classes: int = Field(10, ge=2, le=100)
+    image_size: int = Field(12, ge=4, le=64)
+    channels: int = Field(1, ge=1, le=4)
+    noise: float = Field(0.6, ge=0.0)
+    # Per-device feature shift: 0 = same input distribution everywhere.
+    feature_skew: float = Field(0.0, ge=0.0)
+
+
+class PartitionConfig(_Section):
+    """How training samples are split over devices."""
+
+    kind: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration (label skew)")
+    classes_per_device: int = Field(2, ge=1, description="for kind=shards")
+    power: float = Field(1.5, gt=0.0, description="quantity skew: power-law exponent")
+    min_samples: int = Field(1, ge=0)
+
+
+class DataConfig(_Section):
+    dataset: Literal["synthetic", "digits", "mnist", "fashion-mnist", "cifar10", "femnist"] = "synthetic"
+    root: Optional[str] = Field(None, description="directory with the dataset's files")
+    synthetic: SyntheticConfig = SyntheticConfig()
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    partition: PartitionConfig = PartitionConfig()
+
+
+class ModelConfig(_Section):
+    arch: Literal["mlp", "cnn", "preresnet18"] = "cnn"
+    # Widths of the global model (rate 1). cnn: conv channels per stage; mlp: hidden units.
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128])
+    hidden: int = Field(128, ge=1, description="cnn: units of the hidden dense layer")
+    rates: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
+    norm: Literal["none", "group", "static-bn"] = "group"
+    scaler: bool = Field(True, description="divide activations by the rate in training (HeteroFL)")
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("needs at least one rate")
+        if any(not (0.0 < r <= 1.0) for r in v):
+            raise ValueError("every rate must be in (0, 1]")
+        return sorted(set(v), reverse=True)
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, v: list[int]) -> list[int]:
+        if not v or any(w < 1 for w in v):
+            raise ValueError("needs positive widths")
+        return v
+
+
+class CompressionConfig(_Section):
+    strategy: Literal["static", "rolling", "random", "magnitude", "full"] = "static"
+    # Baselines on top of `full`: every device trains the full model but only capable ones
+    # take part (fedavg-capable), or the global model is the smallest one (fedavg-smallest).
+    baseline: Literal["none", "fedavg-capable", "fedavg-smallest"] = "none"
+
+
+class AvailabilityConfig(_Section):
+    kind: Literal["always", "markov", "trace"] = "always"
+    trace: Optional[str] = None
+
+
+class FleetConfig(_Section):
+    devices: int = Field(1000, ge=1)
+    # Share of each device class from the catalogue; normalised to 1.
+    mix: dict[str, float] = Field(default_factory=lambda: {"mcu": 0.4, "mcu-psram": 0.3, "rpi-zero": 0.2, "rpi4": 0.1})
+    trace: Optional[str] = Field(None, description="CSV/parquet device trace instead of mix")
+    spread: float = Field(0.25, ge=0.0, le=2.0, description="log-normal sigma around class means")
+    availability: AvailabilityConfig = AvailabilityConfig()
+
+    @field_validator("mix")
+    @classmethod
+    def _mix(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("needs at least one device class")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("shares must be non-negative and not all zero")
+        return v
+
+
+class SelectionConfig(_Section):
+    per_round: int = Field(50, ge=1)
+    overcommit: float = Field(0.0, ge=0.0, le=10.0, description="select K*(1+f), keep first K")
+
+
+class AssignmentConfig(_Section):
+    policy: Literal["fit-memory", "fit-deadline", "fixed"] = "fit-memory"
+    fixed_rate: Optional[float] = Field(None, gt=0.0, le=1.0)
+
+
+class DeadlineConfig(_Section):
+    seconds: Optional[float] = Field(60.0, gt=0.0, description="round deadline; null = none")
+    policy: Literal["drop", "partial", "wait"] = "drop"
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(20, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class ServerConfig(_Section):
+    optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = "fedavg"
+    lr: float = Field(1.0, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.99, ge=0.0, lt=1.0)
+    eps: float = Field(1e-3, gt=0.0)
+    # HeteroFL averages each element over the devices that held it (uniform); `samples`
+    # weights by the samples each device trained on.
+    weighting: Literal["uniform", "samples"] = "uniform"
+
+
+class EvalConfig(_Section):
+    every: int = Field(1, ge=1, description="evaluate every E rounds (and the last)")
+    per_rate: bool = Field(True, description="also evaluate each rate's submodel")
+    batch_size: int = Field(512, ge=1)
+    max_samples: Optional[int] = Field(None, ge=1)
+
+
+class RuntimeConfig(_Section):
+    address: Optional[str] = Field(None, description="Ray address; null starts a local instance")
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs for a local Ray instance")
+    hosts: Optional[int] = Field(None, ge=1, description="device-host actors; null = one per CPU")
+    placement: Literal["pooled", "dedicated"] = "pooled"
+    clock: Literal["virtual", "realtime"] = "virtual"
+    time_scale: float = Field(0.01, gt=0.0, description="realtime: wall seconds per simulated second")
+    torch_threads: int = Field(1, ge=1)
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    checkpoint_every: int = Field(5, ge=1)
+    plots: bool = True
+
+
+class Scenario(_Section):
+    """A whole scenario."""
+
+    name: str = Field("scenario", min_length=1)
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(20, ge=1)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    compression: CompressionConfig = CompressionConfig()
+    fleet: FleetConfig = FleetConfig()
+    selection: SelectionConfig = SelectionConfig()
+    assignment: AssignmentConfig = AssignmentConfig()
+    deadline: DeadlineConfig = DeadlineConfig()
+    train: TrainConfig = TrainConfig()
+    server: ServerConfig = ServerConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Scenario":
+        if self.assignment.policy == "fixed" and self.assignment.fixed_rate is None:
+            raise ValueError("assignment.fixed_rate: required when assignment.policy is 'fixed'")
+        if self.assignment.policy == "fit-deadline" and self.deadline.seconds is None:
+            raise ValueError("assignment.policy: 'fit-deadline' needs deadline.seconds")
+        if self.runtime.clock == "realtime" and self.runtime.placement != "dedicated":
+            raise ValueError("runtime.clock: 'realtime' needs runtime.placement 'dedicated'")
+        if self.selection.per_round > self.fleet.devices and self.fleet.trace is None:
+            raise ValueError(
+                f"selection.per_round: {self.selection.per_round} exceeds fleet.devices ({self.fleet.devices})"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        """The resolved scenario as YAML (every default written out)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if ":" in msg.split(" ")[0] and not loc:
+        return msg
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+def _parse_value(text: str) -> Any:
+    """An override value is parsed as YAML, so `--set model.rates=[1,0.5]` works."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a raw scenario dict (returns a new dict)."""
+    out = _deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ScenarioError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ScenarioError(f"--set {item!r}: empty key")
+        node = out
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = {}
+                node[p] = child
+            if not isinstance(child, dict):
+                raise ScenarioError(f"--set {key}: {p} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def parse_scenario(raw: Any, overrides: Optional[list[str]] = None) -> Scenario:
+    """Validate a raw mapping (plus overrides) into a Scenario, or raise ScenarioError."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ScenarioError("scenario: top level must be a mapping of fields")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as err:
+        raise ScenarioError(_format_error(err)) from None
+
+
+def load_scenario(path: str | Path, overrides: Optional[list[str]] = None) -> Scenario:
+    """Read a YAML scenario with a safe loader and validate it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError(f"{p}: no such scenario file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ScenarioError(f"{p}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+    return parse_scenario(raw, overrides)
+
+
+def rate_sizes(width: int, rate: float) -> int:
+    """Channels kept at `rate` of a layer `width` wide: ceil(rate * width), at least 1."""
+    return max(1, math.ceil(rate * width - 1e-9))

@@ -1,0 +1,88 @@
+"""The width-scalable model interface.
+
+A model family is described by *channel groups*: named hidden dimensions whose width scales
+with the rate (a conv stage's channels, an MLP's hidden units). Every parameter names, per
+dimension, the group that indexes it, or None for a dimension that never shrinks (input
+channels of the first layer, classifier outputs, kernel taps). A submodel is then fully
+described by which indices of each group it keeps (see `raysim.submodel.plan`), and the same
+group description drives extraction, remapping and residual consistency: two layers that share
+a group (a residual stream) always keep the same channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+import torch
+from torch import nn
+
+Axes = tuple[Optional[str], ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A width-scalable model family.
+
+    `build(sizes, rate)` returns a torch module whose group widths are `sizes` (group -> width);
+    `rate` only drives the training-time output scaler. `axes` maps every parameter name of the
+    built module to its per-dimension groups.
+    """
+
+    name: str
+    groups: Mapping[str, int]
+    axes: Mapping[str, Axes]
+    builder: Callable[[Mapping[str, int], float], nn.Module] = field(repr=False)
+    input_shape: tuple[int, ...] = ()
+    num_classes: int = 0
+
+    def build(self, sizes: Optional[Mapping[str, int]] = None, rate: float = 1.0) -> nn.Module:
+        """The module at the given group widths (the global model when `sizes` is None)."""
+        return self.builder(dict(self.groups) if sizes is None else dict(sizes), rate)
+
+    def global_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every parameter of the global model."""
+        m = self.build()
+        return {k: tuple(p.shape) for k, p in m.named_parameters()}
+
+
+class Scaler(nn.Module):
+    """Divides activations by the rate during training only (HeteroFL's scaler).
+
+    A submodel at rate r sums over ~r of the inputs the global model sums over; scaling by 1/r
+    in training keeps activation magnitudes comparable across widths. At evaluation the
+    module is the identity, because the evaluated model is whole at its own width.
+    """
+
+    def __init__(self, rate: float, enabled: bool = True) -> None:
+        super().__init__()
+        self.rate = float(rate)
+        self.enabled = enabled and rate < 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.enabled:
+            return x / self.rate
+        return x
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """Normalisation that survives width changes.
+
+    `group`: GroupNorm with one group (per-sample statistics; nothing to carry across widths).
+    `static-bn`: BatchNorm without running statistics (HeteroFL's static BN): batch statistics
+    in training, and at evaluation statistics of the evaluated batch.
+    """
+    if kind == "none":
+        return nn.Identity()
+    if kind == "group":
+        return nn.GroupNorm(1, channels)
+    if kind == "static-bn":
+        return nn.BatchNorm2d(channels, track_running_stats=False)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+def norm_axes(kind: str, group: str) -> dict[str, Axes]:
+    """Axes of a norm layer's parameters (relative names)."""
+    if kind == "none":
+        return {}
+    return {"weight": (group,), "bias": (group,)}

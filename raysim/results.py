@@ -1,0 +1,220 @@
+"""The run directory: its writer (atomic files) and its reader (pandas).
+
+    runs/<name>-<stamp>/
+      scenario.yaml      the resolved scenario (every default written out)
+      manifest.json      versions, seed, host, timings, and status: running | complete | failed
+      rounds.parquet     one row per round
+      clients.parquet    one row per (round, selected device)
+      evals.parquet      one row per (round, evaluated model)
+      fleet.parquet      one row per device (class, profile, samples, label histogram)
+      checkpoints/       round-NNNNNN.pt (global model + server state), torch-safe-loadable
+      *.png              the report's figures
+
+Every file is written to a temporary name and renamed, so a crash never leaves a half file;
+`manifest.json` says `complete` only after the last round's files are in place.
+
+    >>> run = load_run("runs/quickstart-20261124-101500")
+    >>> run.rounds[["round", "sim_time", "accuracy"]].tail()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import torch
+import yaml
+
+from raysim.config import Scenario
+from raysim.simulation import CLIENT_COLUMNS, RoundOutput
+
+CHECKPOINTS = "checkpoints"
+
+
+class RunError(ValueError):
+    """A run directory is missing, incomplete or malformed."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape the numbers."""
+    import numpy  # noqa: PLC0415
+    import ray  # noqa: PLC0415
+
+    from raysim import __version__  # noqa: PLC0415
+
+    return {"raysim": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "ray": ray.__version__, "numpy": numpy.__version__, "pandas": pd.__version__}
+
+
+def new_run_dir(root: str | Path, name: str) -> Path:
+    """A fresh `<root>/<name>-<stamp>` directory (suffixed if it exists)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = Path(f"{base}-{i}")
+    path.mkdir(parents=True)
+    return path
+
+
+class RunWriter:
+    """Collects round records and writes the run directory's files atomically."""
+
+    def __init__(self, path: Path, scenario: Scenario, info: Optional[dict[str, Any]] = None) -> None:
+        self.path = Path(path)
+        self.scenario = scenario
+        self.rounds: list[dict[str, Any]] = []
+        self.clients: list[pd.DataFrame] = []
+        self.evals: list[dict[str, Any]] = []
+        self.manifest: dict[str, Any] = {
+            "status": "running", "name": scenario.name, "seed": scenario.seed, "rounds": scenario.rounds,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(), "platform": platform.platform(), "versions": versions(),
+            "info": info or {}, "completed_rounds": 0,
+        }
+        (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "scenario.yaml", scenario.to_yaml())
+        self._write_manifest()
+
+    @classmethod
+    def resume(cls, path: Path, scenario: Scenario, upto: int) -> "RunWriter":
+        """Reopen a run directory, keeping the records of rounds <= `upto`."""
+        w = cls.__new__(cls)
+        w.path, w.scenario = Path(path), scenario
+        w.manifest = json.loads((w.path / "manifest.json").read_text())
+        w.manifest["status"] = "running"
+        w.manifest.setdefault("resumed", []).append(
+            {"at_round": upto, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        w.rounds, w.clients, w.evals = [], [], []
+        if (w.path / "rounds.parquet").exists():
+            r = pd.read_parquet(w.path / "rounds.parquet")
+            w.rounds = r[r["round"] <= upto].to_dict("records")
+        if (w.path / "clients.parquet").exists():
+            c = pd.read_parquet(w.path / "clients.parquet")
+            w.clients = [c[c["round"] <= upto]]
+        if (w.path / "evals.parquet").exists():
+            e = pd.read_parquet(w.path / "evals.parquet")
+            w.evals = e[e["round"] <= upto].to_dict("records")
+        w._write_manifest()
+        return w
+
+    def add(self, out: RoundOutput) -> None:
+        """Record one round."""
+        self.rounds.append(out.round_row)
+        self.clients.append(pd.DataFrame(out.clients, columns=CLIENT_COLUMNS))
+        self.evals.extend(out.evals)
+        self.manifest["completed_rounds"] = int(out.round_row["round"])
+
+    def flush(self) -> None:
+        """Write the tables as they stand (each file atomically)."""
+        atomic_write_parquet(self.path / "rounds.parquet", pd.DataFrame(self.rounds))
+        clients = pd.concat(self.clients, ignore_index=True) if self.clients else pd.DataFrame(columns=CLIENT_COLUMNS)
+        atomic_write_parquet(self.path / "clients.parquet", clients)
+        atomic_write_parquet(self.path / "evals.parquet", pd.DataFrame(self.evals))
+        self._write_manifest()
+
+    def write_fleet(self, fleet: pd.DataFrame) -> None:
+        """The fleet table (written once)."""
+        atomic_write_parquet(self.path / "fleet.parquet", fleet)
+
+    def checkpoint(self, state: dict[str, Any]) -> Path:
+        """Save the coordinator state of the last completed round; keep the two newest."""
+        r = int(state["round"])
+        self.flush()
+        p = self.path / CHECKPOINTS / f"round-{r:06d}.pt"
+        tmp = p.with_name(f".{p.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, p)
+        self.manifest["checkpoint_round"] = r
+        self._write_manifest()
+        for old in sorted((self.path / CHECKPOINTS).glob("round-*.pt"))[:-2]:
+            old.unlink()
+        return p
+
+    def finish(self, status: str = "complete", **extra: Any) -> None:
+        """Final flush and the manifest's last word."""
+        self.manifest.update(extra)
+        self.manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.manifest["status"] = status
+        if status == "complete":
+            self.flush()
+        else:
+            self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=2, default=str))
+
+
+def latest_checkpoint(path: Path) -> Optional[Path]:
+    """The newest checkpoint file of a run directory, if any."""
+    found = sorted((Path(path) / CHECKPOINTS).glob("round-*.pt"))
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint, loaded with torch's safe (weights-only) unpickler."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class Run:
+    """A run directory as DataFrames."""
+
+    path: Path
+    manifest: dict[str, Any]
+    scenario: dict[str, Any]
+    rounds: pd.DataFrame
+    clients: pd.DataFrame
+    evals: pd.DataFrame
+    fleet: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.path.name))
+
+
+def load_run(path: str | Path, allow_incomplete: bool = False) -> Run:
+    """Read a run directory. Raises RunError for a missing or (unless allowed) unfinished run."""
+    p = Path(path)
+    mf = p / "manifest.json"
+    if not mf.is_file():
+        raise RunError(f"{p}: not a run directory (no manifest.json)")
+    manifest = json.loads(mf.read_text())
+    if manifest.get("status") != "complete" and not allow_incomplete:
+        raise RunError(f"{p}: run is {manifest.get('status')!r}, not complete "
+                       f"(pass allow_incomplete=True to read it anyway)")
+
+    def table(name: str) -> pd.DataFrame:
+        f = p / f"{name}.parquet"
+        return pd.read_parquet(f) if f.is_file() else pd.DataFrame()
+
+    scenario = yaml.safe_load((p / "scenario.yaml").read_text()) if (p / "scenario.yaml").is_file() else {}
+    return Run(p, manifest, scenario, table("rounds"), table("clients"), table("evals"), table("fleet"))

@@ -1,0 +1,1 @@
+"""Everything that touches Ray: the coordinator actor, device-host actors, the driver loop."""

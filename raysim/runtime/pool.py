@@ -1,0 +1,83 @@
+"""The pooled placement: a pool of device-host actors, each training many devices per call.
+
+Per round the global weights go into the object store once; every host gets one call with
+its share of the devices and answers with one pre-aggregated partial sum. A host that dies
+loses that round's work of its devices (they are recorded `failed`); Ray restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+from raysim.config import Scenario
+from raysim.models import ModelSpec
+from raysim.runtime.host import HostCore
+from raysim.runtime.local import balance, flatten_shards
+from raysim.runtime.tasks import HostResult, TrainTask
+from raysim.submodel import SubmodelPlan
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)
+class DeviceHost:
+    """Ray actor around `HostCore` (the dataset arrives as object-store refs, zero-copy)."""
+
+    def __init__(self, scenario: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
+                 shard_flat: np.ndarray, shard_offsets: np.ndarray, host_id: int) -> None:
+        self.core = HostCore(scenario, spec, x, y, shard_flat, shard_offsets, host_id)
+
+    def train(self, round_idx: int, params: dict[str, np.ndarray], plans: dict[int, SubmodelPlan],
+              tasks: list[TrainTask]) -> HostResult:
+        tparams = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
+        return self.core.train(round_idx, tparams, plans, tasks)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def pid(self) -> int:
+        import os  # noqa: PLC0415
+
+        return os.getpid()
+
+
+class RayPool:
+    """Backend that trains a round's tasks on a pool of `DeviceHost` actors."""
+
+    def __init__(self, sc: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
+                 shards: list[np.ndarray], hosts: int, host_options: Optional[dict[str, Any]] = None) -> None:
+        flat, offsets = flatten_shards(shards)
+        # Put once: every host on a node reads the same shared-memory copy.
+        refs = [ray.put(a) for a in (x, y, flat, offsets)]
+        self._refs = refs
+        opts = host_options or {}
+        self.hosts = [DeviceHost.options(**opts).remote(sc, spec, *refs, h) for h in range(hosts)]
+
+    def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
+              tasks: list[TrainTask]) -> list[HostResult]:
+        pref = ray.put({k: v.numpy() for k, v in params.items()})
+        futures = []
+        for h, share in enumerate(balance(tasks, len(self.hosts))):
+            if share:
+                futures.append((h, self.hosts[h].train.remote(round_idx, pref, plans, share)))
+        out = []
+        for h, f in futures:
+            try:
+                out.append(ray.get(f))
+            except (RayActorError, WorkerCrashedError, RayTaskError) as err:
+                # The host's devices get no report and are recorded `failed`; the actor restarts.
+                log.warning("device host %d lost in round %d: %s", h, round_idx, type(err).__name__)
+        return out
+
+    def node_ids(self) -> list[str]:
+        """Node of every host (to check the spread over a cluster)."""
+        return ray.get([h.node_id.remote() for h in self.hosts])
+
+    def pids(self) -> list[int]:
+        return ray.get([h.pid.remote() for h in self.hosts])

@@ -1,0 +1,30 @@
+"""Starting and joining Ray: a small local instance by default, an existing cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import ray
+
+import raysim
+
+
+def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
+    """Connect to `address` or start a local instance; returns True if this call started Ray."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
+    if address:
+        # On a cluster the workers may not have raysim installed: ship the package with the job.
+        ray.init(address=address, runtime_env={"py_modules": [raysim]}, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+    return True
+
+
+def cluster_cpus() -> int:
+    """Whole CPUs known to the cluster."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -1,0 +1,277 @@
+"""The round loop: select, assign, plan, predict, train (through a backend), aggregate, evaluate.
+
+`Simulation` holds the global model and the clock and knows nothing of Ray: the work of a
+round goes to a `Backend` (in-process for tests, a pool of Ray actors in `raysim.runtime`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+import numpy as np
+import torch
+
+from raysim.aggregate import PartialSum, ServerOptimizer, mean_delta
+from raysim.config import Scenario, rate_sizes
+from raysim.cost import RateCost, device_times, profile_ladder
+from raysim.data import Dataset, partition
+from raysim.fleet import Availability, Fleet, make_fleet
+from raysim.models import ModelSpec, make_spec
+from raysim.models.base import ModelSpec as _Spec
+from raysim.policy import assign_rates
+from raysim.runtime.tasks import HostResult, TrainReport, TrainTask
+from raysim.schedule import EXCLUDED, FAILED, OK, PARTIAL, STATUSES, decide
+from raysim.seeding import rng
+from raysim.submodel import SubmodelPlan, extract, make_strategy, plan_indices, prefix_plan
+from raysim.train import evaluate, load_params
+
+
+class Backend(Protocol):
+    """Runs a round's training tasks somewhere and returns the merged result."""
+
+    def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
+              tasks: list[TrainTask]) -> list[HostResult]:
+        ...
+
+
+def scaled_spec(spec: ModelSpec, rate: float) -> ModelSpec:
+    """The same family with every group narrowed to `rate` (the global model of fedavg-smallest)."""
+    groups = {g: rate_sizes(w, rate) for g, w in spec.groups.items()}
+    return _Spec(f"{spec.name}@{rate:g}", groups, spec.axes, spec.builder, spec.input_shape, spec.num_classes)
+
+
+@dataclass
+class Setup:
+    """Everything derived from the scenario before round 1 (deterministic from the seed)."""
+
+    spec: ModelSpec
+    rates: list[float]
+    costs: dict[float, RateCost]
+    fleet: Fleet
+    availability: Availability
+    shards: list[np.ndarray]
+    dataset: Dataset
+
+
+def build_setup(sc: Scenario, dataset: Dataset) -> Setup:
+    """Model family, rate ladder and costs, fleet, availability and data shards."""
+    spec = make_spec(sc.model, dataset.input_shape, dataset.num_classes)
+    rates = list(sc.model.rates)
+    if sc.compression.baseline == "fedavg-smallest":
+        spec = scaled_spec(spec, min(rates))
+        rates = [1.0]
+    elif sc.compression.baseline == "fedavg-capable" or sc.compression.strategy == "full":
+        rates = [1.0]
+    costs = profile_ladder(spec, rates, sc.train.batch_size, momentum=sc.train.momentum > 0)
+    fleet = make_fleet(sc.fleet, sc.seed)
+    availability = Availability(fleet, sc.fleet.availability, sc.seed)
+    shards = partition(dataset, len(fleet), sc.data.partition, sc.seed)
+    return Setup(spec, rates, costs, fleet, availability, shards, dataset)
+
+
+@dataclass
+class RoundOutput:
+    """One round's records: a round row, one row per selected device, eval rows."""
+
+    round_row: dict[str, Any]
+    clients: dict[str, list]
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+CLIENT_COLUMNS = ["round", "device_id", "device_class", "rate", "status", "reason", "t_download",
+                  "t_compute", "t_upload", "t_total", "t_finish", "work_fraction", "samples",
+                  "samples_trained", "steps", "loss", "bytes_down", "bytes_up", "host", "wall_s"]
+
+
+class Simulation:
+    """Global model, server optimizer and virtual clock, advanced one round per `step()`."""
+
+    def __init__(self, sc: Scenario, setup: Setup, backend: Backend) -> None:
+        torch.set_num_threads(max(1, sc.runtime.torch_threads))
+        self.sc = sc
+        self.setup = setup
+        self.backend = backend
+        self.spec = setup.spec
+        self.strategy = make_strategy("full" if sc.compression.baseline != "none" else sc.compression.strategy)
+        torch.manual_seed(sc.seed)  # the global model's initialisation
+        model = self.spec.build()
+        self.params = {k: p.detach().clone() for k, p in model.named_parameters()}
+        self.shapes = {k: tuple(p.shape) for k, p in self.params.items()}
+        s = sc.server
+        self.server = ServerOptimizer(s.optimizer, s.lr, s.momentum, s.beta1, s.beta2, s.eps)
+        self.round = 0        # rounds completed
+        self.clock = 0.0      # simulated seconds
+        self.samples = np.array([len(x) for x in setup.shards], dtype=np.int64)
+        ds = setup.dataset
+        n_eval = len(ds.y_test) if sc.eval.max_samples is None else min(sc.eval.max_samples, len(ds.y_test))
+        self.x_test = torch.from_numpy(np.ascontiguousarray(ds.x_test[:n_eval]))
+        self.y_test = torch.from_numpy(np.ascontiguousarray(ds.y_test[:n_eval]))
+
+    # ---------------------------------------------------------------- state (checkpoints)
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically (random streams are derived, not stored)."""
+        return {"round": self.round, "clock": self.clock, "params": self.params,
+                "server": {k: dict(v) for k, v in self.server.state.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict()`."""
+        self.round = int(state["round"])
+        self.clock = float(state["clock"])
+        self.params = {k: v.clone() for k, v in state["params"].items()}
+        self.server.state = {k: {n: t.clone() for n, t in v.items()} for k, v in state["server"].items()}
+
+    # ---------------------------------------------------------------- one round
+    def select(self, r: int) -> np.ndarray:
+        """Online devices sampled for round r: K * (1 + overcommit) of them, sorted by id."""
+        fleet = self.setup.fleet
+        ids = fleet.device_id
+        online = ids[self.setup.availability.online(ids, self.clock)]
+        want = math.ceil(self.sc.selection.per_round * (1 + self.sc.selection.overcommit) - 1e-9)
+        want = min(want, len(online))
+        if want == 0:
+            return np.zeros(0, np.int64)
+        pick = rng(self.sc.seed, "select", r).choice(len(online), size=want, replace=False)
+        return np.sort(online[pick])
+
+    def step(self) -> RoundOutput:
+        """Run the next round and return its records."""
+        sc, setup = self.sc, self.setup
+        r = self.round + 1
+        wall0 = time.perf_counter()
+        sel = self.select(r)
+        pos = np.searchsorted(setup.fleet.device_id, sel)
+        n = len(sel)
+        samples = self.samples[pos]
+        costs = setup.costs
+        rates = setup.rates
+        deadline = sc.deadline.seconds if sc.deadline.policy != "wait" else None
+        # One jitter draw per device and round, shared by every rate, so fit-deadline compares
+        # rates under the same network and load conditions.
+        times_at = {rt: device_times(setup.fleet, pos, costs[rt], samples, sc.train.epochs,
+                                     rng(sc.seed, "jitter", r)) for rt in rates}
+        assign = assign_rates(sc.assignment.policy if sc.compression.baseline == "none" else "fit-memory",
+                              rates, {rt: c.memory_bytes for rt, c in costs.items()},
+                              setup.fleet.memory[pos], sc.assignment.fixed_rate,
+                              lambda rt: times_at[rt].total, deadline)
+        rate = assign.rate
+        if sc.compression.baseline == "fedavg-smallest" or sc.compression.strategy == "full":
+            rate = np.where(np.isnan(rate), np.nan, 1.0)
+        has_rate = ~np.isnan(rate)
+        no_data = samples == 0
+        reason = assign.reason.copy()
+        reason[has_rate & no_data] = "no training samples"
+        assigned = has_rate & ~no_data
+        pick = lambda attr: np.array([getattr(times_at[rt], attr)[i] if not np.isnan(rt) else np.nan  # noqa: E731
+                                      for i, rt in enumerate(rate)], dtype=float) if n else np.zeros(0)
+        t_down, t_comp, t_up = pick("download"), pick("compute"), pick("upload")
+        total = t_down + t_comp + t_up
+        horizon = np.where(np.isnan(total), 0.0, total)
+        if deadline is not None:
+            horizon = np.minimum(horizon, deadline)
+        stays = np.array([bool(setup.availability.online_during(np.array([d]), self.clock, self.clock + h)[0])
+                          for d, h in zip(sel, horizon)], dtype=bool) if n else np.zeros(0, bool)
+        sched = decide(np.nan_to_num(total, nan=np.inf), np.nan_to_num(t_down), np.nan_to_num(t_up),
+                       np.nan_to_num(t_comp), assigned, stays, sc.selection.per_round,
+                       sc.deadline.seconds, sc.deadline.policy)
+        status = sched.status.copy()
+        reason = np.where(sched.reason != "", sched.reason, reason)
+        reason[status == OK] = ""
+        # Plans: shared per rate unless the strategy draws one per device.
+        plans: dict[int, SubmodelPlan] = {}
+        plan_of_rate: dict[float, int] = {}
+        tasks: list[TrainTask] = []
+        train_idx = np.flatnonzero(sched.step_fraction > 0)
+        steps_full = np.ceil(samples / sc.train.batch_size).astype(np.int64) * sc.train.epochs
+        for i in train_idx:
+            rt = float(rate[i])
+            if self.strategy.per_device:
+                pid = len(plans)
+                plans[pid] = self.strategy.plan(self.spec, rt, r, int(sel[i]), self.params, sc.seed)
+            else:
+                if rt not in plan_of_rate:
+                    plan_of_rate[rt] = len(plans)
+                    plans[plan_of_rate[rt]] = self.strategy.plan(self.spec, rt, r, -1, self.params, sc.seed)
+                pid = plan_of_rate[rt]
+            max_steps = None
+            if status[i] == PARTIAL:
+                max_steps = max(1, int(math.floor(sched.step_fraction[i] * steps_full[i])))
+            tasks.append(TrainTask(int(sel[i]), rt, pid, max_steps, sc.server.weighting, float(t_comp[i])))
+        coord_s = time.perf_counter() - wall0
+        t_train = time.perf_counter()
+        results = self.backend.train(r, self.params, plans, tasks) if tasks else []
+        train_s = time.perf_counter() - t_train
+        t_agg = time.perf_counter()
+        total_sum = PartialSum.zeros(self.shapes)
+        reports: dict[int, TrainReport] = {}
+        for res in sorted(results, key=lambda h: h.host):
+            total_sum.merge(res.partial)
+            for rep in res.reports:
+                reports[rep.device_id] = rep
+        if total_sum.devices:
+            delta, held = mean_delta(total_sum)
+            self.server.step(self.params, delta, held)
+        # Records.
+        cls = setup.fleet.classes()[pos] if n else np.zeros(0, dtype=object)
+        bytes_down = np.array([costs[rt].param_bytes if not np.isnan(rt) else 0 for rt in rate], dtype=np.int64)
+        clients: dict[str, list] = {c: [] for c in CLIENT_COLUMNS}
+        sent = set(int(i) for i in train_idx)
+        for i in range(n):
+            d = int(sel[i])
+            rep = reports.get(d)
+            st = status[i]
+            why = reason[i]
+            if i in sent and rep is None:
+                st, why = FAILED, "device host lost"
+            elif rep is not None and rep.status != "ok":
+                st, why = rep.status, rep.reason
+            trained = rep.samples if rep is not None and st in (OK, PARTIAL) else 0
+            up = int(bytes_down[i]) if st in (OK, PARTIAL) else 0
+            row = dict(round=r, device_id=d, device_class=str(cls[i]), rate=float(rate[i]), status=st,
+                       reason=why, t_download=float(t_down[i]), t_compute=float(t_comp[i]),
+                       t_upload=float(t_up[i]), t_total=float(total[i]), t_finish=float(sched.finish[i]),
+                       work_fraction=float(sched.step_fraction[i]), samples=int(samples[i]),
+                       samples_trained=int(trained), steps=int(rep.steps) if rep else 0,
+                       loss=float(rep.loss) if rep else float("nan"),
+                       bytes_down=int(bytes_down[i]) if st != EXCLUDED else 0, bytes_up=up,
+                       host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0)
+            for c in CLIENT_COLUMNS:
+                clients[c].append(row[c])
+        start = self.clock
+        self.clock += sched.duration
+        self.round = r
+        evals = self.evaluate(r) if (r % sc.eval.every == 0 or r == sc.rounds) else []
+        agg_s = time.perf_counter() - t_agg
+        final_status = np.array(clients["status"], dtype=object)
+        row: dict[str, Any] = dict(round=r, sim_start=start, sim_time=self.clock, duration=sched.duration,
+                                   wall_s=time.perf_counter() - wall0, coordinator_s=coord_s + agg_s,
+                                   train_s=train_s, selected=n, trained=int(total_sum.devices),
+                                   samples_trained=int(total_sum.samples))
+        for s in STATUSES:
+            row[f"n_{s}"] = int(np.sum(final_status == s))
+        row["bytes_down"] = int(np.sum(clients["bytes_down"]))
+        row["bytes_up"] = int(np.sum(clients["bytes_up"]))
+        glob = [e for e in evals if e["model"] == "global"]
+        row["accuracy"] = glob[0]["accuracy"] if glob else float("nan")
+        row["loss"] = glob[0]["loss"] if glob else float("nan")
+        return RoundOutput(row, clients, evals)
+
+    def evaluate(self, r: int) -> list[dict[str, Any]]:
+        """Accuracy of the global model and (optionally) of each rate's static submodel."""
+        out = []
+        model = self.spec.build()
+        load_params(model, self.params)
+        acc, loss = evaluate(model, self.x_test, self.y_test, self.sc.eval.batch_size)
+        out.append(dict(round=r, model="global", rate=1.0, accuracy=acc, loss=loss, sim_time=self.clock))
+        if self.sc.eval.per_rate:
+            for rt in self.setup.rates:
+                if rt >= 1.0:
+                    continue
+                plan = prefix_plan(self.spec, rt)
+                sub = self.spec.build(plan.sizes(), rt)
+                load_params(sub, extract(self.params, plan_indices(self.spec, plan, self.shapes)))
+                a, lo = evaluate(sub, self.x_test, self.y_test, self.sc.eval.batch_size)
+                out.append(dict(round=r, model=f"rate-{rt:g}", rate=rt, accuracy=a, loss=lo, sim_time=self.clock))
+        return out

@@ -1,0 +1,95 @@
+"""Submodel plans: which rows/columns of every global tensor a submodel keeps.
+
+A plan stores, per channel group of the model, the sorted indices it keeps. The index of a
+parameter follows from its axes (see `raysim.models.base`), so one plan describes every
+tensor consistently: a layer's inputs are exactly the previous layer's kept outputs, and layers
+sharing a group (residual streams) keep the same channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Union
+
+import numpy as np
+import torch
+
+from raysim.config import rate_sizes
+from raysim.models.base import Axes, ModelSpec
+
+Index = tuple[Union[slice, torch.Tensor], ...]
+
+
+@dataclass(frozen=True)
+class SubmodelPlan:
+    """Kept indices per channel group (sorted, unique, int64) at a rate."""
+
+    rate: float
+    keep: Mapping[str, np.ndarray]
+
+    def sizes(self) -> dict[str, int]:
+        """Width of every group in the submodel."""
+        return {g: int(len(ix)) for g, ix in self.keep.items()}
+
+    def key(self) -> tuple:
+        """Hashable identity (for caching extraction indices)."""
+        return tuple((g, ix.tobytes()) for g, ix in sorted(self.keep.items()))
+
+
+def full_plan(spec: ModelSpec) -> SubmodelPlan:
+    """The plan that keeps everything (rate 1)."""
+    return SubmodelPlan(1.0, {g: np.arange(w, dtype=np.int64) for g, w in spec.groups.items()})
+
+
+def prefix_plan(spec: ModelSpec, rate: float) -> SubmodelPlan:
+    """The first ceil(rate * width) channels of every group (HeteroFL's static submodel)."""
+    return SubmodelPlan(rate, {g: np.arange(rate_sizes(w, rate), dtype=np.int64) for g, w in spec.groups.items()})
+
+
+def validate_plan(spec: ModelSpec, plan: SubmodelPlan) -> None:
+    """Raise ValueError unless every group keeps sorted unique in-range indices."""
+    for g, w in spec.groups.items():
+        ix = plan.keep.get(g)
+        if ix is None:
+            raise ValueError(f"plan misses group {g!r}")
+        if len(ix) == 0 or ix.min() < 0 or ix.max() >= w or np.any(np.diff(ix) <= 0):
+            raise ValueError(f"group {g!r}: indices must be sorted, unique and in [0, {w})")
+
+
+def _as_slice(ix: np.ndarray) -> slice | None:
+    """A contiguous run of indices as a slice (basic indexing is a cheap view)."""
+    if len(ix) and int(ix[-1]) - int(ix[0]) + 1 == len(ix):
+        return slice(int(ix[0]), int(ix[-1]) + 1)
+    return None
+
+
+def param_index(axes: Axes, plan: SubmodelPlan, shape: tuple[int, ...]) -> Index:
+    """Index selecting the submodel's part of a global tensor with these axes and shape.
+
+    When every kept set is contiguous the index is a tuple of slices (a view). Otherwise it is
+    an open mesh of index tensors (numpy's `ix_` layout), so `global[index]` has the
+    submodel's shape and `acc[index] += x` scatters back in place.
+    """
+    parts: list[slice | np.ndarray] = []
+    for g in axes:
+        if g is None:
+            parts.append(slice(None))
+            continue
+        ix = plan.keep[g]
+        s = _as_slice(ix)
+        parts.append(s if s is not None else ix)
+    if all(isinstance(p, slice) for p in parts):
+        return tuple(parts)  # type: ignore[return-value]
+    n = len(shape)
+    mesh = []
+    for d, p in enumerate(parts):
+        arr = np.arange(shape[d], dtype=np.int64)[p] if isinstance(p, slice) else p
+        view = [1] * n
+        view[d] = len(arr)
+        mesh.append(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64)).reshape(view))
+    return tuple(mesh)
+
+
+def plan_indices(spec: ModelSpec, plan: SubmodelPlan, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Index]:
+    """Index of every global parameter for this plan."""
+    return {k: param_index(spec.axes[k], plan, shapes[k]) for k in shapes}

@@ -1,0 +1,109 @@
+"""Compression strategies: (global model, rate, round, device) -> submodel plan.
+
+- static: the first channels of every group (HeteroFL).
+- rolling: a window that moves by one channel per round and wraps (FedRolex); all devices at
+  a rate share it.
+- random: a random subset per device and round (Federated Dropout).
+- magnitude: the channels with the largest L1 norm of their outgoing weights in the current
+  global model (structured pruning): the most important part of the global model.
+- full: no compression (rate is ignored; every device gets the whole model).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from raysim.config import rate_sizes
+from raysim.models.base import ModelSpec
+from raysim.submodel.plan import SubmodelPlan, full_plan, prefix_plan
+
+
+class Strategy(ABC):
+    """Turns a rate into a submodel plan. `per_device` says whether devices at the same rate
+    in the same round can share one plan (so the coordinator builds it once per rate)."""
+
+    name: str = ""
+    per_device: bool = False
+
+    @abstractmethod
+    def plan(self, spec: ModelSpec, rate: float, round_idx: int, device_id: int,
+             global_params: Mapping[str, torch.Tensor], seed: int) -> SubmodelPlan:
+        """The plan for one device in one round."""
+
+
+class Static(Strategy):
+    name = "static"
+
+    def plan(self, spec, rate, round_idx, device_id, global_params, seed):
+        return prefix_plan(spec, rate)
+
+
+class Full(Strategy):
+    name = "full"
+
+    def plan(self, spec, rate, round_idx, device_id, global_params, seed):
+        return full_plan(spec)
+
+
+class Rolling(Strategy):
+    name = "rolling"
+
+    def plan(self, spec, rate, round_idx, device_id, global_params, seed):
+        keep = {}
+        for g, w in spec.groups.items():
+            k = rate_sizes(w, rate)
+            start = round_idx % w
+            keep[g] = np.sort((start + np.arange(k, dtype=np.int64)) % w)
+        return SubmodelPlan(rate, keep)
+
+
+class Random(Strategy):
+    name = "random"
+    per_device = True
+
+    def plan(self, spec, rate, round_idx, device_id, global_params, seed):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED_D0, round_idx, device_id]))
+        keep = {}
+        for g in sorted(spec.groups):
+            w = spec.groups[g]
+            keep[g] = np.sort(rng.choice(w, size=rate_sizes(w, rate), replace=False).astype(np.int64))
+        return SubmodelPlan(rate, keep)
+
+
+class Magnitude(Strategy):
+    name = "magnitude"
+
+    def plan(self, spec, rate, round_idx, device_id, global_params, seed):
+        scores = channel_l1(spec, global_params)
+        keep = {}
+        for g, w in spec.groups.items():
+            k = rate_sizes(w, rate)
+            # Stable sort on -score: ties go to the lower index, so plans are deterministic.
+            order = np.argsort(-scores[g], kind="stable")
+            keep[g] = np.sort(order[:k].astype(np.int64))
+        return SubmodelPlan(rate, keep)
+
+
+def channel_l1(spec: ModelSpec, global_params: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """L1 norm of each channel's outgoing parameters (every tensor whose first axis is the group)."""
+    scores = {g: np.zeros(w, dtype=np.float64) for g, w in spec.groups.items()}
+    for name, axes in spec.axes.items():
+        if axes and axes[0] is not None and name.endswith("weight") and len(axes) > 1:
+            t = global_params[name].detach().abs().double()
+            scores[axes[0]] += t.reshape(t.shape[0], -1).sum(dim=1).numpy()
+    return scores
+
+
+STRATEGIES: dict[str, type[Strategy]] = {c.name: c for c in (Static, Full, Rolling, Random, Magnitude)}
+
+
+def make_strategy(name: str) -> Strategy:
+    """The strategy named in the scenario."""
+    try:
+        return STRATEGIES[name]()
+    except KeyError:
+        raise ValueError(f"compression.strategy: unknown strategy {name!r}") from None
