@@ -90,8 +90,17 @@ class CompressionConfig(_Section):
 
 
 class AvailabilityConfig(_Section):
+    """When devices are online (see `raysim.fleet.availability`)."""
+
     kind: Literal["always", "markov", "trace"] = "always"
-    trace: Optional[str] = None
+    trace: Optional[str] = Field(None, description="kind=trace: CSV/parquet of device_id,start_s,end_s")
+    loop: bool = Field(True, description="kind=trace: repeat the trace after its last interval ends")
+
+    @model_validator(mode="after")
+    def _needs_trace(self) -> "AvailabilityConfig":
+        if self.kind == "trace" and not self.trace:
+            raise ValueError("trace: required when kind is 'trace'")
+        return self
 
 
 class FleetConfig(_Section):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from raysim.aggregate import PartialSum, ServerOptimizer, mean_delta
-from raysim.config import Scenario, rate_sizes
+from raysim.config import Scenario, ScenarioError, rate_sizes
 from raysim.cost import RateCost, device_times, profile_ladder
 from raysim.data import Dataset, partition
 from raysim.fleet import Availability, Fleet, make_fleet
@@ -66,7 +66,12 @@ def build_setup(sc: Scenario, dataset: Dataset) -> Setup:
     elif sc.compression.baseline == "fedavg-capable" or sc.compression.strategy == "full":
         rates = [1.0]
     costs = profile_ladder(spec, rates, sc.train.batch_size, momentum=sc.train.momentum > 0)
-    fleet = make_fleet(sc.fleet, sc.seed)
+    # A FedScale-style trace gives ms per sample of a reference model: the global model at rate 1.
+    ref = profile_ladder(make_spec(sc.model, dataset.input_shape, dataset.num_classes), [1.0],
+                         sc.train.batch_size)[1.0]
+    fleet = make_fleet(sc.fleet, sc.seed, reference_flops=ref.forward_flops_per_sample)
+    if sc.selection.per_round > len(fleet):
+        raise ScenarioError(f"selection.per_round: {sc.selection.per_round} exceeds the fleet's {len(fleet)} devices")
     availability = Availability(fleet, sc.fleet.availability, sc.seed)
     shards = partition(dataset, len(fleet), sc.data.partition, sc.seed)
     return Setup(spec, rates, costs, fleet, availability, shards, dataset)
@@ -107,8 +112,8 @@ class Simulation:
         self.samples = np.array([len(x) for x in setup.shards], dtype=np.int64)
         ds = setup.dataset
         n_eval = len(ds.y_test) if sc.eval.max_samples is None else min(sc.eval.max_samples, len(ds.y_test))
-        self.x_test = torch.from_numpy(np.ascontiguousarray(ds.x_test[:n_eval]))
-        self.y_test = torch.from_numpy(np.ascontiguousarray(ds.y_test[:n_eval]))
+        self.x_test = torch.from_numpy(np.array(ds.x_test[:n_eval], copy=True))
+        self.y_test = torch.from_numpy(np.array(ds.y_test[:n_eval], copy=True))
 
     # ---------------------------------------------------------------- state (checkpoints)
     def state_dict(self) -> dict[str, Any]:
@@ -171,8 +176,7 @@ class Simulation:
         horizon = np.where(np.isnan(total), 0.0, total)
         if deadline is not None:
             horizon = np.minimum(horizon, deadline)
-        stays = np.array([bool(setup.availability.online_during(np.array([d]), self.clock, self.clock + h)[0])
-                          for d, h in zip(sel, horizon)], dtype=bool) if n else np.zeros(0, bool)
+        stays = setup.availability.online_during(sel, self.clock, self.clock + horizon) if n else np.zeros(0, bool)
         sched = decide(np.nan_to_num(total, nan=np.inf), np.nan_to_num(t_down), np.nan_to_num(t_up),
                        np.nan_to_num(t_comp), assigned, stays, sc.selection.per_round,
                        sc.deadline.seconds, sc.deadline.policy)

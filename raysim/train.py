@@ -68,7 +68,7 @@ def local_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
                         bufs[i] = buf
                         g = buf
                     p.add_(g, alpha=-lr)
-            loss_sum += float(loss) * len(ix)
+            loss_sum += float(loss.detach()) * len(ix)
             seen += len(ix)
             step += 1
     delta = {k: p.detach() - start[k] for k, p in model.named_parameters()}

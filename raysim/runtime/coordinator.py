@@ -11,18 +11,19 @@ from typing import Any, Optional
 import ray
 
 from raysim.config import Scenario
-from raysim.data import load_dataset
 from raysim.runtime.pool import RayPool
-from raysim.simulation import RoundOutput, Simulation, build_setup
+from raysim.simulation import RoundOutput, Setup, Simulation
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class Coordinator:
     """Runs the rounds of one scenario."""
 
-    def __init__(self, scenario: Scenario, hosts: int, host_options: Optional[dict[str, Any]] = None) -> None:
-        dataset = load_dataset(scenario.data, scenario.seed)
-        self.setup = build_setup(scenario, dataset)
+    def __init__(self, scenario: Scenario, setup: Setup, hosts: int,
+                 host_options: Optional[dict[str, Any]] = None) -> None:
+        # The driver prepared (and validated) the setup; it arrives through the object store.
+        self.setup = setup
+        dataset = setup.dataset
         self.pool = RayPool(scenario, self.setup.spec, dataset.x_train, dataset.y_train, self.setup.shards,
                             hosts, host_options)
         self.sim = Simulation(scenario, self.setup, self.pool)

@@ -7,6 +7,7 @@ A device keeps its own identity, data shard and random stream; only the process 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Mapping, Optional
 
 import numpy as np
@@ -29,9 +30,12 @@ class HostCore:
         torch.set_num_threads(scenario.runtime.torch_threads)
         self.sc = scenario
         self.spec = spec
-        # from_numpy shares memory with the (read-only, object-store backed) arrays.
-        self.x = torch.from_numpy(np.asarray(x))
-        self.y = torch.from_numpy(np.asarray(y))
+        # from_numpy shares memory with the read-only, object-store backed arrays; they are
+        # only ever indexed (copied), never written, so torch's warning does not apply.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.x = torch.from_numpy(np.asarray(x))
+            self.y = torch.from_numpy(np.asarray(y))
         self.flat = np.asarray(shard_flat)
         self.offsets = np.asarray(shard_offsets)
         self.host_id = host_id

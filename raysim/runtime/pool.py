@@ -2,7 +2,8 @@
 
 Per round the global weights go into the object store once; every host gets one call with
 its share of the devices and answers with one pre-aggregated partial sum. A host that dies
-loses that round's work of its devices (they are recorded `failed`); Ray restarts it.
+loses that round's work of its devices (they are recorded `failed`) and the pool starts a replacement.
+A Python error inside a host is a bug, not a fault: it propagates.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import ray
 import torch
-from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+from ray.exceptions import RayActorError, WorkerCrashedError
 
 from raysim.config import Scenario
 from raysim.models import ModelSpec
@@ -25,13 +26,15 @@ from raysim.submodel import SubmodelPlan
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)
+@ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)
 class DeviceHost:
     """Ray actor around `HostCore` (the dataset arrives as object-store refs, zero-copy)."""
 
-    def __init__(self, scenario: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
-                 shard_flat: np.ndarray, shard_offsets: np.ndarray, host_id: int) -> None:
-        self.core = HostCore(scenario, spec, x, y, shard_flat, shard_offsets, host_id)
+    def __init__(self, scenario: Scenario, spec: ModelSpec, data_refs: list, host_id: int) -> None:
+        # The refs arrive wrapped in a list, so they stay references (not inlined arguments):
+        # a restarted actor fetches the same shared copy again while the pool keeps them alive.
+        x, y, flat, offsets = ray.get(data_refs)
+        self.core = HostCore(scenario, spec, x, y, flat, offsets, host_id)
 
     def train(self, round_idx: int, params: dict[str, np.ndarray], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> HostResult:
@@ -56,8 +59,14 @@ class RayPool:
         # Put once: every host on a node reads the same shared-memory copy.
         refs = [ray.put(a) for a in (x, y, flat, offsets)]
         self._refs = refs
-        opts = host_options or {}
-        self.hosts = [DeviceHost.options(**opts).remote(sc, spec, *refs, h) for h in range(hosts)]
+        self._args = (sc, spec, refs)
+        self._opts = host_options or {}
+        self.hosts = [self._spawn(h) for h in range(hosts)]
+        self.restarts = 0
+
+    def _spawn(self, h: int):
+        # Restarts are ours, not Ray's: a replacement host is built from the same shared refs.
+        return DeviceHost.options(**self._opts).remote(*self._args, h)
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> list[HostResult]:
@@ -70,9 +79,11 @@ class RayPool:
         for h, f in futures:
             try:
                 out.append(ray.get(f))
-            except (RayActorError, WorkerCrashedError, RayTaskError) as err:
-                # The host's devices get no report and are recorded `failed`; the actor restarts.
+            except (RayActorError, WorkerCrashedError) as err:
+                # The host's devices get no report and are recorded `failed`.
                 log.warning("device host %d lost in round %d: %s", h, round_idx, type(err).__name__)
+                self.hosts[h] = self._spawn(h)
+                self.restarts += 1
         return out
 
     def node_ids(self) -> list[str]:

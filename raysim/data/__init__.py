@@ -1,0 +1,16 @@
+"""Datasets and their partitions over devices.
+
+    >>> from raysim.config import DataConfig
+    >>> from raysim.data import load_dataset, partition, label_histograms
+    >>> cfg = DataConfig()                       # synthetic, Dirichlet(0.5) label skew
+    >>> ds = load_dataset(cfg, seed=0)
+    >>> parts = partition(ds, 1000, cfg.partition, seed=0)
+    >>> label_histograms(ds.y_train, parts, ds.num_classes).sum() == len(ds.y_train)
+    True
+"""
+
+from raysim.data.base import DataError, Dataset
+from raysim.data.load import load_dataset
+from raysim.data.partition import label_histograms, partition
+
+__all__ = ["DataError", "Dataset", "label_histograms", "load_dataset", "partition"]

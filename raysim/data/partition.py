@@ -1,0 +1,214 @@
+"""Splitting a dataset's training samples over devices.
+
+Every kind first decides an *owner* device for each training sample and then turns owners into
+index arrays, so every kind is a true partition of `range(N)` by construction: each sample goes
+to exactly one device. Each device's indices come out in ascending order.
+
+    >>> parts = partition(ds, 100, PartitionConfig(kind="dirichlet", alpha=0.1), seed=0)
+    >>> label_histograms(ds.y_train, parts, ds.num_classes).shape
+    (100, 10)
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from raysim.config import PartitionConfig
+from raysim.data.base import DataError, Dataset, rng_for
+
+DIRICHLET_REDRAWS = 10  # fresh draws tried before topping up small devices by moving samples
+
+
+def partition(ds: Dataset, n_devices: int, cfg: PartitionConfig, seed: int) -> list[np.ndarray]:
+    """One int64 index array into `ds.x_train` per device, deterministic from `seed`.
+
+    Every device gets at least `cfg.min_samples` samples where the data allows it (at most
+    `N // n_devices` each can be guaranteed); `natural` keeps writers whole and `shards` keeps
+    its label bound, so they balance sizes but do not move single samples.
+    """
+    n = len(ds.y_train)
+    if n_devices < 1:
+        raise DataError(f"partition: needs at least one device, got {n_devices}")
+    floor = min(cfg.min_samples, n // n_devices)
+    rng = rng_for(seed, f"data.partition.{cfg.kind}")
+    if cfg.kind == "iid":
+        owner = _iid(n, n_devices, rng)
+    elif cfg.kind == "dirichlet":
+        owner = _dirichlet(ds.y_train, n_devices, cfg.alpha, floor, rng)
+    elif cfg.kind == "shards":
+        owner = _shards(ds.y_train, n_devices, cfg.classes_per_device, rng)
+    elif cfg.kind == "quantity":
+        owner = _quantity(n, n_devices, cfg.power, floor, rng)
+    elif cfg.kind == "natural":
+        owner = _natural(ds, n_devices, rng)
+    else:  # the schema's Literal makes this unreachable from a scenario
+        raise DataError(f"partition.kind: unknown kind {cfg.kind!r}")
+    return _parts(owner, n_devices)
+
+
+def label_histograms(y: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """Samples of each class held by each device: int64 `(len(parts), num_classes)`."""
+    sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    if sizes.sum() == 0:
+        return np.zeros((len(parts), num_classes), dtype=np.int64)
+    device = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
+    labels = np.asarray(y, dtype=np.int64)[np.concatenate(parts).astype(np.int64)]
+    flat = np.bincount(device * num_classes + labels, minlength=len(parts) * num_classes)
+    return flat.reshape(len(parts), num_classes).astype(np.int64)
+
+
+def _parts(owner: np.ndarray, n_devices: int) -> list[np.ndarray]:
+    """Owner per sample -> ascending index array per device (a stable sort keeps the order)."""
+    order = np.argsort(owner, kind="stable").astype(np.int64)
+    bounds = np.cumsum(np.bincount(owner, minlength=n_devices))[:-1]
+    return np.split(order, bounds)
+
+
+def _iid(n: int, n_devices: int, rng: np.random.Generator) -> np.ndarray:
+    # Near-equal sizes: a shuffled round-robin deal gives sizes that differ by at most one.
+    owner = np.empty(n, dtype=np.int64)
+    owner[rng.permutation(n)] = np.arange(n) % n_devices
+    return owner
+
+
+def _dirichlet(y: np.ndarray, n_devices: int, alpha: float, floor: int, rng: np.random.Generator) -> np.ndarray:
+    """Per class, device shares ~ Dirichlet(alpha); small alpha = each device sees few classes."""
+    owner = np.empty(len(y), dtype=np.int64)
+    best = None
+    for _ in range(DIRICHLET_REDRAWS):
+        for c in np.unique(y):
+            idx = rng.permutation(np.flatnonzero(y == c))
+            shares = _dirichlet_shares(rng, alpha, n_devices)
+            cuts = np.round(np.cumsum(shares) * len(idx)).astype(np.int64)
+            cuts[-1] = len(idx)  # rounding must not drop or invent a sample
+            counts = np.diff(cuts, prepend=0)
+            owner[idx] = np.repeat(np.arange(n_devices, dtype=np.int64), counts)
+        short = int(np.maximum(floor - np.bincount(owner, minlength=n_devices), 0).sum())
+        if best is None or short < best[0]:
+            best = (short, owner.copy())
+        if short == 0:
+            break
+    return _top_up(best[1], n_devices, floor, rng)
+
+
+def _dirichlet_shares(rng: np.random.Generator, alpha: float, k: int) -> np.ndarray:
+    # Normalised gammas are a Dirichlet draw; for tiny alpha every gamma can underflow to 0,
+    # and the limit of that case is "one device takes the whole class".
+    g = rng.gamma(alpha, 1.0, k)
+    total = g.sum()
+    if not np.isfinite(total) or total <= 0:
+        g = np.zeros(k)
+        g[rng.integers(k)] = 1.0
+        total = 1.0
+    return g / total
+
+
+def _top_up(owner: np.ndarray, n_devices: int, floor: int, rng: np.random.Generator) -> np.ndarray:
+    """Move samples from the largest devices to those below `floor`, one at a time.
+
+    The donor is always the currently largest device (lowest id on ties), so the result is
+    deterministic and the skew of the draw is disturbed as little as possible.
+    """
+    counts = np.bincount(owner, minlength=n_devices)
+    needy = np.flatnonzero(counts < floor)
+    if needy.size == 0:
+        return owner
+    heap = [(-int(c), int(d)) for d, c in enumerate(counts) if c > floor]
+    heapq.heapify(heap)
+    given = np.zeros(n_devices, dtype=np.int64)
+    moves: list[tuple[int, int]] = []  # (donor, recipient)
+    for r in needy:
+        for _ in range(floor - int(counts[r])):
+            neg, d = heapq.heappop(heap)
+            moves.append((d, int(r)))
+            given[d] += 1
+            if -neg - 1 > floor:
+                heapq.heappush(heap, (neg + 1, d))
+    # Each donor gives a random subset of its samples, handed out in move order.
+    by_owner = np.argsort(owner, kind="stable")
+    start = np.concatenate([[0], np.cumsum(counts)])
+    pools = {d: iter(rng.permutation(by_owner[start[d]:start[d + 1]])[: given[d]]) for d in np.flatnonzero(given)}
+    owner = owner.copy()
+    for d, r in moves:
+        owner[next(pools[d])] = r
+    return owner
+
+
+def _shards(y: np.ndarray, n_devices: int, per_device: int, rng: np.random.Generator) -> np.ndarray:
+    """Class-pure shards, `per_device` dealt to each device: at most that many labels each.
+
+    Shards are cut within a class (never across a class boundary) so the label bound holds
+    exactly; each class gets shards in proportion to its size.
+    """
+    classes, sizes = np.unique(y, return_counts=True)
+    total = n_devices * per_device
+    if total < len(classes):
+        raise DataError(
+            f"partition.classes_per_device: {n_devices} devices x {per_device} classes is fewer shards "
+            f"than the {len(classes)} classes; every sample must go to some device"
+        )
+    if total > len(y):
+        raise DataError(f"partition: {len(y)} samples cannot make {total} shards ({n_devices} devices x {per_device})")
+    per_class = _apportion(sizes, total, minimum=1, cap=sizes)
+    deal = rng.permutation(total)  # shard s goes to device deal[s] // per_device
+    owner = np.empty(len(y), dtype=np.int64)
+    s = 0
+    for c, k in zip(classes, per_class):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        for piece in np.array_split(idx, k):
+            owner[piece] = deal[s] // per_device
+            s += 1
+    return owner
+
+
+def _quantity(n: int, n_devices: int, power: float, floor: int, rng: np.random.Generator) -> np.ndarray:
+    """IID labels, Pareto(`power`) sizes: a few devices hold much, most hold little.
+
+    Smaller `power` means a heavier tail (more unequal sizes).
+    """
+    weights = rng.pareto(power, n_devices) + 1.0
+    sizes = floor + _apportion(weights, n - floor * n_devices)
+    owner = np.empty(n, dtype=np.int64)
+    owner[rng.permutation(n)] = np.repeat(np.arange(n_devices, dtype=np.int64), sizes)
+    return owner
+
+
+def _natural(ds: Dataset, n_devices: int, rng: np.random.Generator) -> np.ndarray:
+    """Whole writers per device: writers shuffled, then dealt in near-equal numbers."""
+    if ds.writers is None:
+        raise DataError("partition.kind natural needs a dataset with writers (femnist)")
+    writers, inverse = np.unique(ds.writers, return_inverse=True)
+    if n_devices > len(writers):
+        raise DataError(
+            f"partition.kind natural: {n_devices} devices but the {ds.name} data has only {len(writers)} writers"
+        )
+    device_of_writer = np.empty(len(writers), dtype=np.int64)
+    device_of_writer[rng.permutation(len(writers))] = np.arange(len(writers)) % n_devices
+    return device_of_writer[inverse.reshape(-1)]
+
+
+def _apportion(weights: np.ndarray, total: int, minimum: int = 0, cap: np.ndarray | None = None) -> np.ndarray:
+    """Integers summing to `total`, proportional to `weights` (largest remainder), each in [minimum, cap]."""
+    w = np.asarray(weights, dtype=np.float64)
+    k = len(w)
+    out = np.full(k, minimum, dtype=np.int64)
+    left = total - minimum * k
+    hi = np.full(k, np.iinfo(np.int64).max) if cap is None else np.asarray(cap, dtype=np.int64)
+    while left > 0:
+        room = hi - out
+        open_ = room > 0
+        share = np.where(open_, w, 0.0)
+        quota = share / share.sum() * left
+        add = np.minimum(np.floor(quota).astype(np.int64), room)
+        if add.sum() == 0:
+            # Hand out the last units by largest remainder (lowest index on ties).
+            rest = np.where(open_, quota - np.floor(quota), -1.0)
+            order = np.lexsort((np.arange(k), -rest))[:left]
+            add = np.zeros(k, dtype=np.int64)
+            add[order[open_[order]]] = 1
+            add = np.minimum(add, room)
+        out += add
+        left -= int(add.sum())
+    return out

@@ -1,0 +1,26 @@
+"""Simulated IoT devices: device classes, fleets, trace files and availability.
+
+    >>> from raysim.fleet import make_fleet, Availability
+    >>> fleet = make_fleet(scenario.fleet, seed=scenario.seed)
+    >>> av = Availability(fleet, scenario.fleet.availability, seed=scenario.seed)
+    >>> online_ids = fleet.device_id[av.online(fleet.device_id, t=0.0)]
+"""
+
+from __future__ import annotations
+
+from raysim.fleet.availability import Availability
+from raysim.fleet.catalogue import DeviceClass, load_catalogue
+from raysim.fleet.errors import FleetError
+from raysim.fleet.fleet import Fleet
+from raysim.fleet.make import make_fleet
+from raysim.fleet.mix import largest_remainder
+
+__all__ = [
+    "Availability",
+    "DeviceClass",
+    "Fleet",
+    "FleetError",
+    "largest_remainder",
+    "load_catalogue",
+    "make_fleet",
+]

@@ -1,0 +1,18 @@
+"""Shared fixtures: small scenarios and a Ray instance with explicit small resources."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session: 2 CPUs, no dashboard; shut down after."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
