@@ -47,6 +47,7 @@ class Coordinator:
             "memory_bytes": {str(r): c.memory_bytes for r, c in s.costs.items()},
             "flops_per_sample": {str(r): c.flops_per_sample for r, c in s.costs.items()},
             "hosts": len(self.pool.hosts),
+            "host_nodes": self.pool.node_ids(),
             "train_samples": int(len(s.dataset.y_train)),
             "test_samples": int(len(s.dataset.y_test)),
         }
@@ -67,3 +68,10 @@ class Coordinator:
 
     def host_pids(self) -> list[int]:
         return self.pool.pids()
+
+    def arm_host_crash(self, host: int, round_idx: int) -> None:
+        """Fault injection for tests and drills: a device host dies mid-round."""
+        self.pool.arm_crash(host, round_idx)
+
+    def host_restarts(self) -> int:
+        return self.pool.restarts

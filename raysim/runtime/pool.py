@@ -9,6 +9,7 @@ A Python error inside a host is a bug, not a fault: it propagates.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -35,18 +36,24 @@ class DeviceHost:
         # a restarted actor fetches the same shared copy again while the pool keeps them alive.
         x, y, flat, offsets = ray.get(data_refs)
         self.core = HostCore(scenario, spec, x, y, flat, offsets, host_id)
+        self._crash_round: Optional[int] = None
+
+    def arm_crash(self, round_idx: int) -> None:
+        """Fault injection: die (hard, like a killed process) half-way through that round."""
+        self._crash_round = round_idx
 
     def train(self, round_idx: int, params: dict[str, np.ndarray], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> HostResult:
         tparams = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
+        if self._crash_round == round_idx:
+            self.core.train(round_idx, tparams, plans, tasks[: len(tasks) // 2])
+            os._exit(1)
         return self.core.train(round_idx, tparams, plans, tasks)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
     def pid(self) -> int:
-        import os  # noqa: PLC0415
-
         return os.getpid()
 
 
@@ -60,7 +67,8 @@ class RayPool:
         refs = [ray.put(a) for a in (x, y, flat, offsets)]
         self._refs = refs
         self._args = (sc, spec, refs)
-        self._opts = host_options or {}
+        # SPREAD: on a cluster, hosts go to different nodes before doubling up on one.
+        self._opts = {"scheduling_strategy": "SPREAD", **(host_options or {})}
         self.hosts = [self._spawn(h) for h in range(hosts)]
         self.restarts = 0
 
@@ -92,3 +100,7 @@ class RayPool:
 
     def pids(self) -> list[int]:
         return ray.get([h.pid.remote() for h in self.hosts])
+
+    def arm_crash(self, host: int, round_idx: int) -> None:
+        """Fault injection: host `host` dies half-way through round `round_idx`."""
+        ray.get(self.hosts[host].arm_crash.remote(round_idx))

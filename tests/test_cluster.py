@@ -1,0 +1,18 @@
+"""A run on a two-node Ray cluster uses both nodes and gives the same numbers as one node."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_two_node_cluster_uses_both_nodes_and_matches_one_node(tmp_path):
+    script = Path(__file__).with_name("two_node_run.py")
+    p = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    verdict = json.loads(p.stdout.strip().splitlines()[-1])
+    assert verdict["distinct_nodes"] == 2
+    assert verdict["same_params"] is True

@@ -1,0 +1,33 @@
+"""Faults: a device host that dies mid-round loses only that round's work of its devices."""
+
+import numpy as np
+import pytest
+import ray
+
+from raysim.config import load_scenario
+from raysim.runtime.coordinator import Coordinator
+from raysim.runtime.runner import prepare
+from helpers import tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def test_dead_host_devices_are_failed_and_the_run_goes_on():
+    sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts": 2, "rounds": 3}))
+    coord = Coordinator.remote(sc, prepare(sc), 2)
+    try:
+        ray.get(coord.arm_host_crash.remote(0, 2))
+        outs = [ray.get(coord.step.remote()) for _ in range(3)]
+        st = [np.array(o.clients["status"]) for o in outs]
+        host = [np.array(o.clients["host"]) for o in outs]
+        assert (st[0] == "failed").sum() == 0
+        failed = st[1] == "failed"
+        assert failed.sum() > 0, "host 0's devices in round 2 must be recorded failed"
+        assert all(r == "device host lost" for r in np.array(outs[1].clients["reason"])[failed])
+        assert set(host[1][st[1] == "ok"]) == {1}, "only host 1's devices trained in round 2"
+        assert outs[1].round_row["n_failed"] == int(failed.sum())
+        assert (st[2] == "failed").sum() == 0 and set(host[2][st[2] == "ok"]) == {0, 1}, "host 0 replaced"
+        assert ray.get(coord.host_restarts.remote()) == 1
+        assert np.isfinite(outs[2].round_row["accuracy"])
+    finally:
+        ray.kill(coord)

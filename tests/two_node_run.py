@@ -1,0 +1,50 @@
+"""Run a tiny scenario on a two-node local Ray cluster and on one node; print a JSON verdict.
+
+Started as a subprocess by test_cluster.py so that the cluster's processes and the test
+process's own Ray instance never mix.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from ray.cluster_utils import Cluster
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import tiny_overrides  # noqa: E402
+
+
+def raysim_run(out: Path, address: str | None) -> Path:
+    sets = [a for o in tiny_overrides(**{"runtime.hosts": 2}) for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "raysim", "run", "scenarios/quickstart.yaml", *sets, "--out", str(out),
+           "--quiet", "--no-report"]
+    if address:
+        cmd += ["--address", address]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    return next(out.iterdir())
+
+
+def final(run: Path) -> dict:
+    ck = sorted((run / "checkpoints").glob("round-*.pt"))[-1]
+    return torch.load(ck, weights_only=True)["params"]
+
+
+def main(tmp: Path) -> None:
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        multi = raysim_run(tmp / "cluster", cluster.address)
+    finally:
+        cluster.shutdown()
+    single = raysim_run(tmp / "single", None)
+    nodes = json.loads((multi / "manifest.json").read_text())["info"]["host_nodes"]
+    a, b = final(multi), final(single)
+    print(json.dumps({"distinct_nodes": len(set(nodes)), "same_params": all(torch.equal(a[k], b[k]) for k in a)}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
