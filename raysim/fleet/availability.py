@@ -144,6 +144,13 @@ class _Markov:
         self.block = np.zeros(n, dtype=np.int64)  # cursor: latest block reached per device
         self.block_start = np.zeros(n, dtype=np.float64)  # ... and the time it starts
 
+    def __setstate__(self, state: dict) -> None:
+        # Unpickled from Ray's object store, arrays are read-only views; the cursor is a cache
+        # that must stay writable (its values never change answers, only their cost).
+        self.__dict__.update(state)
+        self.block = np.array(self.block, copy=True)
+        self.block_start = np.array(self.block_start, copy=True)
+
     def _block_ends(self, pos: np.ndarray, block: np.ndarray, start: np.ndarray) -> np.ndarray:
         """End times of the periods of block `block[i]` of device `pos[i]`, shape (len(pos), BLOCK)."""
         period = block[:, None] * self.BLOCK + np.arange(self.BLOCK)[None, :]
