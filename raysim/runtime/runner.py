@@ -37,11 +37,13 @@ def prepare(sc: Scenario) -> Setup:
 
 def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = None,
         progress: bool = True, resume: Optional[Path] = None,
-        on_round: Optional[Callable[[RoundOutput], None]] = None, stop_after: Optional[int] = None) -> RunResult:
+        on_round: Optional[Callable[[RoundOutput], None]] = None, stop_after: Optional[int] = None,
+        run_dir: Optional[Path] = None) -> RunResult:
     """Run a scenario end to end and return where its results are.
 
     `resume`: an existing run directory to continue from its last checkpoint. `stop_after`
     stops after that many rounds without completing the run (used to test resumption).
+    `run_dir`: write into this new directory instead of `<out_root>/<name>-<stamp>` (sweeps).
     """
     t0 = time.perf_counter()
     setup = prepare(sc)
@@ -64,10 +66,14 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
                 ray.get(coord.load_state_dict.remote(state))
             first = upto + 1
         else:
-            writer = RunWriter(new_run_dir(out_root or sc.output.dir, sc.name), sc, info)
+            path = Path(run_dir) if run_dir is not None else new_run_dir(out_root or sc.output.dir, sc.name)
+            writer = RunWriter(path, sc, info)
             writer.write_fleet(ray.get(coord.fleet_frame.remote()))
         try:
             _loop(sc, coord, writer, first, progress, on_round, stop_after)
+        except KeyboardInterrupt:
+            writer.finish("interrupted", error="interrupted; continue with raysim run --resume")
+            raise
         except BaseException as err:
             writer.finish("failed", error=f"{type(err).__name__}: {err}")
             raise
