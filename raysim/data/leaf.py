@@ -47,15 +47,15 @@ def read_leaf_file(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
         rec = blob["user_data"].get(user)
         if not isinstance(rec, dict) or "x" not in rec or "y" not in rec:
             raise DataError(f"{path}: user {user!r} has no 'x'/'y' in user_data")
+        bad = _bad_row(rec["x"])
+        if bad is not None:
+            raise DataError(f"{path}: user {user!r}: each 'x' row must have {SIDE * SIDE} values ({bad})")
         try:
             x = np.asarray(rec["x"], dtype=np.float32)
             y = np.asarray(rec["y"], dtype=np.int64)
         except (TypeError, ValueError):
-            raise DataError(f"{path}: user {user!r}: 'x' must be lists of {SIDE * SIDE} numbers and 'y' integers") from None
-        if len(y) == 0:
-            x = x.reshape(0, SIDE * SIDE)
-        if x.ndim != 2 or x.shape[1] != SIDE * SIDE:
-            raise DataError(f"{path}: user {user!r}: each 'x' row must have {SIDE * SIDE} values, found shape {x.shape}")
+            raise DataError(f"{path}: user {user!r}: 'x' must hold numbers and 'y' integers") from None
+        x = x.reshape(-1, SIDE * SIDE)  # rows were checked; this only shapes an empty list
         if y.shape != (x.shape[0],):
             raise DataError(f"{path}: user {user!r}: {y.size} labels for {x.shape[0]} images")
         if counts is not None and counts[i] != len(y):
@@ -64,6 +64,17 @@ def read_leaf_file(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
             raise DataError(f"{path}: user {user!r}: labels outside 0..{NUM_CLASSES - 1}")
         out.append((x.reshape(-1, 1, SIDE, SIDE), y))
     return out
+
+
+def _bad_row(rows: object) -> str | None:
+    """What is wrong with the first malformed image row, or None (checked before numpy sees a
+    ragged list, which would give a much vaguer error)."""
+    if not isinstance(rows, list):
+        return "'x' is not a list"
+    for j, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != SIDE * SIDE:
+            return f"row {j} has {len(row) if isinstance(row, list) else 'no list of'} values"
+    return None
 
 
 def _read_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -149,17 +149,17 @@ def _shards(y: np.ndarray, n_devices: int, per_device: int, rng: np.random.Gener
             f"partition.classes_per_device: {n_devices} devices x {per_device} classes is fewer shards "
             f"than the {len(classes)} classes; every sample must go to some device"
         )
-    if total > len(y):
-        raise DataError(f"partition: {len(y)} samples cannot make {total} shards ({n_devices} devices x {per_device})")
-    per_class = _apportion(sizes, total, minimum=1, cap=sizes)
-    deal = rng.permutation(total)  # shard s goes to device deal[s] // per_device
+    per_class = _shard_counts(sizes, total)
+    deal = rng.permutation(total)  # shard s goes to device deal[s] // per_device (empty ones unused)
     owner = np.empty(len(y), dtype=np.int64)
     s = 0
     for c, k in zip(classes, per_class):
         idx = rng.permutation(np.flatnonzero(y == c))
-        for piece in np.array_split(idx, k):
-            owner[piece] = deal[s] // per_device
-            s += 1
+        # np.array_split's piece sizes: the first len % k pieces have one sample more.
+        small, extra = divmod(len(idx), k)
+        piece = np.repeat(np.arange(k), np.where(np.arange(k) < extra, small + 1, small))
+        owner[idx] = deal[s + piece] // per_device
+        s += k
     return owner
 
 
@@ -189,26 +189,32 @@ def _natural(ds: Dataset, n_devices: int, rng: np.random.Generator) -> np.ndarra
     return device_of_writer[inverse.reshape(-1)]
 
 
-def _apportion(weights: np.ndarray, total: int, minimum: int = 0, cap: np.ndarray | None = None) -> np.ndarray:
-    """Integers summing to `total`, proportional to `weights` (largest remainder), each in [minimum, cap]."""
-    w = np.asarray(weights, dtype=np.float64)
-    k = len(w)
-    out = np.full(k, minimum, dtype=np.int64)
-    left = total - minimum * k
-    hi = np.full(k, np.iinfo(np.int64).max) if cap is None else np.asarray(cap, dtype=np.int64)
-    while left > 0:
-        room = hi - out
-        open_ = room > 0
-        share = np.where(open_, w, 0.0)
-        quota = share / share.sum() * left
-        add = np.minimum(np.floor(quota).astype(np.int64), room)
-        if add.sum() == 0:
-            # Hand out the last units by largest remainder (lowest index on ties).
-            rest = np.where(open_, quota - np.floor(quota), -1.0)
-            order = np.lexsort((np.arange(k), -rest))[:left]
-            add = np.zeros(k, dtype=np.int64)
-            add[order[open_[order]]] = 1
-            add = np.minimum(add, room)
-        out += add
-        left -= int(add.sum())
+def _apportion(weights: np.ndarray, total: int) -> np.ndarray:
+    """Non-negative integers summing to `total`, proportional to `weights` (largest remainder)."""
+    quota = np.asarray(weights, dtype=np.float64) / np.sum(weights) * total
+    out = np.floor(quota).astype(np.int64)
+    rest = total - int(out.sum())
+    # The remaining units go to the largest fractional parts (lowest index on ties).
+    order = np.lexsort((np.arange(len(quota)), -(quota - out)))
+    out[order[:rest]] += 1
     return out
+
+
+def _shard_counts(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Shards per class, at least one each, so that shard sizes are as equal as they can be.
+
+    Greedy highest-average: the next shard always goes to the class whose shards are currently
+    the largest, which minimises the largest shard (and never gives a class more shards than
+    it has samples: with fewer samples than shards, the extra shards stay empty).
+    """
+    counts = np.ones(len(sizes), dtype=np.int64)
+    heap = [(-float(sz), c) for c, sz in enumerate(sizes) if sz > 1]
+    heapq.heapify(heap)
+    for _ in range(total - len(sizes)):
+        if not heap:
+            break
+        _, c = heapq.heappop(heap)
+        counts[c] += 1
+        if counts[c] < sizes[c]:
+            heapq.heappush(heap, (-float(sizes[c]) / counts[c], c))
+    return counts
