@@ -15,6 +15,10 @@ def __getattr__(name: str):
         from raysim import results  # noqa: PLC0415
 
         return getattr(results, name)
+    if name in ("load_runs", "Runs"):
+        from raysim import tables  # noqa: PLC0415
+
+        return getattr(tables, name)
     if name in ("load_scenario", "Scenario", "ScenarioError"):
         from raysim import config  # noqa: PLC0415
 
@@ -22,4 +26,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["load_run", "Run", "RunError", "load_scenario", "Scenario", "ScenarioError", "__version__"]
+__all__ = ["load_run", "Run", "RunError", "load_runs", "Runs", "load_scenario", "Scenario", "ScenarioError", "__version__"]

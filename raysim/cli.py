@@ -1,4 +1,4 @@
-"""Command line: `raysim run`, `raysim fleet`, `raysim report`.
+"""Command line: `raysim run`, `raysim fleet`, `raysim report`, `raysim sweep`.
 
 Bad input (scenario, dataset or trace files, flags) gives one line on stderr and exit code 2.
 """
@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from raysim.tables import Runs
 
 EXIT_BAD_INPUT = 2
 
@@ -34,10 +37,33 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fleet", help="describe a scenario's fleet and which rates each class can train")
     f.add_argument("scenario")
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    rep = sub.add_parser("report", help="figures and a summary of run directories")
-    rep.add_argument("runs", nargs="+")
-    rep.add_argument("--out", help="directory for the figures (default: the first run directory)")
+    rep = sub.add_parser("report", help="figures and a markdown summary of run directories")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                     help="run directories, globs, or a sweep's parent directory (holds its runs)")
+    rep.add_argument("--out", help="directory for the figures and report.md "
+                                   "(default: the parent directory if one was named, else the first run directory)")
+    rep.add_argument("--allow-incomplete", action="store_true", help="include runs that did not finish")
+    _report_flags(rep)
+    sw = sub.add_parser("sweep", help="run a scenario over a grid of parameters, then report it")
+    sw.add_argument("scenario", help="scenario YAML file")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="a parameter and its values, e.g. --grid deadline.seconds=30,120 (repeatable: product)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field at every point (repeatable)")
+    sw.add_argument("--out", help="where the sweep's parent directory goes (default: output.dir)")
+    sw.add_argument("--address", help="Ray address to join, e.g. 'auto' for an existing cluster")
+    sw.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="points run at once, each on CPUs/N device hosts (default 1: one after another)")
+    sw.add_argument("--dry-run", action="store_true", help="validate and list the points, run nothing")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.add_argument("--no-report", action="store_true", help="skip the report")
+    _report_flags(sw)
     return p
+
+
+def _report_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", type=float, metavar="ACC",
+                   help="accuracy for time-to-target, as a fraction or percent (default: 90%% of the best reached)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -49,6 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_fleet(args)
         if args.cmd == "report":
             return _cmd_report(args)
+        if args.cmd == "sweep":
+            return _cmd_sweep(args)
     except KeyboardInterrupt:
         sys.stderr.write("raysim: interrupted\n")
         return 130
@@ -61,12 +89,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _is_input_error(err: Exception) -> bool:
-    from raysim.config import ScenarioError  # noqa: PLC0415
-    from raysim.data import DataError  # noqa: PLC0415
-    from raysim.fleet import FleetError  # noqa: PLC0415
-    from raysim.results import RunError  # noqa: PLC0415
-
-    return isinstance(err, (ScenarioError, DataError, FleetError, RunError))
+    # Look the error classes up among modules already imported: an error of a class whose
+    # module was never imported cannot have been raised, and importing torch-heavy modules
+    # here would make every one-line error cost seconds.
+    kinds = [("raysim.config", "ScenarioError"), ("raysim.data.base", "DataError"),
+             ("raysim.fleet.errors", "FleetError"), ("raysim.results", "RunError")]
+    for mod, name in kinds:
+        cls = getattr(sys.modules.get(mod), name, None)
+        if cls is not None and isinstance(err, cls):
+            return True
+    return False
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -86,16 +118,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from raysim.runtime.runner import run  # noqa: PLC0415
 
     res = run(sc, out_root=args.out, address=args.address, progress=not args.quiet, resume=resume)
-    from raysim.report import plot_accuracy, summary_text  # noqa: PLC0415
+    from raysim.report import summary_text, write_report  # noqa: PLC0415
     from raysim.results import load_run  # noqa: PLC0415
+    from raysim.tables import load_runs  # noqa: PLC0415
 
     loaded = load_run(res.path)
     print(summary_text(loaded))
     print()
     print(f"results  {res.path}  (raysim.load_run(path) gives the tables as DataFrames)")
     if sc.output.plots and not args.no_report:
-        png = plot_accuracy([loaded], res.path / "accuracy.png")
-        print(f"plot     {png}")
+        rep = write_report(load_runs([res.path]), res.path)
+        print(f"plot     {res.path / 'accuracy.png'}")
+        print(f"report   {rep.markdown}  ({len(rep.figures)} figures)")
     return 0
 
 
@@ -109,16 +143,80 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from raysim.report import plot_accuracy, summary_text  # noqa: PLC0415
-    from raysim.results import load_run  # noqa: PLC0415
+    target = _target(args.target)
+    runs = _load_runs(args.runs, args.allow_incomplete)
+    out = Path(args.out) if args.out else _default_out(args.runs, runs)
+    _write_report(runs, out, target)
+    return 0
 
-    runs = [load_run(p) for p in args.runs]
-    out = Path(args.out) if args.out else runs[0].path
-    out.mkdir(parents=True, exist_ok=True)
-    for run in runs:
-        print(summary_text(run))
-        print()
-    print(f"plot     {plot_accuracy(runs, out / 'accuracy.png')}")
+
+def _default_out(args: Sequence[str], runs: Runs) -> Path:
+    """A sweep's (or any parent's) own directory when that alone was named, else the first run's."""
+    if len(args) == 1 and Path(args[0]).is_dir() and not (Path(args[0]) / "manifest.json").is_file():
+        return Path(args[0])
+    return runs.runs[0].path
+
+
+def _target(value: Optional[float]) -> Optional[float]:
+    """--target as an accuracy in (0, 1]; a value above 1 is read as a percentage."""
+    if value is None:
+        return None
+    acc = value / 100.0 if value > 1.0 else value
+    if not 0.0 < acc <= 1.0:
+        from raysim.config import ScenarioError  # noqa: PLC0415 - cheap: rejecting a flag needs no torch
+
+        raise ScenarioError(f"--target {value:g}: expected an accuracy in (0, 1] or a percentage in (1, 100]")
+    return acc
+
+
+def _load_runs(paths: Sequence[str], allow_incomplete: bool = False) -> Runs:
+    import warnings  # noqa: PLC0415
+
+    from raysim.tables import load_runs  # noqa: PLC0415
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = load_runs(list(paths), allow_incomplete=allow_incomplete)
+    for w in caught:  # one line each, not Python's two-line warning format
+        sys.stderr.write(f"raysim: warning: {w.message}\n")
+    return runs
+
+
+def _write_report(runs: Runs, out: Path, target: Optional[float]) -> None:
+    from raysim.report import write_report  # noqa: PLC0415
+
+    rep = write_report(runs, out, target)
+    cols = ["rounds", "final_acc_pct", "best_acc_pct", "time_to_target_s", "late_pct", "offline_pct", "excluded_pct"]
+    print(rep.summary[cols].round(2).to_string())
+    print()
+    print(f"target   {100 * rep.target:.0f}% accuracy")
+    print(f"report   {rep.markdown}")
+    print(f"figures  {', '.join(p.name for p in rep.figures)}")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from raysim.sweep import plan_sweep, run_sweep  # noqa: PLC0415
+
+    target = _target(args.target)
+    plan = plan_sweep(args.scenario, args.grid, args.overrides)
+    if args.parallel < 1:
+        from raysim.config import ScenarioError  # noqa: PLC0415
+
+        raise ScenarioError(f"--parallel {args.parallel}: must be at least 1")
+    if args.dry_run:
+        for p in plan.points:
+            print(f"{p.dirname}")
+        print(f"{len(plan.points)} points")
+        return 0
+
+    def done(res) -> None:
+        print(f"point    {res.point.label}  {res.status}  {res.wall_s:.1f} s", flush=True)
+
+    result = run_sweep(plan, out_root=args.out, address=args.address, progress=not args.quiet,
+                       parallel=args.parallel, on_point=done)
+    print(f"sweep    {result.path}  ({len(result.run_dirs)} runs; raysim.load_runs(path) stacks their tables)")
+    if not args.no_report:
+        _write_report(_load_runs([str(result.path)]), result.path, target)
     return 0
 
 

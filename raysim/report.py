@@ -1,49 +1,155 @@
-"""Figures and a text summary of one or more runs (matplotlib, headless)."""
+"""A report over one or more runs: the figures as PNGs and a short markdown summary.
+
+    >>> from raysim.tables import load_runs
+    >>> rep = write_report(load_runs("runs/quickstart-sweep-*"), Path("out"))
+    >>> rep.markdown, [p.name for p in rep.figures]
+    (PosixPath('out/report.md'), ['accuracy.png', 'time_to_target.png', ...])
+"""
 
 from __future__ import annotations
 
+import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # headless: never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from raysim import figures
+from raysim.figures import plot_accuracy
+from raysim.results import Run, RunError, atomic_write_text
+from raysim.schedule import STATUSES
+from raysim.summaries import class_table, default_target, format_value, run_summary, short_labels
+from raysim.tables import Runs
 
-from raysim.results import Run  # noqa: E402
+__all__ = ["FIGURES", "Report", "plot_accuracy", "summary_table", "summary_text", "write_report"]
 
 
-def plot_accuracy(runs: Sequence[Run], out: Path) -> Path:
-    """Global accuracy vs round and vs simulated time, one line per run."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for run in runs:
-        r = run.rounds.dropna(subset=["accuracy"])
-        a.plot(r["round"], 100 * r["accuracy"], marker=".", label=run.name)
-        b.plot(r["sim_time"] / 60.0, 100 * r["accuracy"], marker=".", label=run.name)
-    a.set(xlabel="round", ylabel="global test accuracy (%)", title="Accuracy per round")
-    b.set(xlabel="simulated time (min)", ylabel="global test accuracy (%)", title="Accuracy over simulated time")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the report: its file, its heading in report.md, and what draws it."""
+
+    file: str
+    title: str
+    caption: str
+    draw: Callable[..., Path]
+
+
+FIGURES = (
+    Figure("accuracy.png", "Accuracy", "Global test accuracy per round and over simulated time.",
+           lambda runs, out, labels, target: figures.plot_accuracy(runs, out, labels)),
+    Figure("time_to_target.png", "Time to target accuracy",
+           "Simulated time until the global model first reaches the target accuracy.",
+           lambda runs, out, labels, target: figures.plot_time_to_target(runs, out, target, labels)),
+    Figure("round_duration.png", "Round duration",
+           "Simulated length of each round; the dashed mark is the round deadline.",
+           lambda runs, out, labels, target: figures.plot_round_durations(runs, out, labels)),
+    Figure("outcomes.png", "Participation and stragglers",
+           "What became of the selected devices, by device class and by assigned rate: trained "
+           "(ok, partial), late (stragglers), offline, out of memory, failed, excluded (no rate fits).",
+           lambda runs, out, labels, target: figures.plot_outcomes(runs, out, labels)),
+    Figure("bytes.png", "Traffic", "Megabytes moved per device class, down (global weights) and up (updates).",
+           lambda runs, out, labels, target: figures.plot_bytes(runs, out, labels)),
+    Figure("rate_accuracy.png", "Accuracy per rate",
+           "Test accuracy of the global model and of each rate's submodel at the last evaluation.",
+           lambda runs, out, labels, target: figures.plot_rate_accuracy(runs, out, labels)),
+)
+
+
+@dataclass
+class Report:
+    """What `write_report` wrote."""
+
+    markdown: Path
+    figures: list[Path]
+    summary: pd.DataFrame
+    target: float
+
+
+def write_report(runs: Runs, out: Path, target: Optional[float] = None) -> Report:
+    """Write every figure and `report.md` into `out`; `target` is an accuracy in [0, 1]."""
+    if target is not None and not 0.0 < target <= 1.0:
+        raise RunError(f"target accuracy {target}: must be in (0, 1] (or a percentage in (1, 100])")
     out = Path(out)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    out.mkdir(parents=True, exist_ok=True)
+    target = default_target(runs) if target is None else target
+    labels = short_labels(runs)
+    paths = [fig.draw(list(runs), out / fig.file, labels, target) for fig in FIGURES]
+    summary = run_summary(runs, target)
+    md = out / "report.md"
+    atomic_write_text(md, markdown(runs, summary, target, out))
+    return Report(md, paths, summary, target)
+
+
+def markdown(runs: Runs, summary: pd.DataFrame, target: float, out: Path) -> str:
+    """The text of report.md: the runs side by side, the figures, outcomes per device class."""
+    lines = [f"# raysim report: {len(runs)} run{'s' if len(runs) != 1 else ''}", ""]
+    if runs.varying:
+        lines += [f"Parameters that differ: {', '.join(f'`{k}`' for k in runs.varying)}.", ""]
+    tgt = f"{100 * target:.0f}%" if math.isfinite(target) else "n/a"
+    lines += [f"Target accuracy {tgt} (time to target below; `raysim report --target` sets it).", "",
+              "## Runs", "", markdown_table(_runs_table(runs, summary)), ""]
+    for fig in FIGURES:
+        lines += [f"## {fig.title}", "", fig.caption, "", f"![{fig.title}]({fig.file})", ""]
+    lines += ["## Outcomes by device class", ""]
+    for label, run in zip(runs.labels, runs):
+        lines += [f"### {label}", "", f"Run directory: `{_rel(run.path, out)}`", "",
+                  markdown_table(class_table(run).reset_index()), ""]
+    return "\n".join(lines)
+
+
+def _runs_table(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
+    s = summary
+    t = pd.DataFrame({"run": runs.labels}, index=s.index)
+    for k in runs.varying:
+        t[k] = [format_value(v) for v in runs.params[k]]
+    t["rounds"] = s["rounds"]
+    t["sim. time (s)"] = s["sim_time_s"].round(1)
+    t["final acc. (%)"] = s["final_acc_pct"].round(2)
+    t["best acc. (%)"] = s["best_acc_pct"].round(2)
+    t["time to target (s)"] = [("-" if v is None or pd.isna(v) else f"{v:.1f}") for v in s["time_to_target_s"]]
+    t["rounds to target"] = [("-" if v is None or pd.isna(v) else str(int(v))) for v in s["rounds_to_target"]]
+    t["trained / round"] = s["trained_per_round"].round(1)
+    for st in ("late", "offline", "oom", "excluded"):
+        t[f"{st} (%)"] = s[f"{st}_pct"].round(1)
+    t["MB down"] = s["mb_down"].round(1)
+    t["MB up"] = s["mb_up"].round(1)
+    t["wall (s)"] = s["wall_s"].round(1)
+    return t.reset_index(drop=True)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table (no index)."""
+    if df.empty:
+        return "_no rows_"
+    cols = [str(c) for c in df.columns]
+    cells = [[_cell(v) for v in row] for row in df.itertuples(index=False)]
+    head = "| " + " | ".join(cols) + " |"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns) + "|"
+    return "\n".join([head, rule, *("| " + " | ".join(r) + " |" for r in cells)])
+
+
+def _cell(v: object) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(v).replace("|", "\\|")
+
+
+def _rel(path: Path, start: Path) -> str:
+    """`path` relative to the report when it lies near it (a sweep's runs), else absolute."""
+    try:
+        rel = os.path.relpath(path, start)
+    except ValueError:  # another drive
+        return str(path)
+    return str(path) if rel.startswith(os.path.join(os.pardir, os.pardir)) else rel
 
 
 def summary_table(run: Run) -> pd.DataFrame:
-    """One row per device class: selections and outcome counts, rates, mean predicted time."""
-    c = run.clients
-    if c.empty:
-        return pd.DataFrame()
-    counts = c.pivot_table(index="device_class", columns="status", values="round", aggfunc="count", fill_value=0)
-    g = c.groupby("device_class")
-    counts.insert(0, "selected", g.size())
-    counts["mean_rate"] = g["rate"].mean().round(3)
-    counts["mean_t_total_s"] = g["t_total"].mean().round(1)
-    counts.columns.name = None
-    return counts
+    """One row per device class: selections and outcome counts, rates, mean predicted time, MB moved."""
+    return class_table(run)
 
 
 def summary_text(run: Run) -> str:
@@ -51,13 +157,15 @@ def summary_text(run: Run) -> str:
     r = run.rounds
     last = r.iloc[-1]
     best = r["accuracy"].max()
+    counts = {s: int(r[f"n_{s}"].sum()) for s in STATUSES if f"n_{s}" in r.columns}
     lines = [
         f"run        {run.path}",
         f"rounds     {int(last['round'])}   simulated time {last['sim_time'] / 60:.1f} min   "
         f"wall {r['wall_s'].sum():.1f} s",
         f"accuracy   final {100 * last['accuracy']:.2f}%   best {100 * best:.2f}%",
-        f"devices    trained {int(r['trained'].sum())}   late {int(r['n_late'].sum())}   "
-        f"offline {int(r['n_offline'].sum())}   excluded {int(r['n_excluded'].sum())}   failed {int(r['n_failed'].sum())}",
+        f"devices    trained {int(r['trained'].sum())}   late {counts.get('late', 0)}   "
+        f"offline {counts.get('offline', 0)}   oom {counts.get('oom', 0)}   "
+        f"excluded {counts.get('excluded', 0)}   failed {counts.get('failed', 0)}",
         "",
         summary_table(run).to_string(),
     ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import ray
 
@@ -23,6 +24,17 @@ def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
     return True
+
+
+@contextmanager
+def ray_session(address: Optional[str], num_cpus: Optional[int]) -> Iterator[None]:
+    """Ray for the length of a block (e.g. a sweep's runs); shut down after only if started here."""
+    started = start_ray(address, num_cpus)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def cluster_cpus() -> int:
