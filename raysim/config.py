@@ -65,6 +65,14 @@ class ModelConfig(_Section):
     norm: Literal["none", "group", "static-bn"] = "group"
     scaler: bool = Field(True, description="divide activations by the rate in training (HeteroFL)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _arch_widths(cls, data: Any) -> Any:
+        # preresnet18 has four stages; its default widths are the usual ResNet-18 ones.
+        if isinstance(data, dict) and data.get("arch") == "preresnet18" and "widths" not in data:
+            return {**data, "widths": [64, 128, 256, 512]}
+        return data
+
     @field_validator("rates")
     @classmethod
     def _rates(cls, v: list[float]) -> list[float]:

@@ -49,6 +49,18 @@ def assign_rates(policy: str, rates: list[float], memory_need: dict[float, int],
             fits &= predicted_time(r) <= deadline
         out[fits] = r
         todo &= ~fits
+    # Why each device got its rate (the decision is recorded with its reason, like exclusions).
+    mib = lambda b: f"{b / 2**20:.2f} MiB"  # noqa: E731
+    got = np.flatnonzero(~todo)
+    times = {r: predicted_time(r) for r in set(out[got].tolist())} if policy == "fit-deadline" else {}
+    for i in got:
+        r = float(out[i])
+        why = f"{policy}: rate {r:g} ({mib(memory_need[r])}) fits the device's {mib(memory_cap[i])}"
+        if policy == "fit-deadline":
+            why += f" and finishes in {float(times[r][i]):.1f} s of the {deadline:g} s deadline"
+        if policy != "fixed" and r != ladder[0]:
+            why += f"; rate {ladder[ladder.index(r) - 1]:g} does not"
+        reason[i] = why
     smallest = ladder[-1]
     mem_short = todo & (memory_cap < memory_need[smallest])
     reason[mem_short] = f"memory: rate {smallest:g} needs {memory_need[smallest] / 2**20:.2f} MiB"

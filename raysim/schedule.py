@@ -60,6 +60,8 @@ def decide(total: np.ndarray, download: np.ndarray, upload: np.ndarray, compute:
             cand &= ~none_fit
             part = cand & (share < 1.0)
             status[part] = PARTIAL
+            for i in np.flatnonzero(part):
+                reason[i] = f"deadline: {share[i]:.0%} of the local work fits before the {deadline:g} s deadline"
             frac[cand] = share[cand]
             finish[cand] = np.minimum(total[cand], deadline)
     else:

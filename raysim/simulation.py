@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Protocol
 
 import numpy as np
@@ -21,11 +21,12 @@ from raysim.data import Dataset, partition
 from raysim.fleet import Availability, Fleet, make_fleet
 from raysim.models import ModelSpec, make_spec
 from raysim.models.base import ModelSpec as _Spec
+from raysim.models.calibrate import calibration_sample, recompute_bn_stats
 from raysim.policy import assign_rates
 from raysim.runtime.tasks import HostResult, TrainReport, TrainTask
-from raysim.schedule import EXCLUDED, FAILED, OK, PARTIAL, STATUSES, decide
+from raysim.schedule import EXCLUDED, FAILED, LATE, OK, PARTIAL, STATUSES, Schedule, decide
 from raysim.seeding import rng
-from raysim.submodel import SubmodelPlan, extract, make_strategy, plan_indices, prefix_plan
+from raysim.submodel import SubmodelPlan, extract, make_strategy, plan_indices
 from raysim.train import evaluate, load_params
 
 
@@ -35,6 +36,17 @@ class Backend(Protocol):
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> list[HostResult]:
         ...
+
+
+# What one minibatch step costs a host besides its FLOPs (Python, autograd and the update), in
+# FLOP-equivalents of a CPU core: measured ~1.9 ms a step against ~16 us per MFLOP of training.
+STEP_OVERHEAD_FLOPS = 1.2e8
+
+
+def host_work(steps: int, batch_size: int, flops_per_sample: float) -> float:
+    """A device's real training work on a host, for balancing hosts. (Its simulated compute time
+    is no guide: a slow microcontroller and a fast phone may train the same submodel.)"""
+    return steps * (STEP_OVERHEAD_FLOPS + batch_size * flops_per_sample)
 
 
 def scaled_spec(spec: ModelSpec, rate: float) -> ModelSpec:
@@ -89,6 +101,31 @@ class RoundOutput:
 CLIENT_COLUMNS = ["round", "device_id", "device_class", "rate", "status", "reason", "t_download",
                   "t_compute", "t_upload", "t_total", "t_finish", "work_fraction", "samples",
                   "samples_trained", "steps", "loss", "bytes_down", "bytes_up", "host", "wall_s"]
+
+
+def measured_schedule(sel: np.ndarray, sent: np.ndarray, reports: dict[int, TrainReport], stays: np.ndarray,
+                      k: int, deadline: Optional[float], steps_full: np.ndarray) -> Schedule:
+    """Decisions of a realtime round from what happened: measured finish times replace predictions.
+
+    A device that reported `late` finished at +inf; one that reported `oom` or `failed` is no
+    candidate (it never counts towards K; its record keeps the report's status); devices not
+    sent keep their ahead-of-time status (`excluded`, `offline`).
+    """
+    n = len(sel)
+    finish = np.zeros(n)
+    cand = ~stays.astype(bool)  # offline devices: `decide` marks them again
+    steps = np.zeros(n)
+    for i in sent:
+        rep = reports.get(int(sel[i]))
+        if rep is None or rep.status not in (OK, PARTIAL, LATE):
+            continue
+        cand[i] = True
+        finish[i] = rep.finish_s if rep.status != LATE else np.inf
+        steps[i] = rep.steps
+    zeros = np.zeros(n)
+    sched = decide(finish, zeros, zeros, finish, cand, stays, k, deadline, "drop" if deadline is not None else "wait")
+    frac = np.where(sched.step_fraction > 0, np.minimum(1.0, steps / np.maximum(steps_full, 1)), 0.0)
+    return replace(sched, step_fraction=frac)
 
 
 class Simulation:
@@ -177,12 +214,14 @@ class Simulation:
         if deadline is not None:
             horizon = np.minimum(horizon, deadline)
         stays = setup.availability.online_during(sel, self.clock, self.clock + horizon) if n else np.zeros(0, bool)
+        realtime = sc.runtime.clock == "realtime"
+        # On the realtime clock only exclusion and availability are decided ahead: the backend's
+        # real timeouts decide who is late and who is among the first K.
+        ahead = (n, None, "wait") if realtime else (sc.selection.per_round, sc.deadline.seconds, sc.deadline.policy)
         sched = decide(np.nan_to_num(total, nan=np.inf), np.nan_to_num(t_down), np.nan_to_num(t_up),
-                       np.nan_to_num(t_comp), assigned, stays, sc.selection.per_round,
-                       sc.deadline.seconds, sc.deadline.policy)
+                       np.nan_to_num(t_comp), assigned, stays, *ahead)
         status = sched.status.copy()
         reason = np.where(sched.reason != "", sched.reason, reason)
-        reason[status == OK] = ""
         # Plans: shared per rate unless the strategy draws one per device.
         plans: dict[int, SubmodelPlan] = {}
         plan_of_rate: dict[float, int] = {}
@@ -202,7 +241,10 @@ class Simulation:
             max_steps = None
             if status[i] == PARTIAL:
                 max_steps = max(1, int(math.floor(sched.step_fraction[i] * steps_full[i])))
-            tasks.append(TrainTask(int(sel[i]), rt, pid, max_steps, sc.server.weighting, float(t_comp[i])))
+            hint = host_work(max_steps if max_steps is not None else int(steps_full[i]), sc.train.batch_size,
+                             costs[rt].flops_per_sample)
+            tasks.append(TrainTask(int(sel[i]), rt, pid, max_steps, sc.server.weighting, hint,
+                                   float(t_down[i]), float(t_comp[i]), float(t_up[i]), deadline if realtime else None))
         coord_s = time.perf_counter() - wall0
         t_train = time.perf_counter()
         results = self.backend.train(r, self.params, plans, tasks) if tasks else []
@@ -214,6 +256,10 @@ class Simulation:
             total_sum.merge(res.partial)
             for rep in res.reports:
                 reports[rep.device_id] = rep
+        if realtime:
+            sched = measured_schedule(sel, train_idx, reports, stays, sc.selection.per_round, deadline, steps_full)
+            status = sched.status.copy()
+            reason = np.where(sched.reason != "", sched.reason, reason)
         if total_sum.devices:
             delta, held = mean_delta(total_sum)
             self.server.step(self.params, delta, held)
@@ -263,19 +309,23 @@ class Simulation:
         return RoundOutput(row, clients, evals)
 
     def evaluate(self, r: int) -> list[dict[str, Any]]:
-        """Accuracy of the global model and (optionally) of each rate's static submodel."""
+        """Accuracy of the global model and (optionally) of each rate's submodel (the strategy's
+        `eval_plan`). Static batch norm gets statistics recomputed on a fixed training sample."""
         out = []
+        calib = calibration_sample(self.setup.dataset.x_train, self.sc.seed)
         model = self.spec.build()
         load_params(model, self.params)
+        recompute_bn_stats(model, calib)
         acc, loss = evaluate(model, self.x_test, self.y_test, self.sc.eval.batch_size)
         out.append(dict(round=r, model="global", rate=1.0, accuracy=acc, loss=loss, sim_time=self.clock))
         if self.sc.eval.per_rate:
             for rt in self.setup.rates:
                 if rt >= 1.0:
                     continue
-                plan = prefix_plan(self.spec, rt)
+                plan = self.strategy.eval_plan(self.spec, rt, self.params)
                 sub = self.spec.build(plan.sizes(), rt)
                 load_params(sub, extract(self.params, plan_indices(self.spec, plan, self.shapes)))
+                recompute_bn_stats(sub, calib)
                 a, lo = evaluate(sub, self.x_test, self.y_test, self.sc.eval.batch_size)
                 out.append(dict(round=r, model=f"rate-{rt:g}", rate=rt, accuracy=a, loss=lo, sim_time=self.clock))
         return out

@@ -70,7 +70,9 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
     `group`: GroupNorm with one group (per-sample statistics; nothing to carry across widths).
     `static-bn`: BatchNorm without running statistics (HeteroFL's static BN): batch statistics
-    in training, and at evaluation statistics of the evaluated batch.
+    in training; before evaluation, statistics recomputed on a fixed sample of training data
+    (`raysim.models.calibrate.recompute_bn_stats`). Without that step the module would use
+    the statistics of the evaluated batch.
     """
     if kind == "none":
         return nn.Identity()

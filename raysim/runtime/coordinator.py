@@ -24,8 +24,16 @@ class Coordinator:
         # The driver prepared (and validated) the setup; it arrives through the object store.
         self.setup = setup
         dataset = setup.dataset
-        self.pool = RayPool(scenario, self.setup.spec, dataset.x_train, dataset.y_train, self.setup.shards,
-                            hosts, host_options)
+        if scenario.runtime.placement == "dedicated":
+            # One actor per selected device; runtime.hosts (if set) bounds how many stay alive.
+            from raysim.runtime.dedicated import DedicatedPool  # noqa: PLC0415
+
+            self.pool = DedicatedPool(scenario, self.setup.spec, dataset.x_train, dataset.y_train,
+                                      self.setup.shards, setup.fleet.device_id, setup.fleet.memory,
+                                      scenario.runtime.hosts, host_options)
+        else:
+            self.pool = RayPool(scenario, self.setup.spec, dataset.x_train, dataset.y_train, self.setup.shards,
+                                hosts, host_options)
         self.sim = Simulation(scenario, self.setup, self.pool)
 
     def step(self) -> RoundOutput:

@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from raysim.aggregate import PartialSum, fold
+from raysim.aggregate import PartialSum, add_weights, fold
 from raysim.config import Scenario
 from raysim.models import ModelSpec
 from raysim.runtime.tasks import HostResult, TrainReport, TrainTask
@@ -61,24 +61,30 @@ class HostCore:
         acc = PartialSum.zeros(self.shapes)
         reports = []
         indices = {pid: plan_indices(self.spec, p, self.shapes) for pid, p in plans.items()}
+        plan_weight: dict[int, int] = {}  # element weights are added once per plan, not per device
         tc = self.sc.train
         for task in tasks:
             ts = time.perf_counter()
             plan = plans[task.plan_id]
             index = indices[task.plan_id]
             model = self._module(plan)
-            load_params(model, extract(params, index))
+            sub = extract(params, index)
+            load_params(model, sub)
             ix = torch.from_numpy(self.shard(task.device_id))
             res = local_train(model, self.x[ix], self.y[ix], epochs=tc.epochs, batch_size=tc.batch_size,
                               lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay,
                               max_steps=task.max_steps,
-                              generator=torch_generator(self.sc.seed, "train", round_idx, task.device_id))
+                              generator=torch_generator(self.sc.seed, "train", round_idx, task.device_id),
+                              start=sub)
             wall = time.perf_counter() - ts
             if not res.finite:
                 reports.append(TrainReport(task.device_id, "failed", res.samples, res.steps, res.loss, wall,
                                            self.host_id, "non-finite update"))
                 continue
             weight = 1 if task.weight == "uniform" else res.samples
-            fold(acc, res.delta, index, weight, res.samples)
+            fold(acc, res.delta, index, weight, res.samples, count=False)
+            plan_weight[task.plan_id] = plan_weight.get(task.plan_id, 0) + weight
             reports.append(TrainReport(task.device_id, "ok", res.samples, res.steps, res.loss, wall, self.host_id))
+        for pid in sorted(plan_weight):
+            add_weights(acc, indices[pid], plan_weight[pid])
         return HostResult(acc, reports, self.host_id, time.perf_counter() - t0)

@@ -18,6 +18,13 @@ class TrainTask:
     max_steps: Optional[int]  # None = full local work; else partial work before the deadline
     weight: str              # "uniform" or "samples"
     cost_hint: float = 0.0   # predicted compute, for balancing hosts
+    # Predicted simulated seconds of the device's timeline; a realtime backend sleeps them
+    # (times runtime.time_scale). `deadline`: set only under the realtime clock, where the
+    # backend's real timeouts (not predictions) decide who is late.
+    t_download: float = 0.0
+    t_compute: float = 0.0
+    t_upload: float = 0.0
+    deadline: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -25,13 +32,14 @@ class TrainReport:
     """What happened to one task."""
 
     device_id: int
-    status: str          # ok | failed | oom
+    status: str          # ok | failed | oom; realtime backends also report late | partial
     samples: int
     steps: int
     loss: float
     wall_s: float
     host: int
     reason: str = ""
+    finish_s: float = float("nan")  # realtime: measured simulated seconds from round start to result
 
 
 @dataclass

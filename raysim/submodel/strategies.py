@@ -4,9 +4,13 @@
 - rolling: a window that moves by one channel per round and wraps (FedRolex); all devices at
   a rate share it.
 - random: a random subset per device and round (Federated Dropout).
-- magnitude: the channels with the largest L1 norm of their outgoing weights in the current
-  global model (structured pruning): the most important part of the global model.
+- magnitude: the channels whose filters (the weights that produce the channel) have the
+  largest L1 norm in the current global model (structured filter pruning, Li et al.,
+  "Pruning Filters for Efficient ConvNets", ICLR 2017).
 - full: no compression (rate is ignored; every device gets the whole model).
+
+Every strategy keeps exactly `rate_sizes(width, rate)` sorted, unique indices of every group;
+the plan of a residual stream is one group, so it is consistent across the layers sharing it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from raysim.config import rate_sizes
 from raysim.models.base import ModelSpec
+from raysim.seeding import rng
 from raysim.submodel.plan import SubmodelPlan, full_plan, prefix_plan
 
 
@@ -33,6 +38,12 @@ class Strategy(ABC):
     def plan(self, spec: ModelSpec, rate: float, round_idx: int, device_id: int,
              global_params: Mapping[str, torch.Tensor], seed: int) -> SubmodelPlan:
         """The plan for one device in one round."""
+
+    def eval_plan(self, spec: ModelSpec, rate: float, global_params: Mapping[str, torch.Tensor]) -> SubmodelPlan:
+        """The submodel at `rate` that stands for this strategy when a rate's accuracy is
+        evaluated: the first channels (HeteroFL's evaluation), unless the strategy keeps a
+        particular part of the model for good."""
+        return prefix_plan(spec, rate)
 
 
 class Static(Strategy):
@@ -66,11 +77,11 @@ class Random(Strategy):
     per_device = True
 
     def plan(self, spec, rate, round_idx, device_id, global_params, seed):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED_D0, round_idx, device_id]))
+        gen = rng(seed, "random-plan", round_idx, device_id)
         keep = {}
-        for g in sorted(spec.groups):
+        for g in sorted(spec.groups):  # sorted: the draw order must not depend on dict order
             w = spec.groups[g]
-            keep[g] = np.sort(rng.choice(w, size=rate_sizes(w, rate), replace=False).astype(np.int64))
+            keep[g] = np.sort(gen.choice(w, size=rate_sizes(w, rate), replace=False).astype(np.int64))
         return SubmodelPlan(rate, keep)
 
 
@@ -87,9 +98,15 @@ class Magnitude(Strategy):
             keep[g] = np.sort(order[:k].astype(np.int64))
         return SubmodelPlan(rate, keep)
 
+    def eval_plan(self, spec, rate, global_params):
+        # The pruned model is the part of the global model this strategy trains and deploys.
+        return self.plan(spec, rate, 0, -1, global_params, 0)
+
 
 def channel_l1(spec: ModelSpec, global_params: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """L1 norm of each channel's outgoing parameters (every tensor whose first axis is the group)."""
+    """L1 norm of each channel's filters: the slices of every weight tensor (conv or linear,
+    norms excluded) whose first axis is the channel's group. A residual stream sums over all
+    the convs that write to it."""
     scores = {g: np.zeros(w, dtype=np.float64) for g, w in spec.groups.items()}
     for name, axes in spec.axes.items():
         if axes and axes[0] is not None and name.endswith("weight") and len(axes) > 1:
