@@ -209,16 +209,19 @@ def markdown(table: pd.DataFrame, target: float, horizons: dict[int, float], las
 
 
 def plot(runs: dict[Key, Run], arms: list[Arm], horizons: dict[int, float], target: float, png: Path) -> Path:
-    """Accuracy of the global model against simulated time, one line per arm: the mean over
-    seeds at each evaluated round (x = mean simulated time), shaded from min to max."""
+    """Accuracy of the global model against simulated time, one line per arm (ablations are in
+    the table only): the mean over seeds at each evaluated round (x = mean simulated time),
+    shaded from min to max."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    style = {"framework": "-", "baseline": "--", "ablation": ":"}
+    style = {"framework": "-", "baseline": "--"}
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
     for i, arm in enumerate(arms):
+        if arm.kind == "ablation":
+            continue
         curves = []
         for seed, h in horizons.items():
             c = global_curve(runs[(arm.name, seed)])
