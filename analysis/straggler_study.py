@@ -131,7 +131,7 @@ def plot(table: pd.DataFrame, rates: pd.DataFrame, curves: pd.DataFrame, target:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--deadlines", default="2,4,8,16,32", help="deadline.seconds values (comma-separated)")
+    p.add_argument("--deadlines", default="1,2,4,8,16,32", help="deadline.seconds values (comma-separated)")
     p.add_argument("--overcommit", default="0,0.5", help="selection.overcommit values (comma-separated)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=str(ROOT / "runs"), help="parent directory for the sweep")

@@ -18,6 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+# One actor per device costs ~200-300 MB; beyond this a round cannot fit one machine's memory.
+MAX_DEDICATED_ROUND = 256
+
+
 class ScenarioError(ValueError):
     """A scenario (or override) is invalid; the message is one line naming the field."""
 
@@ -214,6 +218,12 @@ class Scenario(_Section):
             raise ValueError("assignment.policy: 'fit-deadline' needs deadline.seconds")
         if self.runtime.clock == "realtime" and self.runtime.placement != "dedicated":
             raise ValueError("runtime.clock: 'realtime' needs runtime.placement 'dedicated'")
+        if self.runtime.placement == "dedicated":
+            per_round = math.ceil(self.selection.per_round * (1 + self.selection.overcommit))
+            if per_round > MAX_DEDICATED_ROUND:
+                raise ValueError(f"runtime.placement: 'dedicated' starts one Ray actor (~200-300 MB) per "
+                                 f"selected device; {per_round} per round exceeds {MAX_DEDICATED_ROUND} "
+                                 f"(use placement 'pooled')")
         if self.selection.per_round > self.fleet.devices and self.fleet.trace is None:
             raise ValueError(
                 f"selection.per_round: {self.selection.per_round} exceeds fleet.devices ({self.fleet.devices})"

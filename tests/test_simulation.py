@@ -81,3 +81,20 @@ def test_checkpoint_state_resumes_bit_identically():
     for k in a.params:
         assert torch.equal(a.params[k], c.params[k])
     assert a.clock == c.clock
+
+
+def test_trace_fleet_with_sparse_ids_trains_each_device_on_its_own_shard(tmp_path):
+    ids = 1000 + 7 * np.arange(60)
+    rows = ["device_id,flops,memory_bytes,down_kbps,up_kbps"] + [f"{d},1e9,100000000,10000,10000" for d in ids]
+    trace = tmp_path / "fleet.csv"
+    trace.write_text("\n".join(rows) + "\n")
+    sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"fleet.trace": str(trace), "train.epochs": 1}))
+    ds = load_dataset(sc.data, sc.seed)
+    setup = build_setup(sc, ds)
+    assert list(setup.fleet.device_id) == list(ids)
+    backend = LocalBackend(sc, setup.spec, ds.x_train, ds.y_train, setup.shards, ids=setup.fleet.device_id)
+    out = Simulation(sc, setup, backend).step()
+    ok = [i for i, s in enumerate(out.clients["status"]) if s == "ok"]
+    assert ok
+    for i in ok:
+        assert out.clients["samples_trained"][i] == out.clients["samples"][i]

@@ -33,7 +33,7 @@ class Coordinator:
                                       scenario.runtime.hosts, host_options)
         else:
             self.pool = RayPool(scenario, self.setup.spec, dataset.x_train, dataset.y_train, self.setup.shards,
-                                hosts, host_options)
+                                hosts, host_options, ids=setup.fleet.device_id)
         self.sim = Simulation(scenario, self.setup, self.pool)
 
     def step(self) -> RoundOutput:

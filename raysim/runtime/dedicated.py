@@ -176,8 +176,9 @@ class DeviceCore:
     """
 
     def __init__(self, scenario: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
-                 shard_flat: np.ndarray, shard_offsets: np.ndarray, device_id: int, memory: float) -> None:
-        self.host = HostCore(scenario, spec, x, y, shard_flat, shard_offsets, host_id=device_id)
+                 shard_flat: np.ndarray, shard_offsets: np.ndarray, device_id: int, memory: float,
+                 ids: Optional[np.ndarray] = None) -> None:
+        self.host = HostCore(scenario, spec, x, y, shard_flat, shard_offsets, host_id=device_id, ids=ids)
         self.sc = scenario
         self.device_id = int(device_id)
         self.memory = float(memory)
@@ -229,9 +230,10 @@ class DeviceCore:
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plan: SubmodelPlan, task: TrainTask,
               start: Optional[float] = None, time_scale: float = 1.0, partial: bool = False,
-              stop: Optional[threading.Event] = None) -> HostResult:
+              stop: Any = None) -> HostResult:
         """Train the device's task. With `start` (wall time of round start), follow the realtime
-        timeline: sleep the download, train, stretch the compute, sleep the upload."""
+        timeline: sleep the download, train, stretch the compute, sleep the upload. `stop` is
+        event-like (`wait(timeout)`, `is_set()`): once set, the round is closed and sleeping ends."""
         t_call = time.perf_counter()
         stop = stop or threading.Event()
         realtime = start is not None
@@ -252,19 +254,19 @@ class DeviceCore:
             delay = t - time.time()
             return not stop.wait(delay) if delay > 0 else not stop.is_set()
 
-        empty = PartialSum.zeros(self.host.shapes)
+        acc = PartialSum.zeros(self.host.shapes)
         trim()  # before the clock's download phase: the cap is measured from a trimmed heap
         max_steps = task.max_steps
         if realtime:
             if not sleep_until(start + task.t_download * time_scale):
-                return HostResult(empty, [report("late", "round closed")], self.device_id, 0.0)
+                return HostResult(acc, [report("late", "round closed")], self.device_id, 0.0)
             if partial and task.deadline is not None:
                 # The steps that fit in the real time left, at the device's simulated step time.
                 left = start + (task.deadline - task.t_upload) * time_scale - time.time()
                 step_s = task.t_compute * time_scale / self.steps_full
                 fit = self.steps_full if step_s <= 0 else int(math.floor(left / step_s))
                 if fit < 1:
-                    return HostResult(empty, [report("late", "no local step fits before the deadline")],
+                    return HostResult(acc, [report("late", "no local step fits before the deadline")],
                                       self.device_id, 0.0)
                 max_steps = fit if fit < self.steps_full else None
         tc = self.sc.train
@@ -284,7 +286,7 @@ class DeviceCore:
             trim(collect=True)
             why = (f"memory: training rate {task.rate:g} needed more address space than the device's "
                    f"{self.memory / 2**20:.2f} MiB allow ({AS_SCALE:g}x + {AS_SLACK >> 20} MiB)")
-            return HostResult(empty, [report("oom", why)], self.device_id, time.perf_counter() - t_call)
+            return HostResult(acc, [report("oom", why)], self.device_id, time.perf_counter() - t_call)
         status, reason = "ok", ""
         if realtime and max_steps is not None and res.steps < self.steps_full:
             status = "partial"
@@ -299,13 +301,13 @@ class DeviceCore:
                 log.warning("device %d: real compute %.3f s exceeds its simulated compute x time_scale "
                             "(%.3f s); raise runtime.time_scale", self.device_id, real, stretched)
             if not sleep_until(c0 + stretched) or not sleep_until(time.time() + task.t_upload * time_scale):
-                return HostResult(empty, [report("late", "round closed")], self.device_id, 0.0)
+                return HostResult(acc, [report("late", "round closed")], self.device_id, 0.0)
         if not res.finite:
-            return HostResult(empty, [report("failed", "non-finite update", res.samples, res.steps, res.loss)],
+            return HostResult(acc, [report("failed", "non-finite update", res.samples, res.steps, res.loss)],
                               self.device_id, time.perf_counter() - t_call)
         weight = 1 if task.weight == "uniform" else res.samples
-        fold(empty, res.delta, index, weight, res.samples)
-        return HostResult(empty, [report(status, reason, res.samples, res.steps, res.loss)], self.device_id,
+        fold(acc, res.delta, index, weight, res.samples)
+        return HostResult(acc, [report(status, reason, res.samples, res.steps, res.loss)], self.device_id,
                           time.perf_counter() - t_call)
 
 
@@ -314,22 +316,41 @@ def _no_cap() -> Iterator[None]:
     yield None
 
 
-@ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0, max_concurrency=2)
-class DeviceActor:
-    """Ray actor around one `DeviceCore`. Two threads: `stop` must reach a sleeping `train`.
+class _Cancelled:
+    """Ray's cancellation flag of the running task, seen as an event (`ray.cancel` sets it)."""
 
-    num_cpus=0: a throttled device mostly sleeps, and a fleet's actors must all run at once
-    for the deadline to mean anything.
+    POLL_S = 0.005
+
+    def is_set(self) -> bool:
+        return ray.get_runtime_context().is_canceled()
+
+    def wait(self, timeout: float) -> bool:
+        end = time.time() + timeout
+        while not self.is_set():
+            left = end - time.time()
+            if left <= 0:
+                return False
+            time.sleep(min(self.POLL_S, left))
+        return True
+
+
+@ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
+class DeviceActor:
+    """Ray actor around one `DeviceCore`.
+
+    One thread on purpose: the memory cap holds for the whole process, so nothing else of ours
+    may run (and allocate) while a device trains under it. The server closes a round with
+    `ray.cancel`, which a sleeping `train` sees through `_Cancelled`. num_cpus=0: a throttled
+    device mostly sleeps, and a round's actors must all run at once for the deadline to mean
+    anything.
     """
 
     def __init__(self, scenario: Scenario, spec: ModelSpec, data_refs: list, device_id: int,
                  memory: float) -> None:
-        x, y, flat, offsets = ray.get(data_refs)
-        self.core = DeviceCore(scenario, spec, x, y, flat, offsets, device_id, memory)
+        x, y, flat, offsets, ids = ray.get(data_refs)
+        self.core = DeviceCore(scenario, spec, x, y, flat, offsets, device_id, memory, ids)
         self.time_scale = scenario.runtime.time_scale
         self.partial = scenario.deadline.policy == "partial"
-        self._stopped: set[int] = set()
-        self._events: dict[int, threading.Event] = {}
         self._crash_round: Optional[int] = None
 
     def prepare(self, plan: SubmodelPlan) -> bool:
@@ -339,24 +360,10 @@ class DeviceActor:
 
     def train(self, round_idx: int, params: dict[str, np.ndarray], plan: SubmodelPlan, task: TrainTask,
               start: Optional[float]) -> HostResult:
-        ev = self._events.setdefault(round_idx, threading.Event())
-        if round_idx in self._stopped:
-            ev.set()
         if self._crash_round == round_idx:
             os._exit(1)
         tparams = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
-        try:
-            return self.core.train(round_idx, tparams, plan, task, start, self.time_scale, self.partial, ev)
-        finally:
-            self._events.pop(round_idx, None)
-            self._stopped.discard(round_idx)
-
-    def stop(self, round_idx: int) -> None:
-        """The server closed the round: give up sleeping (the work will be discarded)."""
-        self._stopped.add(round_idx)
-        ev = self._events.get(round_idx)
-        if ev is not None:
-            ev.set()
+        return self.core.train(round_idx, tparams, plan, task, start, self.time_scale, self.partial, _Cancelled())
 
     def try_allocate(self, nbytes: int) -> bool:
         return self.core.try_allocate(nbytes)
@@ -384,7 +391,7 @@ class DedicatedPool:
                  ids: np.ndarray, memory: np.ndarray, capacity: Optional[int] = None,
                  actor_options: Optional[dict[str, Any]] = None) -> None:
         flat, offsets = flatten_shards(shards)
-        self._refs = [ray.put(a) for a in (x, y, flat, offsets)]
+        self._refs = [ray.put(a) for a in (x, y, flat, offsets, np.asarray(ids))]
         self.sc = sc
         self.shapes = spec.global_shapes()
         self._spec = spec
@@ -474,7 +481,7 @@ class DedicatedPool:
         start = time.time() if realtime else None
         futures = {actors[t.device_id].train.remote(round_idx, pref, plans[t.plan_id], t, start): t for t in ready}
         if realtime:
-            out, late = self._collect_realtime(round_idx, futures, actors, start)
+            out, late = self._collect_realtime(futures, start)
         else:
             out, late = self._collect_all(futures), []
         reports = lost + late
@@ -500,8 +507,7 @@ class DedicatedPool:
     def _collect_all(self, futures: dict) -> list[Optional[HostResult]]:
         return [self._get(ref, t) for ref, t in futures.items()]
 
-    def _collect_realtime(self, round_idx: int, futures: dict, actors: dict, start: float
-                          ) -> tuple[list[Optional[HostResult]], list[TrainReport]]:
+    def _collect_realtime(self, futures: dict, start: float) -> tuple[list[Optional[HostResult]], list[TrainReport]]:
         """Wait for results until K have arrived or the deadline passes (real timeouts)."""
         scale = self.sc.runtime.time_scale
         deadline = next(iter(futures.values())).deadline if futures else None
@@ -528,7 +534,7 @@ class DedicatedPool:
         late = []
         for ref in pending:
             t = futures[ref]
-            actors[t.device_id].stop.remote(round_idx)
+            ray.cancel(ref)  # a sleeping device gives up; its work is discarded
             why = OVERCOMMIT_REASON if kept >= k else f"missed the {deadline:g} s deadline (real time)"
             late.append(_report(t.device_id, "late", why))
         return out, late

@@ -26,7 +26,8 @@ class HostCore:
     """Trains devices' submodels on their shards and folds their deltas into one partial sum."""
 
     def __init__(self, scenario: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
-                 shard_flat: np.ndarray, shard_offsets: np.ndarray, host_id: int = 0) -> None:
+                 shard_flat: np.ndarray, shard_offsets: np.ndarray, host_id: int = 0,
+                 ids: Optional[np.ndarray] = None) -> None:
         torch.set_num_threads(scenario.runtime.torch_threads)
         self.sc = scenario
         self.spec = spec
@@ -39,12 +40,16 @@ class HostCore:
         self.flat = np.asarray(shard_flat)
         self.offsets = np.asarray(shard_offsets)
         self.host_id = host_id
+        # Shards are stored by fleet position; `ids` (sorted fleet device ids) maps an id to
+        # its position. Without it, ids are positions (fleets drawn from a class mix).
+        self.ids = None if ids is None else np.asarray(ids)
         self.shapes = spec.global_shapes()
         self._modules: dict[tuple, torch.nn.Module] = {}
 
     def shard(self, device_id: int) -> np.ndarray:
         """Indices of the device's training samples."""
-        return self.flat[self.offsets[device_id]:self.offsets[device_id + 1]]
+        pos = device_id if self.ids is None else int(np.searchsorted(self.ids, device_id))
+        return self.flat[self.offsets[pos]:self.offsets[pos + 1]]
 
     def _module(self, plan: SubmodelPlan) -> torch.nn.Module:
         key = (tuple(sorted(plan.sizes().items())), plan.rate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,9 +38,9 @@ class LocalBackend:
     """Backend that trains in the calling process (tests, debugging); no Ray."""
 
     def __init__(self, sc: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
-                 shards: list[np.ndarray], hosts: int = 1) -> None:
+                 shards: list[np.ndarray], hosts: int = 1, ids: Optional[np.ndarray] = None) -> None:
         flat, offsets = flatten_shards(shards)
-        self.cores = [HostCore(sc, spec, x, y, flat, offsets, h) for h in range(hosts)]
+        self.cores = [HostCore(sc, spec, x, y, flat, offsets, h, ids) for h in range(hosts)]
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> list[HostResult]:

@@ -34,8 +34,8 @@ class DeviceHost:
     def __init__(self, scenario: Scenario, spec: ModelSpec, data_refs: list, host_id: int) -> None:
         # The refs arrive wrapped in a list, so they stay references (not inlined arguments):
         # a restarted actor fetches the same shared copy again while the pool keeps them alive.
-        x, y, flat, offsets = ray.get(data_refs)
-        self.core = HostCore(scenario, spec, x, y, flat, offsets, host_id)
+        x, y, flat, offsets, ids = ray.get(data_refs)
+        self.core = HostCore(scenario, spec, x, y, flat, offsets, host_id, ids)
         self._crash_round: Optional[int] = None
 
     def arm_crash(self, round_idx: int) -> None:
@@ -61,10 +61,11 @@ class RayPool:
     """Backend that trains a round's tasks on a pool of `DeviceHost` actors."""
 
     def __init__(self, sc: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
-                 shards: list[np.ndarray], hosts: int, host_options: Optional[dict[str, Any]] = None) -> None:
+                 shards: list[np.ndarray], hosts: int, host_options: Optional[dict[str, Any]] = None,
+                 ids: Optional[np.ndarray] = None) -> None:
         flat, offsets = flatten_shards(shards)
         # Put once: every host on a node reads the same shared-memory copy.
-        refs = [ray.put(a) for a in (x, y, flat, offsets)]
+        refs = [ray.put(a) for a in (x, y, flat, offsets, ids)]
         self._refs = refs
         self._args = (sc, spec, refs)
         # SPREAD: on a cluster, hosts go to different nodes before doubling up on one.
