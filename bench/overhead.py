@@ -206,15 +206,6 @@ def _noop(_: int) -> int:
     return os.getpid()
 
 
-def run_floor(sc, setup, work: list[RoundWork], workers: int) -> dict[str, Any]:
-    floor = Floor(sc, setup, workers)
-    try:
-        rounds = [floor.round(w) for w in work]
-    finally:
-        floor.close()
-    return {"start_s": floor.start_s, "rounds": rounds, "params": floor.params}
-
-
 # ------------------------------------------------------------------------------ (b) raysim
 def run_raysim(sc) -> dict[str, Any]:
     """One run through raysim's own driver loop on the already started Ray instance."""
