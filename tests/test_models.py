@@ -28,13 +28,6 @@ from helpers import tiny_overrides
 RATES = [1.0, 0.5, 0.25, 0.125, 0.0625]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and two threads on a shared 2-core box thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def zoo(norm):
