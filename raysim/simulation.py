@@ -206,9 +206,11 @@ class Simulation:
         reason = assign.reason.copy()
         reason[has_rate & no_data] = "no training samples"
         assigned = has_rate & ~no_data
-        pick = lambda attr: np.array([getattr(times_at[rt], attr)[i] if not np.isnan(rt) else np.nan  # noqa: E731
-                                      for i, rt in enumerate(rate)], dtype=float) if n else np.zeros(0)
-        t_down, t_comp, t_up = pick("download"), pick("compute"), pick("upload")
+        # Each device's predicted times at its assigned rate (NaN where none): one mask per rate.
+        t_down, t_comp, t_up = (np.full(n, np.nan) for _ in range(3))
+        for rt, times in times_at.items():
+            at = rate == rt
+            t_down[at], t_comp[at], t_up[at] = times.download[at], times.compute[at], times.upload[at]
         total = t_down + t_comp + t_up
         horizon = np.where(np.isnan(total), 0.0, total)
         if deadline is not None:
