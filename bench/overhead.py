@@ -242,16 +242,13 @@ class RaysimRounds:
 
     def __init__(self, sc, setup) -> None:
         import ray  # noqa: PLC0415
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
 
-        from raysim.runtime.coordinator import Coordinator  # noqa: PLC0415
+        from raysim.runtime.coordinator import start_coordinator  # noqa: PLC0415
         from raysim.runtime.session import cluster_cpus  # noqa: PLC0415
 
         t = time.perf_counter()
-        here = ray.get_runtime_context().get_node_id()
         # As the driver (raysim.runtime.runner) starts it: next to the driver, one host per CPU.
-        self.coord = Coordinator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote(
-            sc, setup, sc.runtime.hosts or cluster_cpus())
+        self.coord = start_coordinator(sc, setup, sc.runtime.hosts or cluster_cpus())
         ray.get(self.coord.info.remote())
         self.start_s = time.perf_counter() - t
 

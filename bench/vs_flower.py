@@ -77,10 +77,8 @@ def export_work(sc, setup, work: list, path: Path, num_cpus: int, n_rounds: int)
     """Everything the Flower side needs, as plain arrays and JSON."""
     import torch  # noqa: PLC0415
 
-    from raysim.runtime.local import flatten_shards  # noqa: PLC0415
-
     path.mkdir(parents=True, exist_ok=True)
-    flat, offsets = flatten_shards(setup.shards)
+    flat, offsets = setup.shards.flat, setup.shards.offsets
     torch.manual_seed(sc.seed)  # raysim's initial global model
     init = {f"param/{k}": p.detach().numpy().copy() for k, p in setup.spec.build().named_parameters()}
     rounds = {f"round/{w.round}": np.array([t.device_id for t in w.tasks], np.int64) for w in work}

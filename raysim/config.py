@@ -178,11 +178,16 @@ class EvalConfig(_Section):
 class RuntimeConfig(_Section):
     address: Optional[str] = Field(None, description="Ray address; null starts a local instance")
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs for a local Ray instance")
-    hosts: Optional[int] = Field(None, ge=1, description="device-host actors; null = one per CPU")
+    hosts: Optional[int] = Field(None, ge=1, description="device-host actors; null = one per CPU "
+                                 "(hosts_per: cpu) or per node (hosts_per: node)")
+    hosts_per: Literal["cpu", "node"] = Field("cpu", description="pooled: one device host per CPU of the "
+                                              "cluster, spread over its nodes, or one per node, pinned to it")
     placement: Literal["pooled", "dedicated"] = "pooled"
     clock: Literal["virtual", "realtime"] = "virtual"
     time_scale: float = Field(0.01, gt=0.0, description="realtime: wall seconds per simulated second")
     torch_threads: int = Field(1, ge=1)
+    coordinator_restarts: int = Field(3, ge=0, description="times a lost coordinator is restarted from "
+                                      "the last checkpoint before the run fails")
 
 
 class OutputConfig(_Section):
@@ -218,6 +223,8 @@ class Scenario(_Section):
             raise ValueError("assignment.policy: 'fit-deadline' needs deadline.seconds")
         if self.runtime.clock == "realtime" and self.runtime.placement != "dedicated":
             raise ValueError("runtime.clock: 'realtime' needs runtime.placement 'dedicated'")
+        if self.runtime.placement == "dedicated" and self.runtime.hosts_per == "node":
+            raise ValueError("runtime.hosts_per: 'node' applies to placement 'pooled' only")
         if self.runtime.placement == "dedicated":
             per_round = math.ceil(self.selection.per_round * (1 + self.selection.overcommit))
             if per_round > MAX_DEDICATED_ROUND:

@@ -15,7 +15,7 @@ def fleet_table(sc: Scenario, setup: Setup) -> pd.DataFrame:
     """One row per device class: size, median profile, and the share able to train each rate."""
     fleet = setup.fleet
     cls = fleet.classes()
-    samples = np.array([len(s) for s in setup.shards])
+    samples = setup.shards.sizes()
     all_idx = np.arange(len(fleet))
     times = {r: device_times(fleet, all_idx, c, samples, sc.train.epochs, rng(sc.seed, "fleet-view"), jitter=0.0).total
              for r, c in setup.costs.items()}

@@ -115,16 +115,28 @@ class RunWriter:
             {"at_round": upto, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         w.rounds, w.clients, w.evals = [], [], []
         if (w.path / "rounds.parquet").exists():
-            r = pd.read_parquet(w.path / "rounds.parquet")
-            w.rounds = r[r["round"] <= upto].to_dict("records")
+            w.rounds = pd.read_parquet(w.path / "rounds.parquet").to_dict("records")
         if (w.path / "clients.parquet").exists():
-            c = pd.read_parquet(w.path / "clients.parquet")
-            w.clients = [c[c["round"] <= upto]]
+            w.clients = [pd.read_parquet(w.path / "clients.parquet")]
         if (w.path / "evals.parquet").exists():
-            e = pd.read_parquet(w.path / "evals.parquet")
-            w.evals = e[e["round"] <= upto].to_dict("records")
-        w._write_manifest()
+            w.evals = pd.read_parquet(w.path / "evals.parquet").to_dict("records")
+        w.rewind(upto)
         return w
+
+    def rewind(self, upto: int) -> None:
+        """Forget the records of rounds after `upto` (they will be run again from a checkpoint)."""
+        self.rounds = [r for r in self.rounds if r["round"] <= upto]
+        self.clients = [c[c["round"] <= upto] for c in self.clients]
+        self.evals = [e for e in self.evals if e["round"] <= upto]
+        self.manifest["completed_rounds"] = upto
+        self._write_manifest()
+
+    def note_restart(self, lost_round: int, from_round: int, why: str) -> None:
+        """Record that a lost coordinator was restarted from the checkpoint of `from_round`."""
+        self.manifest.setdefault("coordinator_restarts", []).append(
+            {"lost_in_round": lost_round, "from_round": from_round, "error": why,
+             "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        self._write_manifest()
 
     def add(self, out: RoundOutput) -> None:
         """Record one round."""

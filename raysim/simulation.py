@@ -17,7 +17,7 @@ import torch
 from raysim.aggregate import PartialSum, ServerOptimizer, mean_delta
 from raysim.config import Scenario, ScenarioError, rate_sizes
 from raysim.cost import RateCost, device_times, profile_ladder
-from raysim.data import Dataset, partition
+from raysim.data import Dataset, Shards, partition
 from raysim.fleet import Availability, Fleet, make_fleet
 from raysim.models import ModelSpec, make_spec
 from raysim.models.base import ModelSpec as _Spec
@@ -64,7 +64,7 @@ class Setup:
     costs: dict[float, RateCost]
     fleet: Fleet
     availability: Availability
-    shards: list[np.ndarray]
+    shards: Shards
     dataset: Dataset
 
 
@@ -146,7 +146,7 @@ class Simulation:
         self.server = ServerOptimizer(s.optimizer, s.lr, s.momentum, s.beta1, s.beta2, s.eps)
         self.round = 0        # rounds completed
         self.clock = 0.0      # simulated seconds
-        self.samples = np.array([len(x) for x in setup.shards], dtype=np.int64)
+        self.samples = setup.shards.sizes()
         ds = setup.dataset
         n_eval = len(ds.y_test) if sc.eval.max_samples is None else min(sc.eval.max_samples, len(ds.y_test))
         self.x_test = torch.from_numpy(np.array(ds.x_test[:n_eval], copy=True))

@@ -16,3 +16,8 @@ def test_two_node_cluster_uses_both_nodes_and_matches_one_node(tmp_path):
     verdict = json.loads(p.stdout.strip().splitlines()[-1])
     assert verdict["distinct_nodes"] == 2
     assert verdict["same_params"] is True
+    # Hosts on both nodes read the refs the driver put: one stored copy, fetched once per node;
+    # the head has 2 CPUs and the worker 1: three hosts per CPU, two per node, on both nodes.
+    for per, hosts in (("cpu", 3), ("node", 2)):
+        layout = verdict["layouts"][per]
+        assert layout == {"hosts": hosts, "host_nodes": 2, "one_copy": True}, (per, layout)

@@ -11,6 +11,7 @@ from raysim.results import load_run
 from raysim.runtime.dedicated import OVERCOMMIT_REASON, DedicatedPool, cap_bytes
 from raysim.runtime.local import LocalBackend
 from raysim.runtime.runner import prepare, run
+from raysim.runtime.shared import share_arrays
 from raysim.runtime.tasks import TrainTask
 from raysim.submodel import make_strategy
 from helpers import tiny_overrides
@@ -54,7 +55,8 @@ def bench():
     memory = np.full(len(ids), 64 * MiB)
     memory[small] = MiB // 4
     ds = setup.dataset
-    pool = DedicatedPool(sc, setup.spec, ds.x_train, ds.y_train, setup.shards, ids, memory, capacity=2)
+    pool = DedicatedPool(sc, setup.spec, share_arrays(ds.x_train, ds.y_train, setup.shards, ids), ids, memory,
+                         capacity=2)
     torch.manual_seed(0)
     params = {k: p.detach().clone() for k, p in setup.spec.build().named_parameters()}
     static = make_strategy("static")
@@ -115,7 +117,8 @@ def test_realtime_pool_sleeps_the_timeline_and_enforces_the_deadline():
                      "deadline.seconds": 1.5, "deadline.policy": "partial"})
     setup = prepare(sc)
     ds = setup.dataset
-    pool = DedicatedPool(sc, setup.spec, ds.x_train, ds.y_train, setup.shards, setup.fleet.device_id,
+    ids = setup.fleet.device_id
+    pool = DedicatedPool(sc, setup.spec, share_arrays(ds.x_train, ds.y_train, setup.shards, ids), ids,
                          np.full(10, 64 * MiB))
     try:
         torch.manual_seed(0)

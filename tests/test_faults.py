@@ -5,7 +5,7 @@ import pytest
 import ray
 
 from raysim.config import load_scenario
-from raysim.runtime.coordinator import Coordinator
+from raysim.runtime.coordinator import start_coordinator
 from raysim.runtime.runner import prepare
 from helpers import tiny_overrides
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 def test_dead_host_devices_are_failed_and_the_run_goes_on():
     sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts": 2, "rounds": 3}))
-    coord = Coordinator.remote(sc, prepare(sc), 2)
+    coord = start_coordinator(sc, prepare(sc), 2)
     try:
         ray.get(coord.arm_host_crash.remote(0, 2))
         outs = [ray.get(coord.step.remote()) for _ in range(3)]
@@ -28,6 +28,8 @@ def test_dead_host_devices_are_failed_and_the_run_goes_on():
         assert outs[1].round_row["n_failed"] == int(failed.sum())
         assert (st[2] == "failed").sum() == 0 and set(host[2][st[2] == "ok"]) == {0, 1}, "host 0 replaced"
         assert ray.get(coord.host_restarts.remote()) == 1
+        refs = ray.get(coord.data_ref_ids.remote())
+        assert all(h == refs["coordinator"] for h in refs["hosts"]), "the replacement reads the stored copy"
         assert np.isfinite(outs[2].round_row["accuracy"])
     finally:
         ray.kill(coord)

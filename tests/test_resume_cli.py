@@ -1,6 +1,7 @@
-"""An interrupted driver resumes from its last checkpoint to bit-identical final numbers."""
+"""A killed driver resumes, and a killed coordinator is replaced, with bit-identical final numbers."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,32 +25,92 @@ def final_params(run: Path):
     return torch.load(ck, weights_only=True)["params"]
 
 
-@pytest.mark.slow
-def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
-    subprocess.run(cli("scenarios/quickstart.yaml", *SETS, "--out", str(tmp_path / "full")), check=True,
-                   capture_output=True, timeout=300)
-    full = next((tmp_path / "full").iterdir())
+def same_params(a: Path, b: Path) -> bool:
+    pa, pb = final_params(a), final_params(b)
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
-    p = subprocess.Popen(cli("scenarios/quickstart.yaml", *SETS, "--out", str(tmp_path / "cut")),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    cut = None
+
+def wait_for_checkpoint(root: Path, round_idx: int, timeout: float = 240) -> Path:
+    deadline = time.time() + timeout
     while time.time() < deadline:
-        runs = list((tmp_path / "cut").glob("*/checkpoints/round-000002.pt"))
+        runs = list(root.glob(f"*/checkpoints/round-{round_idx:06d}.pt"))
         if runs:
-            cut = runs[0].parents[1]
-            break
+            return runs[0].parents[1]
         time.sleep(0.2)
-    assert cut is not None, "no checkpoint appeared"
-    p.send_signal(signal.SIGINT)
+    raise AssertionError(f"no checkpoint of round {round_idx} appeared")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must match."""
+    root = tmp_path_factory.mktemp("full")
+    subprocess.run(cli("scenarios/quickstart.yaml", *SETS, "--out", str(root)), check=True, capture_output=True,
+                   timeout=300)
+    return next(root.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_killed_driver_resumes_to_the_same_numbers(full, tmp_path, sig):
+    p = subprocess.Popen(cli("scenarios/quickstart.yaml", *SETS, "--out", str(tmp_path)),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cut = wait_for_checkpoint(tmp_path, 2)
+    p.send_signal(sig)
     err = p.communicate(timeout=120)[1]
     assert p.returncode != 0
     assert "Traceback" not in err
     manifest = json.loads((cut / "manifest.json").read_text())
-    assert manifest["status"] in ("interrupted", "running") and manifest["completed_rounds"] < 6
+    # SIGINT is caught and marked; SIGKILL leaves the run `running`, which no reader takes as complete.
+    assert manifest["status"] == ("interrupted" if sig == signal.SIGINT else "running")
+    assert manifest["completed_rounds"] < 6
 
     r = subprocess.run(cli("--resume", str(cut)), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads((cut / "manifest.json").read_text())["status"] == "complete"
-    a, b = final_params(full), final_params(cut)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_params(full, cut)
+
+
+@pytest.mark.slow
+def test_killed_coordinator_is_replaced_and_the_run_ends_the_same(full, tmp_path):
+    p = subprocess.Popen(cli("scenarios/quickstart.yaml", *SETS, "--out", str(tmp_path)),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_checkpoint(tmp_path, 2)
+        coords = [c for c in descendants(p.pid) if cmdline(c).startswith("ray::Coordinator")]
+        assert len(coords) == 1, "one coordinator process below the driver"
+        os.kill(coords[0], signal.SIGKILL)
+        err = p.communicate(timeout=300)[1]
+    finally:
+        p.kill()
+    assert p.returncode == 0, err[-2000:]
+    assert "coordinator lost in round" in err
+    run = next(tmp_path.iterdir())
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["coordinator_restarts"]) == 1
+    assert manifest["coordinator_restarts"][0]["from_round"] >= 2
+    assert same_params(full, run)

@@ -9,11 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ray
 import torch
 from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import tiny_overrides  # noqa: E402
+
+from raysim.config import load_scenario  # noqa: E402
+from raysim.runtime.coordinator import start_coordinator  # noqa: E402
+from raysim.runtime.runner import prepare  # noqa: E402
 
 
 def raysim_run(out: Path, address: str | None) -> Path:
@@ -31,19 +36,39 @@ def final(run: Path) -> dict:
     return torch.load(ck, weights_only=True)["params"]
 
 
+def data_copies(address: str) -> dict:
+    """Which stored copy of the training data the coordinator and each host (on which node) read,
+    with one host per CPU and with one host per node."""
+    out = {}
+    ray.init(address=address, logging_level="ERROR")
+    try:
+        for per in ("cpu", "node"):
+            sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts_per": per}))
+            coord = start_coordinator(sc, prepare(sc), None)
+            refs, nodes = ray.get([coord.data_ref_ids.remote(), coord.host_nodes.remote()])
+            ray.kill(coord)
+            out[per] = {"hosts": len(nodes), "host_nodes": len(set(nodes)),
+                        "one_copy": all(h == refs["coordinator"] for h in refs["hosts"])}
+    finally:
+        ray.shutdown()
+    return out
+
+
 def main(tmp: Path) -> None:
     cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+                      head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         multi = raysim_run(tmp / "cluster", cluster.address)
+        copies = data_copies(cluster.address)
     finally:
         cluster.shutdown()
     single = raysim_run(tmp / "single", None)
     nodes = json.loads((multi / "manifest.json").read_text())["info"]["host_nodes"]
     a, b = final(multi), final(single)
-    print(json.dumps({"distinct_nodes": len(set(nodes)), "same_params": all(torch.equal(a[k], b[k]) for k in a)}))
+    print(json.dumps({"distinct_nodes": len(set(nodes)), "same_params": all(torch.equal(a[k], b[k]) for k in a),
+                      "layouts": copies}))
 
 
 if __name__ == "__main__":

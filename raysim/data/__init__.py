@@ -12,5 +12,6 @@
 from raysim.data.base import DataError, Dataset
 from raysim.data.load import load_dataset
 from raysim.data.partition import label_histograms, partition
+from raysim.data.shards import Shards
 
-__all__ = ["DataError", "Dataset", "label_histograms", "load_dataset", "partition"]
+__all__ = ["DataError", "Dataset", "Shards", "label_histograms", "load_dataset", "partition"]

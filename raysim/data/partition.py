@@ -12,16 +12,18 @@ to exactly one device. Each device's indices come out in ascending order.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
 import numpy as np
 
 from raysim.config import PartitionConfig
 from raysim.data.base import DataError, Dataset, rng_for
+from raysim.data.shards import Shards
 
 DIRICHLET_REDRAWS = 10  # fresh draws tried before topping up small devices by moving samples
 
 
-def partition(ds: Dataset, n_devices: int, cfg: PartitionConfig, seed: int) -> list[np.ndarray]:
+def partition(ds: Dataset, n_devices: int, cfg: PartitionConfig, seed: int) -> Shards:
     """One int64 index array into `ds.x_train` per device, deterministic from `seed`.
 
     Every device gets at least `cfg.min_samples` samples where the data allows it (at most
@@ -48,22 +50,23 @@ def partition(ds: Dataset, n_devices: int, cfg: PartitionConfig, seed: int) -> l
     return _parts(owner, n_devices)
 
 
-def label_histograms(y: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+def label_histograms(y: np.ndarray, parts: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
     """Samples of each class held by each device: int64 `(len(parts), num_classes)`."""
-    sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-    if sizes.sum() == 0:
+    shards = Shards.from_list(parts)
+    if len(shards.flat) == 0:
         return np.zeros((len(parts), num_classes), dtype=np.int64)
-    device = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
-    labels = np.asarray(y, dtype=np.int64)[np.concatenate(parts).astype(np.int64)]
+    device = shards.owners()
+    labels = np.asarray(y, dtype=np.int64)[shards.flat]
     flat = np.bincount(device * num_classes + labels, minlength=len(parts) * num_classes)
     return flat.reshape(len(parts), num_classes).astype(np.int64)
 
 
-def _parts(owner: np.ndarray, n_devices: int) -> list[np.ndarray]:
+def _parts(owner: np.ndarray, n_devices: int) -> Shards:
     """Owner per sample -> ascending index array per device (a stable sort keeps the order)."""
     order = np.argsort(owner, kind="stable").astype(np.int64)
-    bounds = np.cumsum(np.bincount(owner, minlength=n_devices))[:-1]
-    return np.split(order, bounds)
+    offsets = np.zeros(n_devices + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.bincount(owner, minlength=n_devices))
+    return Shards(order, offsets)
 
 
 def _iid(n: int, n_devices: int, rng: np.random.Generator) -> np.ndarray:

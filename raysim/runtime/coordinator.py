@@ -6,34 +6,39 @@ on request, its checkpoint state; it never writes files, so it can live on any n
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raysim.config import Scenario
 from raysim.runtime.pool import RayPool
+from raysim.runtime.shared import SharedData, attach, share
 from raysim.simulation import RoundOutput, Setup, Simulation
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class Coordinator:
-    """Runs the rounds of one scenario."""
+    """Runs the rounds of one scenario.
 
-    def __init__(self, scenario: Scenario, setup: Setup, hosts: int,
+    `setup` is the light setup of `raysim.runtime.shared.share` and `data` its training data
+    in the object store; the coordinator maps the data (no copy) and hands the same refs to
+    its device hosts. Start it with `start_coordinator`.
+    """
+
+    def __init__(self, scenario: Scenario, setup: Setup, data: SharedData, hosts: Optional[int],
                  host_options: Optional[dict[str, Any]] = None) -> None:
-        # The driver prepared (and validated) the setup; it arrives through the object store.
-        self.setup = setup
-        dataset = setup.dataset
+        self.setup = attach(setup, data)
+        self.data = data
         if scenario.runtime.placement == "dedicated":
             # One actor per selected device; runtime.hosts (if set) bounds how many stay alive.
             from raysim.runtime.dedicated import DedicatedPool  # noqa: PLC0415
 
-            self.pool = DedicatedPool(scenario, self.setup.spec, dataset.x_train, dataset.y_train,
-                                      self.setup.shards, setup.fleet.device_id, setup.fleet.memory,
-                                      scenario.runtime.hosts, host_options)
+            self.pool = DedicatedPool(scenario, self.setup.spec, data, self.setup.fleet.device_id,
+                                      self.setup.fleet.memory, scenario.runtime.hosts, host_options)
         else:
-            self.pool = RayPool(scenario, self.setup.spec, dataset.x_train, dataset.y_train, self.setup.shards,
-                                hosts, host_options, ids=setup.fleet.device_id)
+            self.pool = RayPool(scenario, self.setup.spec, data, hosts, host_options)
         self.sim = Simulation(scenario, self.setup, self.pool)
 
     def step(self) -> RoundOutput:
@@ -57,7 +62,7 @@ class Coordinator:
             "hosts": len(self.pool.hosts),
             "host_nodes": self.pool.node_ids(),
             "train_samples": int(len(s.dataset.y_train)),
-            "test_samples": int(len(s.dataset.y_test)),
+            "eval_samples": int(len(s.dataset.y_test)),
         }
 
     def fleet_frame(self):
@@ -71,6 +76,11 @@ class Coordinator:
         df["label_hist"] = list(hist)
         return df
 
+    def data_ref_ids(self) -> dict[str, Any]:
+        """Ids of the stored training arrays: the coordinator's and every host's."""
+        hosts = self.pool.data_ref_ids() if hasattr(self.pool, "data_ref_ids") else []
+        return {"coordinator": self.data.ref_ids(), "hosts": hosts}
+
     def host_nodes(self) -> list[str]:
         return self.pool.node_ids()
 
@@ -83,3 +93,24 @@ class Coordinator:
 
     def host_restarts(self) -> int:
         return self.pool.restarts
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def spawn_coordinator(sc: Scenario, light: Setup, data: SharedData, hosts: Optional[int],
+                      host_options: Optional[dict[str, Any]] = None):
+    """A coordinator for a light setup and its stored data, next to the caller (the driver,
+    which keeps the files). Returns the actor handle."""
+    here = ray.get_runtime_context().get_node_id()
+    return Coordinator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote(
+        sc, light, data, hosts, host_options)
+
+
+def start_coordinator(sc: Scenario, setup: Setup, hosts: Optional[int], host_options: Optional[dict[str, Any]] = None):
+    """Put the setup's training data into the object store once and spawn the coordinator.
+
+    The caller should drop its own `setup` afterwards: the stored copy is the one in use.
+    """
+    light, data = share(setup, sc.eval.max_samples)
+    return spawn_coordinator(sc, light, data, hosts, host_options)

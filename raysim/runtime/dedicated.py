@@ -65,7 +65,7 @@ from raysim.aggregate import PartialSum, fold
 from raysim.config import Scenario
 from raysim.models import ModelSpec
 from raysim.runtime.host import HostCore
-from raysim.runtime.local import flatten_shards
+from raysim.runtime.shared import SharedData
 from raysim.runtime.tasks import HostResult, TrainReport, TrainTask
 from raysim.seeding import torch_generator
 from raysim.submodel import SubmodelPlan, extract, plan_indices
@@ -345,9 +345,9 @@ class DeviceActor:
     anything.
     """
 
-    def __init__(self, scenario: Scenario, spec: ModelSpec, data_refs: list, device_id: int,
+    def __init__(self, scenario: Scenario, spec: ModelSpec, data: SharedData, device_id: int,
                  memory: float) -> None:
-        x, y, flat, offsets, ids = ray.get(data_refs)
+        x, y, flat, offsets, ids = data.get()
         self.core = DeviceCore(scenario, spec, x, y, flat, offsets, device_id, memory, ids)
         self.time_scale = scenario.runtime.time_scale
         self.partial = scenario.deadline.policy == "partial"
@@ -387,11 +387,9 @@ class DedicatedPool:
     live actors (least recently used ones are killed), but never below one round's devices.
     """
 
-    def __init__(self, sc: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray, shards: list[np.ndarray],
-                 ids: np.ndarray, memory: np.ndarray, capacity: Optional[int] = None,
-                 actor_options: Optional[dict[str, Any]] = None) -> None:
-        flat, offsets = flatten_shards(shards)
-        self._refs = [ray.put(a) for a in (x, y, flat, offsets, np.asarray(ids))]
+    def __init__(self, sc: Scenario, spec: ModelSpec, data: SharedData, ids: np.ndarray, memory: np.ndarray,
+                 capacity: Optional[int] = None, actor_options: Optional[dict[str, Any]] = None) -> None:
+        self._data = data
         self.sc = sc
         self.shapes = spec.global_shapes()
         self._spec = spec
@@ -417,7 +415,7 @@ class DedicatedPool:
                 ray.kill(self.actors.pop(old))
         for d in missing:
             self.actors[d] = DeviceActor.options(**self._opts).remote(
-                self.sc, self._spec, self._refs, d, self._memory[d])
+                self.sc, self._spec, self._data, d, self._memory[d])
             self.created += 1
         return {d: self.actors[d] for d in devices}
 

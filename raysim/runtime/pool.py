@@ -20,7 +20,9 @@ from ray.exceptions import RayActorError, WorkerCrashedError
 from raysim.config import Scenario
 from raysim.models import ModelSpec
 from raysim.runtime.host import HostCore
-from raysim.runtime.local import balance, flatten_shards
+from raysim.runtime.local import balance
+from raysim.runtime.session import host_placements
+from raysim.runtime.shared import SharedData, prefault
 from raysim.runtime.tasks import HostResult, TrainTask
 from raysim.submodel import SubmodelPlan
 
@@ -31,11 +33,11 @@ log = logging.getLogger(__name__)
 class DeviceHost:
     """Ray actor around `HostCore` (the dataset arrives as object-store refs, zero-copy)."""
 
-    def __init__(self, scenario: Scenario, spec: ModelSpec, data_refs: list, host_id: int) -> None:
-        # The refs arrive wrapped in a list, so they stay references (not inlined arguments):
-        # a restarted actor fetches the same shared copy again while the pool keeps them alive.
-        x, y, flat, offsets, ids = ray.get(data_refs)
+    def __init__(self, scenario: Scenario, spec: ModelSpec, data: SharedData, host_id: int) -> None:
+        x, y, flat, offsets, ids = data.get()
+        prefault(x, y, flat)
         self.core = HostCore(scenario, spec, x, y, flat, offsets, host_id, ids)
+        self._refs = data.ref_ids()
         self._crash_round: Optional[int] = None
 
     def arm_crash(self, round_idx: int) -> None:
@@ -56,26 +58,28 @@ class DeviceHost:
     def pid(self) -> int:
         return os.getpid()
 
+    def data_ref_ids(self) -> list[str]:
+        """Ids of the stored arrays this host reads."""
+        return self._refs
+
 
 class RayPool:
     """Backend that trains a round's tasks on a pool of `DeviceHost` actors."""
 
-    def __init__(self, sc: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
-                 shards: list[np.ndarray], hosts: int, host_options: Optional[dict[str, Any]] = None,
-                 ids: Optional[np.ndarray] = None) -> None:
-        flat, offsets = flatten_shards(shards)
-        # Put once: every host on a node reads the same shared-memory copy.
-        refs = [ray.put(a) for a in (x, y, flat, offsets, ids)]
-        self._refs = refs
-        self._args = (sc, spec, refs)
-        # SPREAD: on a cluster, hosts go to different nodes before doubling up on one.
-        self._opts = {"scheduling_strategy": "SPREAD", **(host_options or {})}
-        self.hosts = [self._spawn(h) for h in range(hosts)]
+    def __init__(self, sc: Scenario, spec: ModelSpec, data: SharedData, hosts: Optional[int],
+                 host_options: Optional[dict[str, Any]] = None) -> None:
+        # The driver put the data once; every host on a node maps the same stored copy, and a
+        # replacement host reads it again from the same refs.
+        self._args = (sc, spec, data)
+        self._opts = [{**o, **(host_options or {})}
+                      for o in host_placements(sc.runtime.hosts_per, hosts, sc.runtime.torch_threads)]
+        self.hosts = [self._spawn(h) for h in range(len(self._opts))]
         self.restarts = 0
 
     def _spawn(self, h: int):
-        # Restarts are ours, not Ray's: a replacement host is built from the same shared refs.
-        return DeviceHost.options(**self._opts).remote(*self._args, h)
+        # Restarts are ours, not Ray's: a replacement host is built from the same shared refs,
+        # with the same placement (a pinned host whose node is gone cannot come back).
+        return DeviceHost.options(**self._opts[h]).remote(*self._args, h)
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> list[HostResult]:
@@ -101,6 +105,10 @@ class RayPool:
 
     def pids(self) -> list[int]:
         return ray.get([h.pid.remote() for h in self.hosts])
+
+    def data_ref_ids(self) -> list[list[str]]:
+        """Ids of the stored arrays every host reads."""
+        return ray.get([h.data_ref_ids.remote() for h in self.hosts])
 
     def arm_crash(self, host: int, round_idx: int) -> None:
         """Fault injection: host `host` dies half-way through round `round_idx`."""

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.exceptions import RayActorError
 
 from raysim.config import Scenario
 from raysim.data import load_dataset
 from raysim.results import RunWriter, latest_checkpoint, load_checkpoint, new_run_dir
-from raysim.runtime.session import cluster_cpus, start_ray
+from raysim.runtime.session import start_ray
 from raysim.simulation import RoundOutput, Setup, build_setup
 
 
@@ -49,18 +49,21 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     setup = prepare(sc)
     started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus)
     try:
-        hosts = sc.runtime.hosts or cluster_cpus()
-        from raysim.runtime.coordinator import Coordinator  # noqa: PLC0415
+        hosts = sc.runtime.hosts  # None: one per CPU or per node (runtime.hosts_per)
+        from raysim.runtime.coordinator import spawn_coordinator  # noqa: PLC0415
+        from raysim.runtime.shared import share  # noqa: PLC0415
 
-        here = ray.get_runtime_context().get_node_id()
-        coord = Coordinator.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote(sc, setup, hosts)
+        light, data = share(setup, sc.eval.max_samples)
+        del setup  # the object store holds the one copy of the training data from here on
+
+        def spawn():
+            return spawn_coordinator(sc, light, data, hosts)
+
+        coord = spawn()
         info = ray.get(coord.info.remote())
         first = 1
         if resume is not None:
-            ck = latest_checkpoint(resume)
-            state = load_checkpoint(ck) if ck else None
-            upto = int(state["round"]) if state else 0
+            state, upto = _last_checkpoint(resume)
             writer = RunWriter.resume(resume, sc, upto)
             if state:
                 ray.get(coord.load_state_dict.remote(state))
@@ -70,7 +73,7 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
             writer = RunWriter(path, sc, info)
             writer.write_fleet(ray.get(coord.fleet_frame.remote()))
         try:
-            _loop(sc, coord, writer, first, progress, on_round, stop_after)
+            coord = _loop(sc, coord, spawn, writer, first, progress, on_round, stop_after)
         except KeyboardInterrupt:
             writer.finish("interrupted", error="interrupted; continue with raysim run --resume")
             raise
@@ -86,14 +89,55 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
             ray.shutdown()
 
 
-def _loop(sc: Scenario, coord, writer: RunWriter, first: int, progress: bool,
-          on_round: Optional[Callable[[RoundOutput], None]], stop_after: Optional[int]) -> None:
+def _last_checkpoint(path: Path) -> tuple[Optional[dict[str, Any]], int]:
+    """A run directory's last checkpoint and its round (None and 0 where there is none yet)."""
+    ck = latest_checkpoint(path)
+    state = load_checkpoint(ck) if ck else None
+    return state, int(state["round"]) if state else 0
+
+
+def _restore(coord, writer: RunWriter) -> int:
+    """Load the run's last checkpoint into a fresh `coord` and drop the records after it;
+    returns its round (0 without a checkpoint: the coordinator starts from round 1)."""
+    state, upto = _last_checkpoint(writer.path)
+    if state:
+        ray.get(coord.load_state_dict.remote(state))
+    writer.rewind(upto)
+    return upto
+
+
+def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, first: int, progress: bool,
+          on_round: Optional[Callable[[RoundOutput], None]], stop_after: Optional[int]):
+    """Step the coordinator round by round; returns the coordinator that finished the run.
+
+    A coordinator that dies (its process killed, its node lost) takes its device hosts with
+    it; a new one is spawned from the same stored data and continues from the last
+    checkpoint, up to `runtime.coordinator_restarts` times. The rounds after that checkpoint
+    are run again and come out identical.
+    """
     from tqdm import tqdm  # noqa: PLC0415
 
     bar = tqdm(total=sc.rounds, initial=first - 1, desc=sc.name, unit="round", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
-    for r in range(first, sc.rounds + 1):
-        out: RoundOutput = ray.get(coord.step.remote())
+    restarts = 0
+    r = first
+    while r <= sc.rounds:
+        try:
+            out: RoundOutput = ray.get(coord.step.remote())
+        except RayActorError as err:
+            if restarts >= sc.runtime.coordinator_restarts:
+                raise
+            restarts += 1
+            coord = spawn()
+            upto = _restore(coord, writer)
+            writer.note_restart(r, upto, type(err).__name__)
+            # Printed even with --quiet: the run goes on, but the user should know it was hit.
+            tqdm.write(f"{sc.name}: coordinator lost in round {r} ({type(err).__name__}); restarted from the "
+                       f"checkpoint of round {upto}", file=sys.stderr)
+            bar.n = upto
+            bar.refresh()
+            r = upto + 1
+            continue
         writer.add(out)
         if on_round:
             on_round(out)
@@ -106,4 +150,6 @@ def _loop(sc: Scenario, coord, writer: RunWriter, first: int, progress: bool,
             writer.checkpoint(ray.get(coord.state_dict.remote()))
         if stop_after is not None and r >= stop_after:
             break
+        r += 1
     bar.close()
+    return coord

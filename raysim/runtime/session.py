@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import raysim
 
@@ -40,3 +41,21 @@ def ray_session(address: Optional[str], num_cpus: Optional[int]) -> Iterator[Non
 def cluster_cpus() -> int:
     """Whole CPUs known to the cluster."""
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def host_placements(hosts_per: str, hosts: Optional[int], torch_threads: int = 1) -> list[dict[str, Any]]:
+    """Ray options of every device host, in host order.
+
+    `cpu`: `hosts` hosts (default: one per CPU of the cluster) of one CPU each, SPREAD so that
+    they fill different nodes before doubling up. `node`: one host on each alive node with
+    CPUs (the first `hosts` by node id, if set), pinned to it and reserving as many CPUs as
+    it runs torch threads: fewer processes (one torch runtime per node) for less parallelism.
+    """
+    if hosts_per == "node":
+        nodes = sorted((n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1),
+                       key=lambda n: n["NodeID"])
+        if hosts:
+            nodes = nodes[:hosts]
+        return [{"num_cpus": min(torch_threads, int(n["Resources"]["CPU"])),
+                 "scheduling_strategy": NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)} for n in nodes]
+    return [{"scheduling_strategy": "SPREAD"} for _ in range(hosts or cluster_cpus())]
