@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -207,7 +207,7 @@ def _noop(_: int) -> int:
 
 
 # ------------------------------------------------------------------------------ (b) raysim
-def run_raysim(sc) -> dict[str, Any]:
+def run_raysim(sc, after_round: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     """One run through raysim's own driver loop on the already started Ray instance."""
     from raysim.results import latest_checkpoint, load_checkpoint  # noqa: PLC0415
     from raysim.runtime.runner import run  # noqa: PLC0415
@@ -220,6 +220,8 @@ def run_raysim(sc) -> dict[str, Any]:
         rows.append({**out.round_row, "steps": int(sum(out.clients["steps"]))})
         stamps.append(time.perf_counter())
         cpu.append(C.tree_cpu_seconds())  # driver, Ray's processes, coordinator and hosts
+        if after_round:
+            after_round(int(out.round_row["round"]))
 
     tmp = tempfile.mkdtemp(prefix="raysim-bench-")
     try:

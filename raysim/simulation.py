@@ -128,6 +128,53 @@ def measured_schedule(sel: np.ndarray, sent: np.ndarray, reports: dict[int, Trai
     return replace(sched, step_fraction=frac)
 
 
+@dataclass
+class RoundDraft:
+    """A round's decisions before training (per selected device, in id order)."""
+
+    round: int
+    sel: np.ndarray          # selected device ids
+    pos: np.ndarray          # their fleet positions
+    samples: np.ndarray      # their training samples
+    rate: np.ndarray         # assigned rate (NaN: excluded)
+    reason: np.ndarray       # why excluded, or the schedule's reason ("" when none)
+    t_down: np.ndarray       # predicted seconds at the assigned rate (NaN: none)
+    t_comp: np.ndarray
+    t_up: np.ndarray
+    stays: np.ndarray        # online until it would finish
+    sched: Schedule          # the ahead-of-time schedule (predictions)
+    steps_full: np.ndarray   # local steps of the full work
+    deadline: Optional[float]
+
+    @property
+    def train_idx(self) -> np.ndarray:
+        """Positions (in `sel`) of the devices sent to train."""
+        return np.flatnonzero(self.sched.step_fraction > 0)
+
+
+def merge_results(results: list[HostResult], shapes: dict[str, tuple]) -> tuple[PartialSum, dict[int, TrainReport]]:
+    """Add the hosts' partial sums (exact, so in any order) and index their reports by device."""
+    total = PartialSum.zeros(shapes)
+    reports: dict[int, TrainReport] = {}
+    for res in sorted(results, key=lambda h: h.host):
+        total.merge(res.partial)
+        for rep in res.reports:
+            reports[rep.device_id] = rep
+    return total, reports
+
+
+def round_totals(clients: dict[str, list], evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round row's counts per status, bytes, and the global model's accuracy and loss."""
+    status = np.array(clients["status"], dtype=object)
+    row: dict[str, Any] = {f"n_{s}": int(np.sum(status == s)) for s in STATUSES}
+    row["bytes_down"] = int(np.sum(clients["bytes_down"]))
+    row["bytes_up"] = int(np.sum(clients["bytes_up"]))
+    glob = [e for e in evals if e["model"] == "global"]
+    row["accuracy"] = glob[0]["accuracy"] if glob else float("nan")
+    row["loss"] = glob[0]["loss"] if glob else float("nan")
+    return row
+
+
 class Simulation:
     """Global model, server optimizer and virtual clock, advanced one round per `step()`."""
 
@@ -180,15 +227,44 @@ class Simulation:
 
     def step(self) -> RoundOutput:
         """Run the next round and return its records."""
-        sc, setup = self.sc, self.setup
         r = self.round + 1
         wall0 = time.perf_counter()
+        draft = self.draft(r)
+        plans, tasks = self.plan_tasks(draft)
+        coord_s = time.perf_counter() - wall0
+        t_train = time.perf_counter()
+        results = self.backend.train(r, self.params, plans, tasks) if tasks else []
+        train_s = time.perf_counter() - t_train
+        t_agg = time.perf_counter()
+        total_sum, reports = merge_results(results, self.shapes)
+        sched = draft.sched
+        if self.sc.runtime.clock == "realtime":
+            sched = measured_schedule(draft.sel, draft.train_idx, reports, draft.stays, self.sc.selection.per_round,
+                                      draft.deadline, draft.steps_full)
+        if total_sum.devices:
+            delta, held = mean_delta(total_sum)
+            self.server.step(self.params, delta, held)
+        clients = self.client_rows(draft, sched, reports)
+        start = self.clock
+        self.clock += sched.duration
+        self.round = r
+        evals = self.evaluate(r) if (r % self.sc.eval.every == 0 or r == self.sc.rounds) else []
+        agg_s = time.perf_counter() - t_agg
+        row: dict[str, Any] = dict(round=r, sim_start=start, sim_time=self.clock, duration=sched.duration,
+                                   wall_s=time.perf_counter() - wall0, coordinator_s=coord_s + agg_s,
+                                   train_s=train_s, selected=len(draft.sel), trained=int(total_sum.devices),
+                                   samples_trained=int(total_sum.samples))
+        row.update(round_totals(clients, evals))
+        return RoundOutput(row, clients, evals)
+
+    def draft(self, r: int) -> RoundDraft:
+        """Round r's decisions ahead of training: selection, rates, predicted times, schedule."""
+        sc, setup = self.sc, self.setup
         sel = self.select(r)
         pos = np.searchsorted(setup.fleet.device_id, sel)
         n = len(sel)
         samples = self.samples[pos]
-        costs = setup.costs
-        rates = setup.rates
+        costs, rates = setup.costs, setup.rates
         deadline = sc.deadline.seconds if sc.deadline.policy != "wait" else None
         # One jitter draw per device and round, shared by every rate, so fit-deadline compares
         # rates under the same network and load conditions.
@@ -202,10 +278,9 @@ class Simulation:
         if sc.compression.baseline == "fedavg-smallest" or sc.compression.strategy == "full":
             rate = np.where(np.isnan(rate), np.nan, 1.0)
         has_rate = ~np.isnan(rate)
-        no_data = samples == 0
         reason = assign.reason.copy()
-        reason[has_rate & no_data] = "no training samples"
-        assigned = has_rate & ~no_data
+        reason[has_rate & (samples == 0)] = "no training samples"
+        assigned = has_rate & (samples > 0)
         # Each device's predicted times at its assigned rate (NaN where none): one mask per rate.
         t_down, t_comp, t_up = (np.full(n, np.nan) for _ in range(3))
         for rt, times in times_at.items():
@@ -216,99 +291,77 @@ class Simulation:
         if deadline is not None:
             horizon = np.minimum(horizon, deadline)
         stays = setup.availability.online_during(sel, self.clock, self.clock + horizon) if n else np.zeros(0, bool)
-        realtime = sc.runtime.clock == "realtime"
         # On the realtime clock only exclusion and availability are decided ahead: the backend's
         # real timeouts decide who is late and who is among the first K.
+        realtime = sc.runtime.clock == "realtime"
         ahead = (n, None, "wait") if realtime else (sc.selection.per_round, sc.deadline.seconds, sc.deadline.policy)
         sched = decide(np.nan_to_num(total, nan=np.inf), np.nan_to_num(t_down), np.nan_to_num(t_up),
                        np.nan_to_num(t_comp), assigned, stays, *ahead)
-        status = sched.status.copy()
         reason = np.where(sched.reason != "", sched.reason, reason)
-        # Plans: shared per rate unless the strategy draws one per device.
+        steps_full = np.ceil(samples / sc.train.batch_size).astype(np.int64) * sc.train.epochs
+        return RoundDraft(r, sel, pos, samples, rate, reason, t_down, t_comp, t_up, stays, sched, steps_full,
+                          deadline)
+
+    def plan_tasks(self, d: RoundDraft) -> tuple[dict[int, SubmodelPlan], list[TrainTask]]:
+        """Submodel plans (shared per rate unless the strategy draws one per device) and the
+        training task of every device the schedule trains."""
+        sc = self.sc
+        realtime = sc.runtime.clock == "realtime"
         plans: dict[int, SubmodelPlan] = {}
         plan_of_rate: dict[float, int] = {}
         tasks: list[TrainTask] = []
-        train_idx = np.flatnonzero(sched.step_fraction > 0)
-        steps_full = np.ceil(samples / sc.train.batch_size).astype(np.int64) * sc.train.epochs
-        for i in train_idx:
-            rt = float(rate[i])
+        for i in d.train_idx:
+            rt = float(d.rate[i])
             if self.strategy.per_device:
                 pid = len(plans)
-                plans[pid] = self.strategy.plan(self.spec, rt, r, int(sel[i]), self.params, sc.seed)
+                plans[pid] = self.strategy.plan(self.spec, rt, d.round, int(d.sel[i]), self.params, sc.seed)
             else:
                 if rt not in plan_of_rate:
                     plan_of_rate[rt] = len(plans)
-                    plans[plan_of_rate[rt]] = self.strategy.plan(self.spec, rt, r, -1, self.params, sc.seed)
+                    plans[plan_of_rate[rt]] = self.strategy.plan(self.spec, rt, d.round, -1, self.params, sc.seed)
                 pid = plan_of_rate[rt]
             max_steps = None
-            if status[i] == PARTIAL:
-                max_steps = max(1, int(math.floor(sched.step_fraction[i] * steps_full[i])))
-            hint = host_work(max_steps if max_steps is not None else int(steps_full[i]), sc.train.batch_size,
-                             costs[rt].flops_per_sample)
-            tasks.append(TrainTask(int(sel[i]), rt, pid, max_steps, sc.server.weighting, hint,
-                                   float(t_down[i]), float(t_comp[i]), float(t_up[i]), deadline if realtime else None))
-        coord_s = time.perf_counter() - wall0
-        t_train = time.perf_counter()
-        results = self.backend.train(r, self.params, plans, tasks) if tasks else []
-        train_s = time.perf_counter() - t_train
-        t_agg = time.perf_counter()
-        total_sum = PartialSum.zeros(self.shapes)
-        reports: dict[int, TrainReport] = {}
-        for res in sorted(results, key=lambda h: h.host):
-            total_sum.merge(res.partial)
-            for rep in res.reports:
-                reports[rep.device_id] = rep
-        if realtime:
-            sched = measured_schedule(sel, train_idx, reports, stays, sc.selection.per_round, deadline, steps_full)
-            status = sched.status.copy()
-            reason = np.where(sched.reason != "", sched.reason, reason)
-        if total_sum.devices:
-            delta, held = mean_delta(total_sum)
-            self.server.step(self.params, delta, held)
-        # Records.
-        cls = setup.fleet.classes()[pos] if n else np.zeros(0, dtype=object)
-        bytes_down = np.array([costs[rt].param_bytes if not np.isnan(rt) else 0 for rt in rate], dtype=np.int64)
+            if d.sched.status[i] == PARTIAL:
+                max_steps = max(1, int(math.floor(d.sched.step_fraction[i] * d.steps_full[i])))
+            hint = host_work(max_steps if max_steps is not None else int(d.steps_full[i]), sc.train.batch_size,
+                             self.setup.costs[rt].flops_per_sample)
+            tasks.append(TrainTask(int(d.sel[i]), rt, pid, max_steps, sc.server.weighting, hint,
+                                   float(d.t_down[i]), float(d.t_comp[i]), float(d.t_up[i]),
+                                   d.deadline if realtime else None))
+        return plans, tasks
+
+    def client_rows(self, d: RoundDraft, sched: Schedule, reports: dict[int, TrainReport]) -> dict[str, list]:
+        """One record per selected device: the schedule's decision, overridden by what the
+        backend reported (a device sent but never reported was lost with its host)."""
+        costs = self.setup.costs
+        n = len(d.sel)
+        reason = np.where(sched.reason != "", sched.reason, d.reason)
+        cls = self.setup.fleet.classes()[d.pos] if n else np.zeros(0, dtype=object)
+        bytes_down = np.array([costs[rt].param_bytes if not np.isnan(rt) else 0 for rt in d.rate], dtype=np.int64)
+        total = d.t_down + d.t_comp + d.t_up
         clients: dict[str, list] = {c: [] for c in CLIENT_COLUMNS}
-        sent = set(int(i) for i in train_idx)
+        sent = set(int(i) for i in d.train_idx)
         for i in range(n):
-            d = int(sel[i])
-            rep = reports.get(d)
-            st = status[i]
-            why = reason[i]
+            dev = int(d.sel[i])
+            rep = reports.get(dev)
+            st, why = sched.status[i], reason[i]
             if i in sent and rep is None:
                 st, why = FAILED, "device host lost"
             elif rep is not None and rep.status != "ok":
                 st, why = rep.status, rep.reason
             trained = rep.samples if rep is not None and st in (OK, PARTIAL) else 0
             up = int(bytes_down[i]) if st in (OK, PARTIAL) else 0
-            row = dict(round=r, device_id=d, device_class=str(cls[i]), rate=float(rate[i]), status=st,
-                       reason=why, t_download=float(t_down[i]), t_compute=float(t_comp[i]),
-                       t_upload=float(t_up[i]), t_total=float(total[i]), t_finish=float(sched.finish[i]),
-                       work_fraction=float(sched.step_fraction[i]), samples=int(samples[i]),
+            row = dict(round=d.round, device_id=dev, device_class=str(cls[i]), rate=float(d.rate[i]), status=st,
+                       reason=why, t_download=float(d.t_down[i]), t_compute=float(d.t_comp[i]),
+                       t_upload=float(d.t_up[i]), t_total=float(total[i]), t_finish=float(sched.finish[i]),
+                       work_fraction=float(sched.step_fraction[i]), samples=int(d.samples[i]),
                        samples_trained=int(trained), steps=int(rep.steps) if rep else 0,
                        loss=float(rep.loss) if rep else float("nan"),
                        bytes_down=int(bytes_down[i]) if st != EXCLUDED else 0, bytes_up=up,
                        host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0)
             for c in CLIENT_COLUMNS:
                 clients[c].append(row[c])
-        start = self.clock
-        self.clock += sched.duration
-        self.round = r
-        evals = self.evaluate(r) if (r % sc.eval.every == 0 or r == sc.rounds) else []
-        agg_s = time.perf_counter() - t_agg
-        final_status = np.array(clients["status"], dtype=object)
-        row: dict[str, Any] = dict(round=r, sim_start=start, sim_time=self.clock, duration=sched.duration,
-                                   wall_s=time.perf_counter() - wall0, coordinator_s=coord_s + agg_s,
-                                   train_s=train_s, selected=n, trained=int(total_sum.devices),
-                                   samples_trained=int(total_sum.samples))
-        for s in STATUSES:
-            row[f"n_{s}"] = int(np.sum(final_status == s))
-        row["bytes_down"] = int(np.sum(clients["bytes_down"]))
-        row["bytes_up"] = int(np.sum(clients["bytes_up"]))
-        glob = [e for e in evals if e["model"] == "global"]
-        row["accuracy"] = glob[0]["accuracy"] if glob else float("nan")
-        row["loss"] = glob[0]["loss"] if glob else float("nan")
-        return RoundOutput(row, clients, evals)
+        return clients
 
     def evaluate(self, r: int) -> list[dict[str, Any]]:
         """Accuracy of the global model and (optionally) of each rate's submodel (the strategy's

@@ -75,3 +75,23 @@ def test_prefault_maps_the_stored_pages_so_later_reads_do_not_fault():
         ray.kill(warm)
     assert n_cold > 100, "premise: a fresh process faults as it first reads a stored array"
     assert n_warm < n_cold / 10
+
+
+def test_one_host_per_node_and_a_replacement_outlives_its_node(monkeypatch):
+    from raysim.runtime import pool as pool_mod  # noqa: PLC0415
+    from raysim.runtime.shared import share_arrays  # noqa: PLC0415
+
+    sc = scenario(**{"runtime.hosts_per": "node", "runtime.torch_threads": 2})
+    setup = prepare(sc)
+    ds = setup.dataset
+    data = share_arrays(ds.x_train, ds.y_train, setup.shards, setup.fleet.device_id)
+    pool = pool_mod.RayPool(sc, setup.spec, data, None)
+    here = ray.get_runtime_context().get_node_id()
+    assert len(pool.hosts) == 1 and pool.node_ids() == [here], "one node: one host, pinned to it"
+    assert pool._opts[0]["num_cpus"] == 2, "a per-node host reserves the CPUs of its torch threads"
+    # Its node gone, a replacement is placed anywhere instead of waiting for the node forever.
+    monkeypatch.setattr(pool_mod, "node_alive", lambda node_id: False)
+    ray.kill(pool.hosts[0])
+    pool.hosts[0] = pool._spawn(0)
+    assert ray.get(pool.hosts[0].data_ref_ids.remote()) == data.ref_ids()
+    ray.kill(pool.hosts[0])

@@ -21,7 +21,7 @@ from raysim.config import Scenario
 from raysim.models import ModelSpec
 from raysim.runtime.host import HostCore
 from raysim.runtime.local import balance
-from raysim.runtime.session import host_placements
+from raysim.runtime.session import host_placements, node_alive
 from raysim.runtime.shared import SharedData, prefault
 from raysim.runtime.tasks import HostResult, TrainTask
 from raysim.submodel import SubmodelPlan
@@ -78,8 +78,12 @@ class RayPool:
 
     def _spawn(self, h: int):
         # Restarts are ours, not Ray's: a replacement host is built from the same shared refs,
-        # with the same placement (a pinned host whose node is gone cannot come back).
-        return DeviceHost.options(**self._opts[h]).remote(*self._args, h)
+        # with the same placement, unless it was pinned to a node that is gone: then anywhere.
+        opts = self._opts[h]
+        node = getattr(opts.get("scheduling_strategy"), "node_id", None)
+        if node is not None and not node_alive(node):
+            opts = {**opts, "scheduling_strategy": "SPREAD"}
+        return DeviceHost.options(**opts).remote(*self._args, h)
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> list[HostResult]:

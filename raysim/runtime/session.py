@@ -59,3 +59,8 @@ def host_placements(hosts_per: str, hosts: Optional[int], torch_threads: int = 1
         return [{"num_cpus": min(torch_threads, int(n["Resources"]["CPU"])),
                  "scheduling_strategy": NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)} for n in nodes]
     return [{"scheduling_strategy": "SPREAD"} for _ in range(hosts or cluster_cpus())]
+
+
+def node_alive(node_id: str) -> bool:
+    """Whether the cluster still has this node."""
+    return any(n["NodeID"] == node_id and n.get("Alive") for n in ray.nodes())
