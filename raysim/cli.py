@@ -84,6 +84,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if _is_input_error(err):
             sys.stderr.write(f"raysim: error: {err}\n")
             return EXIT_BAD_INPUT
+        lost = getattr(sys.modules.get("raysim.runtime.runner"), "CoordinatorLost", None)
+        if lost is not None and isinstance(err, lost):
+            sys.stderr.write(f"raysim: error: {err}\n")
+            return 1
         raise
     return 0
 

@@ -65,6 +65,21 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def kill_coordinator_mid_run(args: list[str], root: Path) -> tuple[Path, subprocess.Popen, str]:
+    """Start a run, SIGKILL its coordinator once round 2 is checkpointed; wait for the driver."""
+    p = subprocess.Popen(cli(*args, "--out", str(root)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        run = wait_for_checkpoint(root, 2)
+        coords = [c for c in descendants(p.pid) if cmdline(c).startswith("ray::Coordinator")]
+        assert len(coords) == 1, "one coordinator process below the driver"
+        os.kill(coords[0], signal.SIGKILL)
+        err = p.communicate(timeout=300)[1]
+    finally:
+        p.kill()
+    return run, p, err
+
+
 @pytest.fixture(scope="module")
 def full(tmp_path_factory) -> Path:
     """The uninterrupted run every interrupted one must match."""
@@ -97,20 +112,24 @@ def test_killed_driver_resumes_to_the_same_numbers(full, tmp_path, sig):
 
 @pytest.mark.slow
 def test_killed_coordinator_is_replaced_and_the_run_ends_the_same(full, tmp_path):
-    p = subprocess.Popen(cli("scenarios/quickstart.yaml", *SETS, "--out", str(tmp_path)),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_checkpoint(tmp_path, 2)
-        coords = [c for c in descendants(p.pid) if cmdline(c).startswith("ray::Coordinator")]
-        assert len(coords) == 1, "one coordinator process below the driver"
-        os.kill(coords[0], signal.SIGKILL)
-        err = p.communicate(timeout=300)[1]
-    finally:
-        p.kill()
+    run, p, err = kill_coordinator_mid_run(["scenarios/quickstart.yaml", *SETS], tmp_path)
     assert p.returncode == 0, err[-2000:]
     assert "coordinator lost in round" in err
-    run = next(tmp_path.iterdir())
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["coordinator_restarts"]) == 1
     assert manifest["coordinator_restarts"][0]["from_round"] >= 2
+    assert same_params(full, run)
+
+
+@pytest.mark.slow
+def test_coordinator_lost_past_its_restarts_fails_in_one_line_and_resumes(full, tmp_path):
+    run, p, err = kill_coordinator_mid_run(
+        ["scenarios/quickstart.yaml", *SETS, "--set", "runtime.coordinator_restarts=0"], tmp_path)
+    assert p.returncode == 1
+    assert "Traceback" not in err
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith("raysim: error: coordinator lost in round") and "--resume" in last
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+    r = subprocess.run(cli("--resume", str(run)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
     assert same_params(full, run)

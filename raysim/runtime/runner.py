@@ -22,6 +22,10 @@ from raysim.runtime.session import start_ray
 from raysim.simulation import RoundOutput, Setup, build_setup
 
 
+class CoordinatorLost(RuntimeError):
+    """The coordinator died more often than `runtime.coordinator_restarts` allows."""
+
+
 @dataclass
 class RunResult:
     path: Path
@@ -124,9 +128,13 @@ def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, firs
     while r <= sc.rounds:
         try:
             out: RoundOutput = ray.get(coord.step.remote())
+            due = r % sc.output.checkpoint_every == 0 or r == sc.rounds
+            state = ray.get(coord.state_dict.remote()) if due else None
         except RayActorError as err:
             if restarts >= sc.runtime.coordinator_restarts:
-                raise
+                raise CoordinatorLost(
+                    f"coordinator lost in round {r} ({type(err).__name__}) after {restarts} restart(s); "
+                    f"{writer.path} keeps its checkpoints: continue with raysim run --resume {writer.path}") from err
             restarts += 1
             coord = spawn()
             upto = _restore(coord, writer)
@@ -146,8 +154,8 @@ def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, firs
                             f"late={row['n_late']} offline={row['n_offline']} excl={row['n_excluded']}",
                             refresh=False)
         bar.update(1)
-        if r % sc.output.checkpoint_every == 0 or r == sc.rounds:
-            writer.checkpoint(ray.get(coord.state_dict.remote()))
+        if state is not None:
+            writer.checkpoint(state)
         if stop_after is not None and r >= stop_after:
             break
         r += 1
