@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fleet", help="describe a scenario's fleet and which rates each class can train")
     f.add_argument("scenario")
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_parser("reference", help="print every scenario key with its type, default and meaning (markdown)")
     rep = sub.add_parser("report", help="figures and a markdown summary of run directories")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR",
                      help="run directories, globs, or a sweep's parent directory (holds its runs)")
@@ -75,6 +76,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_fleet(args)
         if args.cmd == "report":
             return _cmd_report(args)
+        if args.cmd == "reference":
+            from raysim.reference import scenario_reference  # noqa: PLC0415
+
+            sys.stdout.write(scenario_reference())
+            return 0
         if args.cmd == "sweep":
             return _cmd_sweep(args)
     except KeyboardInterrupt:

@@ -33,40 +33,49 @@ class _Section(BaseModel):
 class SyntheticConfig(_Section):
     """Embedded synthetic image-classification set (no files needed)."""
 
-    samples: int = Field(20000, ge=20)
-    classes: int = Field(10, ge=2, le=100)
-    image_size: int = Field(12, ge=4, le=64)
-    channels: int = Field(1, ge=1, le=4)
-    noise: float = Field(0.6, ge=0.0)
-    # Per-device feature shift: 0 = same input distribution everywhere.
-    feature_skew: float = Field(0.0, ge=0.0)
+    samples: int = Field(20000, ge=20, description="images in all (train and test)")
+    classes: int = Field(10, ge=2, le=100, description="labels")
+    image_size: int = Field(12, ge=4, le=64, description="height and width in pixels")
+    channels: int = Field(1, ge=1, le=4, description="colour channels")
+    noise: float = Field(0.6, ge=0.0, description="std of the Gaussian noise added to every pixel")
+    feature_skew: float = Field(0.0, ge=0.0, description="per-writer style and contrast shift (feature "
+                                "skew across devices under partition kind=natural); 0 = none")
 
 
 class PartitionConfig(_Section):
     """How training samples are split over devices."""
 
-    kind: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = "dirichlet"
+    kind: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = Field(
+        "dirichlet", description="natural keeps each writer's samples on one device (femnist, synthetic)")
     alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration (label skew)")
     classes_per_device: int = Field(2, ge=1, description="for kind=shards")
     power: float = Field(1.5, gt=0.0, description="quantity skew: power-law exponent")
-    min_samples: int = Field(1, ge=0)
+    min_samples: int = Field(1, ge=0, description="samples every device gets at least, where the data allows")
 
 
 class DataConfig(_Section):
-    dataset: Literal["synthetic", "digits", "mnist", "fashion-mnist", "cifar10", "femnist"] = "synthetic"
+    """The dataset and its split over devices (docs/datasets.md: files and formats)."""
+
+    dataset: Literal["synthetic", "digits", "mnist", "fashion-mnist", "cifar10", "femnist"] = Field(
+        "synthetic", description="synthetic and digits are embedded; the others read local files")
     root: Optional[str] = Field(None, description="directory with the dataset's files")
     synthetic: SyntheticConfig = SyntheticConfig()
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="held-out share, for sets without a test split")
     partition: PartitionConfig = PartitionConfig()
 
 
 class ModelConfig(_Section):
-    arch: Literal["mlp", "cnn", "preresnet18"] = "cnn"
-    # Widths of the global model (rate 1). cnn: conv channels per stage; mlp: hidden units.
-    widths: list[int] = Field(default_factory=lambda: [32, 64, 128])
+    """The global model's family and widths, and its rate ladder."""
+
+    arch: Literal["mlp", "cnn", "preresnet18"] = Field("cnn", description="width-scalable model family")
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128],
+                              description="global model (rate 1): conv channels per stage (cnn, "
+                              "preresnet18: default [64,128,256,512]) or hidden units per layer (mlp)")
     hidden: int = Field(128, ge=1, description="cnn: units of the hidden dense layer")
-    rates: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
-    norm: Literal["none", "group", "static-bn"] = "group"
+    rates: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125],
+                               description="the rate ladder: width multipliers in (0, 1] a device may train")
+    norm: Literal["none", "group", "static-bn"] = Field(
+        "group", description="normalisation; static-bn recomputes statistics before evaluation")
     scaler: bool = Field(True, description="divide activations by the rate in training (HeteroFL)")
 
     @model_validator(mode="before")
@@ -95,16 +104,22 @@ class ModelConfig(_Section):
 
 
 class CompressionConfig(_Section):
-    strategy: Literal["static", "rolling", "random", "magnitude", "full"] = "static"
-    # Baselines on top of `full`: every device trains the full model but only capable ones
-    # take part (fedavg-capable), or the global model is the smallest one (fedavg-smallest).
-    baseline: Literal["none", "fedavg-capable", "fedavg-smallest"] = "none"
+    """How a device's submodel is cut from the global model."""
+
+    strategy: Literal["static", "rolling", "random", "magnitude", "full"] = Field(
+        "static", description="static: first channels (HeteroFL); rolling: a moving window (FedRolex); "
+        "random: Federated Dropout; magnitude: largest L1 norm; full: no compression")
+    baseline: Literal["none", "fedavg-capable", "fedavg-smallest"] = Field(
+        "none", description="instead of submodels: only devices that fit the full model take part "
+        "(fedavg-capable), or the global model is the smallest rate's (fedavg-smallest)")
 
 
 class AvailabilityConfig(_Section):
     """When devices are online (see `raysim.fleet.availability`)."""
 
-    kind: Literal["always", "markov", "trace"] = "always"
+    kind: Literal["always", "markov", "trace"] = Field(
+        "always", description="markov: on/off periods of exponential length around each device's means; "
+        "trace: online intervals from a file")
     trace: Optional[str] = Field(None, description="kind=trace: CSV/parquet of device_id,start_s,end_s")
     loop: bool = Field(True, description="kind=trace: repeat the trace after its last interval ends")
 
@@ -116,9 +131,11 @@ class AvailabilityConfig(_Section):
 
 
 class FleetConfig(_Section):
-    devices: int = Field(1000, ge=1)
-    # Share of each device class from the catalogue; normalised to 1.
-    mix: dict[str, float] = Field(default_factory=lambda: {"mcu": 0.4, "mcu-psram": 0.3, "rpi-zero": 0.2, "rpi4": 0.1})
+    """The simulated devices (classes from raysim/fleet/catalogue.yaml, or a trace)."""
+
+    devices: int = Field(1000, ge=1, description="fleet size (ignored with a trace)")
+    mix: dict[str, float] = Field(default_factory=lambda: {"mcu": 0.4, "mcu-psram": 0.3, "rpi-zero": 0.2, "rpi4": 0.1},
+                                  description="share of each catalogue class; normalised to 1")
     trace: Optional[str] = Field(None, description="CSV/parquet device trace instead of mix")
     spread: float = Field(0.25, ge=0.0, le=2.0, description="log-normal sigma around class means")
     availability: AvailabilityConfig = AvailabilityConfig()
@@ -134,74 +151,96 @@ class FleetConfig(_Section):
 
 
 class SelectionConfig(_Section):
-    per_round: int = Field(50, ge=1)
+    """Which devices a round asks to train."""
+
+    per_round: int = Field(50, ge=1, description="K: results a round aggregates at most")
     overcommit: float = Field(0.0, ge=0.0, le=10.0, description="select K*(1+f), keep first K")
 
 
 class AssignmentConfig(_Section):
-    policy: Literal["fit-memory", "fit-deadline", "fixed"] = "fit-memory"
-    fixed_rate: Optional[float] = Field(None, gt=0.0, le=1.0)
+    """Which rate each selected device trains."""
+
+    policy: Literal["fit-memory", "fit-deadline", "fixed"] = Field(
+        "fit-memory", description="largest rate that fits the device's memory (and, fit-deadline, "
+        "whose predicted time meets the deadline), or one fixed rate")
+    fixed_rate: Optional[float] = Field(None, gt=0.0, le=1.0, description="policy=fixed: the rate")
 
 
 class DeadlineConfig(_Section):
+    """Stragglers: when a round closes and what late devices do."""
+
     seconds: Optional[float] = Field(60.0, gt=0.0, description="round deadline; null = none")
-    policy: Literal["drop", "partial", "wait"] = "drop"
+    policy: Literal["drop", "partial", "wait"] = Field(
+        "drop", description="drop late devices, train only the steps that fit (partial), or wait for K")
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(20, ge=1)
-    lr: float = Field(0.05, gt=0.0)
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    """Local training on a device (SGD)."""
+
+    epochs: int = Field(1, ge=1, description="local epochs over the device's shard")
+    batch_size: int = Field(20, ge=1, description="minibatch size")
+    lr: float = Field(0.05, gt=0.0, description="learning rate")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay")
 
 
 class ServerConfig(_Section):
-    optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = "fedavg"
-    lr: float = Field(1.0, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    beta1: float = Field(0.9, ge=0.0, lt=1.0)
-    beta2: float = Field(0.99, ge=0.0, lt=1.0)
-    eps: float = Field(1e-3, gt=0.0)
-    # HeteroFL averages each element over the devices that held it (uniform); `samples`
-    # weights by the samples each device trained on.
-    weighting: Literal["uniform", "samples"] = "uniform"
+    """How the aggregated update moves the global model."""
+
+    optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = Field(
+        "fedavg", description="server optimizer over the per-element mean delta")
+    lr: float = Field(1.0, gt=0.0, description="server learning rate")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="fedavgm: momentum")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="fedadam, fedyogi: first-moment decay")
+    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="fedadam, fedyogi: second-moment decay")
+    eps: float = Field(1e-3, gt=0.0, description="fedadam, fedyogi: adaptivity")
+    weighting: Literal["uniform", "samples"] = Field(
+        "uniform", description="each element's mean over the devices that held it: uniform (HeteroFL) "
+        "or weighted by samples trained")
 
 
 class EvalConfig(_Section):
+    """Test accuracy of the global model and the submodels."""
+
     every: int = Field(1, ge=1, description="evaluate every E rounds (and the last)")
     per_rate: bool = Field(True, description="also evaluate each rate's submodel")
-    batch_size: int = Field(512, ge=1)
-    max_samples: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(512, ge=1, description="evaluation batch size")
+    max_samples: Optional[int] = Field(None, ge=1, description="evaluate on the first N test samples; null = all")
 
 
 class RuntimeConfig(_Section):
+    """Where and how the simulation runs on Ray."""
+
     address: Optional[str] = Field(None, description="Ray address; null starts a local instance")
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs for a local Ray instance")
     hosts: Optional[int] = Field(None, ge=1, description="device-host actors; null = one per CPU "
                                  "(hosts_per: cpu) or per node (hosts_per: node)")
     hosts_per: Literal["cpu", "node"] = Field("cpu", description="pooled: one device host per CPU of the "
                                               "cluster, spread over its nodes, or one per node, pinned to it")
-    placement: Literal["pooled", "dedicated"] = "pooled"
-    clock: Literal["virtual", "realtime"] = "virtual"
+    placement: Literal["pooled", "dedicated"] = Field(
+        "pooled", description="many devices per host actor, or one actor per device (throttled, capped)")
+    clock: Literal["virtual", "realtime"] = Field(
+        "virtual", description="time from the cost model, or measured (dedicated only)")
     time_scale: float = Field(0.01, gt=0.0, description="realtime: wall seconds per simulated second")
-    torch_threads: int = Field(1, ge=1)
+    torch_threads: int = Field(1, ge=1, description="torch threads per host (numbers depend on it)")
     coordinator_restarts: int = Field(3, ge=0, description="times a lost coordinator is restarted from "
                                       "the last checkpoint before the run fails")
 
 
 class OutputConfig(_Section):
-    dir: str = "runs"
-    checkpoint_every: int = Field(5, ge=1)
-    plots: bool = True
+    """The run directory."""
+
+    dir: str = Field("runs", description="parent of run directories (--out overrides)")
+    checkpoint_every: int = Field(5, ge=1, description="checkpoint every N rounds (and the last)")
+    plots: bool = Field(True, description="write the report's figures at the end")
 
 
 class Scenario(_Section):
     """A whole scenario."""
 
-    name: str = Field("scenario", min_length=1)
-    seed: int = Field(0, ge=0)
-    rounds: int = Field(20, ge=1)
+    name: str = Field("scenario", min_length=1, description="names the run directory")
+    seed: int = Field(0, ge=0, description="every random stream derives from it")
+    rounds: int = Field(20, ge=1, description="rounds to run")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     compression: CompressionConfig = CompressionConfig()
