@@ -21,3 +21,9 @@ def test_two_node_cluster_uses_both_nodes_and_matches_one_node(tmp_path):
     for per, hosts in (("cpu", 3), ("node", 2)):
         layout = verdict["layouts"][per]
         assert layout == {"hosts": hosts, "host_nodes": 2, "one_copy": True}, (per, layout)
+    # A node lost mid-run: its host's devices fail that round, the host comes back on the node
+    # that is left, and the next round trains on both hosts again without failures.
+    lost = verdict["node_loss"]
+    assert lost["coordinator_beside_driver"] is True
+    assert lost["host_nodes_before"] == 2 and lost["host_nodes_after"] == 1 and lost["hosts_after"] == 2, lost
+    assert lost["failed"][0] > 0 and lost["failed"][1] == 0 and lost["trained"][1] > 0, lost

@@ -54,21 +54,41 @@ def data_copies(address: str) -> dict:
     return out
 
 
+def node_loss(cluster: Cluster, worker) -> dict:
+    """One host per node; the worker node is removed after round 1. Statuses of rounds 2 and 3."""
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts_per": "node", "rounds": 3}))
+        coord = start_coordinator(sc, prepare(sc), None)
+        ray.get(coord.step.remote())
+        before = ray.get(coord.host_nodes.remote())
+        beside_driver = ray.get(coord.node_id.remote()) == ray.get_runtime_context().get_node_id()
+        cluster.remove_node(worker)
+        outs = [ray.get(coord.step.remote()) for _ in range(2)]
+        after = ray.get(coord.host_nodes.remote())
+        ray.kill(coord)
+    finally:
+        ray.shutdown()
+    return {"coordinator_beside_driver": beside_driver, "host_nodes_before": len(set(before)), "host_nodes_after": len(set(after)), "hosts_after": len(after),
+            "failed": [o.round_row["n_failed"] for o in outs], "trained": [o.round_row["trained"] for o in outs]}
+
+
 def main(tmp: Path) -> None:
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
-        cluster.add_node(num_cpus=1)
+        worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         multi = raysim_run(tmp / "cluster", cluster.address)
         copies = data_copies(cluster.address)
+        lost = node_loss(cluster, worker)
     finally:
         cluster.shutdown()
     single = raysim_run(tmp / "single", None)
     nodes = json.loads((multi / "manifest.json").read_text())["info"]["host_nodes"]
     a, b = final(multi), final(single)
     print(json.dumps({"distinct_nodes": len(set(nodes)), "same_params": all(torch.equal(a[k], b[k]) for k in a),
-                      "layouts": copies}))
+                      "layouts": copies, "node_loss": lost}))
 
 
 if __name__ == "__main__":

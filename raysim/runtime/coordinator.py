@@ -97,13 +97,19 @@ class Coordinator:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
 
 def spawn_coordinator(sc: Scenario, light: Setup, data: SharedData, hosts: Optional[int],
                       host_options: Optional[dict[str, Any]] = None):
     """A coordinator for a light setup and its stored data, next to the caller (the driver,
     which keeps the files). Returns the actor handle."""
     here = ray.get_runtime_context().get_node_id()
-    return Coordinator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote(
+    # Hard affinity: it needs no resources, so the driver's node always fits it, and a soft
+    # preference was seen to land it elsewhere on a cluster. Beside the driver it shares the
+    # driver's fate and no other node's: losing a worker node never costs the coordinator.
+    return Coordinator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
         sc, light, data, hosts, host_options)
 
 
