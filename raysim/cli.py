@@ -6,6 +6,7 @@ Bad input (scenario, dataset or trace files, flags) gives one line on stderr and
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -86,6 +87,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("raysim: interrupted\n")
         return 130
+    except SystemExit as err:
+        if err.code == signal.SIGTERM:  # Ray's driver handler turns SIGTERM into SystemExit(15)
+            sys.stderr.write("raysim: terminated\n")
+        raise
     except Exception as err:  # noqa: BLE001 - bad input must never end in a traceback
         if _is_input_error(err):
             sys.stderr.write(f"raysim: error: {err}\n")

@@ -100,18 +100,22 @@ def full(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_killed_driver_resumes_to_the_same_numbers(full, tmp_path, sig):
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: give the
+    # driver the default disposition, as it has when run from a terminal.
     p = subprocess.Popen(cli("scenarios/quickstart.yaml", *SETS, "--out", str(tmp_path)),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cut = wait_for_checkpoint(p, tmp_path, 2)
     p.send_signal(sig)
     err = p.communicate(timeout=120)[1]
     assert p.returncode != 0
     assert "Traceback" not in err
     manifest = json.loads((cut / "manifest.json").read_text())
-    # SIGINT is caught and marked; SIGKILL leaves the run `running`, which no reader takes as complete.
-    assert manifest["status"] == ("interrupted" if sig == signal.SIGINT else "running")
+    # SIGINT and SIGTERM are caught and marked; SIGKILL leaves the run `running`, which no
+    # reader takes as complete.
+    assert manifest["status"] == ("running" if sig == signal.SIGKILL else "interrupted")
     assert manifest["completed_rounds"] < ROUNDS
 
     r = subprocess.run(cli("--resume", str(cut)), capture_output=True, text=True, timeout=300)

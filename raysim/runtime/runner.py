@@ -78,8 +78,11 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
             writer.write_fleet(ray.get(coord.fleet_frame.remote()))
         try:
             coord = _loop(sc, coord, spawn, writer, first, progress, on_round, stop_after)
-        except KeyboardInterrupt:
-            writer.finish("interrupted", error="interrupted; continue with raysim run --resume")
+        except (KeyboardInterrupt, SystemExit) as err:
+            # Ctrl-C, or SIGTERM from a scheduler or `kill` (Ray's driver turns it into SystemExit):
+            # the run stops where it is and stays resumable.
+            why = "terminated" if isinstance(err, SystemExit) else "interrupted"
+            writer.finish("interrupted", error=f"{why}; continue with raysim run --resume {writer.path}")
             raise
         except BaseException as err:
             writer.finish("failed", error=f"{type(err).__name__}: {err}")
