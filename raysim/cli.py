@@ -92,28 +92,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stderr.write("raysim: terminated\n")
         raise
     except Exception as err:  # noqa: BLE001 - bad input must never end in a traceback
-        if _is_input_error(err):
-            sys.stderr.write(f"raysim: error: {err}\n")
-            return EXIT_BAD_INPUT
-        lost = getattr(sys.modules.get("raysim.runtime.runner"), "CoordinatorLost", None)
-        if lost is not None and isinstance(err, lost):
-            sys.stderr.write(f"raysim: error: {err}\n")
-            return 1
-        raise
+        code = _one_line_exit(err)
+        if code is None:
+            raise
+        sys.stderr.write(f"raysim: error: {err}\n")
+        return code
     return 0
 
 
-def _is_input_error(err: Exception) -> bool:
+# Errors reported as one line, with their exit codes: bad input (2), and a run that lost its
+# coordinator more often than it may restart it (1; the run directory stays resumable).
+ONE_LINE_ERRORS = [("raysim.config", "ScenarioError", EXIT_BAD_INPUT), ("raysim.data.base", "DataError", EXIT_BAD_INPUT),
+                   ("raysim.fleet.errors", "FleetError", EXIT_BAD_INPUT), ("raysim.results", "RunError", EXIT_BAD_INPUT),
+                   ("raysim.runtime.runner", "CoordinatorLost", 1)]
+
+
+def _one_line_exit(err: Exception) -> Optional[int]:
+    """The exit code of an error reported as one line, or None for a bug (a traceback)."""
     # Look the error classes up among modules already imported: an error of a class whose
     # module was never imported cannot have been raised, and importing torch-heavy modules
     # here would make every one-line error cost seconds.
-    kinds = [("raysim.config", "ScenarioError"), ("raysim.data.base", "DataError"),
-             ("raysim.fleet.errors", "FleetError"), ("raysim.results", "RunError")]
-    for mod, name in kinds:
+    for mod, name, code in ONE_LINE_ERRORS:
         cls = getattr(sys.modules.get(mod), name, None)
         if cls is not None and isinstance(err, cls):
-            return True
-    return False
+            return code
+    return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -191,6 +191,8 @@ class Simulation:
         self.shapes = {k: tuple(p.shape) for k, p in self.params.items()}
         s = sc.server
         self.server = ServerOptimizer(s.optimizer, s.lr, s.momentum, s.beta1, s.beta2, s.eps)
+        # On the realtime clock the backend's real timeouts, not predictions, decide who is late.
+        self.realtime = sc.runtime.clock == "realtime"
         self.round = 0        # rounds completed
         self.clock = 0.0      # simulated seconds
         self.samples = setup.shards.sizes()
@@ -238,7 +240,7 @@ class Simulation:
         t_agg = time.perf_counter()
         total_sum, reports = merge_results(results, self.shapes)
         sched = draft.sched
-        if self.sc.runtime.clock == "realtime":
+        if self.realtime:
             sched = measured_schedule(draft.sel, draft.train_idx, reports, draft.stays, self.sc.selection.per_round,
                                       draft.deadline, draft.steps_full)
         if total_sum.devices:
@@ -293,8 +295,7 @@ class Simulation:
         stays = setup.availability.online_during(sel, self.clock, self.clock + horizon) if n else np.zeros(0, bool)
         # On the realtime clock only exclusion and availability are decided ahead: the backend's
         # real timeouts decide who is late and who is among the first K.
-        realtime = sc.runtime.clock == "realtime"
-        ahead = (n, None, "wait") if realtime else (sc.selection.per_round, sc.deadline.seconds, sc.deadline.policy)
+        ahead = (n, None, "wait") if self.realtime else (sc.selection.per_round, sc.deadline.seconds, sc.deadline.policy)
         sched = decide(np.nan_to_num(total, nan=np.inf), np.nan_to_num(t_down), np.nan_to_num(t_up),
                        np.nan_to_num(t_comp), assigned, stays, *ahead)
         reason = np.where(sched.reason != "", sched.reason, reason)
@@ -306,7 +307,6 @@ class Simulation:
         """Submodel plans (shared per rate unless the strategy draws one per device) and the
         training task of every device the schedule trains."""
         sc = self.sc
-        realtime = sc.runtime.clock == "realtime"
         plans: dict[int, SubmodelPlan] = {}
         plan_of_rate: dict[float, int] = {}
         tasks: list[TrainTask] = []
@@ -327,7 +327,7 @@ class Simulation:
                              self.setup.costs[rt].flops_per_sample)
             tasks.append(TrainTask(int(d.sel[i]), rt, pid, max_steps, sc.server.weighting, hint,
                                    float(d.t_down[i]), float(d.t_comp[i]), float(d.t_up[i]),
-                                   d.deadline if realtime else None))
+                                   d.deadline if self.realtime else None))
         return plans, tasks
 
     def client_rows(self, d: RoundDraft, sched: Schedule, reports: dict[int, TrainReport]) -> dict[str, list]:

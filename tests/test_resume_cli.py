@@ -13,6 +13,9 @@ import torch
 
 from helpers import tiny_overrides
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+from _common import process_tree  # noqa: E402  (the benchmarks' /proc walk, stdlib only)
+
 # An idle machine runs a tiny round in about 30 ms: 200 of them leave the kills below seconds
 # to land after the first checkpoint and long before the run ends.
 ROUNDS = 200
@@ -50,24 +53,6 @@ def wait_for_checkpoint(p: subprocess.Popen, root: Path, round_idx: int, timeout
     raise AssertionError(f"no checkpoint of round {round_idx} appeared")
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (from /proc)."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out += kids
-        todo += kids
-    return out
-
-
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -81,7 +66,7 @@ def kill_coordinator_mid_run(args: list[str], root: Path) -> tuple[Path, subproc
                          text=True)
     try:
         run = wait_for_checkpoint(p, root, 2)
-        coords = [c for c in descendants(p.pid) if cmdline(c).startswith("ray::Coordinator")]
+        coords = [c for c in process_tree(p.pid) if cmdline(c).startswith("ray::Coordinator")]
         assert len(coords) == 1, "one coordinator process below the driver"
         os.kill(coords[0], signal.SIGKILL)
         err = p.communicate(timeout=300)[1]

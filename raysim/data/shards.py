@@ -44,9 +44,7 @@ class Shards(Sequence):
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
         n = len(self)
         j = int(i) + n if int(i) < 0 else int(i)
         if not 0 <= j < n:

@@ -78,8 +78,7 @@ class Coordinator:
 
     def data_ref_ids(self) -> dict[str, Any]:
         """Ids of the stored training arrays: the coordinator's and every host's."""
-        hosts = self.pool.data_ref_ids() if hasattr(self.pool, "data_ref_ids") else []
-        return {"coordinator": self.data.ref_ids(), "hosts": hosts}
+        return {"coordinator": self.data.ref_ids(), "hosts": self.pool.data_ref_ids()}
 
     def host_nodes(self) -> list[str]:
         return self.pool.node_ids()

@@ -349,6 +349,7 @@ class DeviceActor:
                  memory: float) -> None:
         x, y, flat, offsets, ids = data.get()
         self.core = DeviceCore(scenario, spec, x, y, flat, offsets, device_id, memory, ids)
+        self._refs = data.ref_ids()
         self.time_scale = scenario.runtime.time_scale
         self.partial = scenario.deadline.policy == "partial"
         self._crash_round: Optional[int] = None
@@ -374,6 +375,10 @@ class DeviceActor:
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def data_ref_ids(self) -> list[str]:
+        """Ids of the stored arrays this actor reads."""
+        return self._refs
 
     def pid(self) -> int:
         return os.getpid()
@@ -444,6 +449,10 @@ class DedicatedPool:
 
     def pids(self) -> list[int]:
         return ray.get([a.pid.remote() for a in self.actors.values()])
+
+    def data_ref_ids(self) -> list[list[str]]:
+        """Ids of the stored arrays every live device actor reads."""
+        return ray.get([a.data_ref_ids.remote() for a in self.actors.values()])
 
     def arm_crash(self, host: int, round_idx: int) -> None:
         """Fault injection: the actor of device `host` dies in round `round_idx`."""

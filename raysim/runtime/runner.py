@@ -67,10 +67,8 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
         info = ray.get(coord.info.remote())
         first = 1
         if resume is not None:
-            state, upto = _last_checkpoint(resume)
+            upto = _restore(coord, resume)
             writer = RunWriter.resume(resume, sc, upto)
-            if state:
-                ray.get(coord.load_state_dict.remote(state))
             first = upto + 1
         else:
             path = Path(run_dir) if run_dir is not None else new_run_dir(out_root or sc.output.dir, sc.name)
@@ -96,21 +94,15 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
             ray.shutdown()
 
 
-def _last_checkpoint(path: Path) -> tuple[Optional[dict[str, Any]], int]:
-    """A run directory's last checkpoint and its round (None and 0 where there is none yet)."""
+def _restore(coord, path: Path) -> int:
+    """Load a run directory's last checkpoint into a fresh `coord`; returns its round (0
+    without a checkpoint: the coordinator starts from round 1)."""
     ck = latest_checkpoint(path)
-    state = load_checkpoint(ck) if ck else None
-    return state, int(state["round"]) if state else 0
-
-
-def _restore(coord, writer: RunWriter) -> int:
-    """Load the run's last checkpoint into a fresh `coord` and drop the records after it;
-    returns its round (0 without a checkpoint: the coordinator starts from round 1)."""
-    state, upto = _last_checkpoint(writer.path)
-    if state:
-        ray.get(coord.load_state_dict.remote(state))
-    writer.rewind(upto)
-    return upto
+    if ck is None:
+        return 0
+    state = load_checkpoint(ck)
+    ray.get(coord.load_state_dict.remote(state))
+    return int(state["round"])
 
 
 def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, first: int, progress: bool,
@@ -140,7 +132,8 @@ def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, firs
                     f"{writer.path} keeps its checkpoints: continue with raysim run --resume {writer.path}") from err
             restarts += 1
             coord = spawn()
-            upto = _restore(coord, writer)
+            upto = _restore(coord, writer.path)
+            writer.rewind(upto)
             writer.note_restart(r, upto, type(err).__name__)
             # Printed even with --quiet: the run goes on, but the user should know it was hit.
             tqdm.write(f"{sc.name}: coordinator lost in round {r} ({type(err).__name__}); restarted from the "

@@ -80,8 +80,9 @@ def prefault(*arrays: np.ndarray) -> None:
     """Read one byte of every memory page of the arrays.
 
     A host maps the stored dataset lazily: the first read of each page faults. Left alone,
-    a run pays that one page at a time inside its first rounds (measured: +40 % round time at
-    10^5 devices); touching every page once at start-up moves the cost out of the rounds.
+    a run pays that a page at a time inside its rounds; touching every page once at start-up
+    moves the cost out of them (with the single stored copy: 0.91x round time at 10^5 devices,
+    BENCHMARKS.md section 4).
     """
     for a in arrays:
         flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
