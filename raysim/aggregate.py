@@ -1,4 +1,4 @@
-"""Per-element weighted aggregation of submodel updates, and server optimizers.
+"""Per-element weighted aggregation of submodel updates (server optimizers: `raysim.server`).
 
 Every global element moves by the weighted mean of the deltas of the devices whose submodel
 held it; elements nobody held do not move (HeteroFL / FedRolex aggregation).
@@ -11,48 +11,21 @@ the order in which partial sums arrive. That is what makes runs deterministic on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 import torch
 
+from raysim.records import PartialSum
 from raysim.submodel.plan import Index
+
+__all__ = ["FRAC_BITS", "PartialSum", "quantise", "fold", "add_weights", "mean_delta"]
 
 FRAC_BITS = 24
 # A single quantised delta is clipped to +-2**CLIP_BITS so that sums of up to ~2**(62-CLIP_BITS)
 # weighted updates cannot overflow int64 (|delta| <= 2**(CLIP_BITS-FRAC_BITS) = 4096).
 CLIP_BITS = 36
 _SCALE = float(2**FRAC_BITS)
-
-
-@dataclass
-class PartialSum:
-    """Running sum of weighted, quantised deltas in global coordinates.
-
-    `sums[k]` holds sum_i w_i * q(delta_i) and `weights[k]` sum_i w_i over the devices i that
-    held each element. Both are int64, so merging is exact and order-free.
-    """
-
-    sums: dict[str, np.ndarray]
-    weights: dict[str, np.ndarray]
-    devices: int = 0
-    samples: int = 0
-
-    @classmethod
-    def zeros(cls, shapes: Mapping[str, tuple[int, ...]]) -> "PartialSum":
-        """An empty sum for a model with these parameter shapes."""
-        return cls({k: np.zeros(s, np.int64) for k, s in shapes.items()},
-                   {k: np.zeros(s, np.int64) for k, s in shapes.items()})
-
-    def merge(self, other: "PartialSum") -> "PartialSum":
-        """Add another partial sum into this one (in place) and return self."""
-        for k in self.sums:
-            self.sums[k] += other.sums[k]
-            self.weights[k] += other.weights[k]
-        self.devices += other.devices
-        self.samples += other.samples
-        return self
 
 
 def quantise(delta: torch.Tensor) -> np.ndarray:
@@ -112,51 +85,3 @@ def mean_delta(acc: PartialSum) -> tuple[dict[str, torch.Tensor], dict[str, torc
         means[k] = torch.from_numpy(m.astype(np.float32))
         held[k] = torch.from_numpy(mask)
     return means, held
-
-
-@dataclass
-class ServerOptimizer:
-    """Server step on the aggregated delta (treated as a negative pseudo-gradient).
-
-    fedavg: x += lr * d. fedavgm: heavy-ball momentum on d. fedadam / fedyogi: adaptive
-    server optimizers (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
-    Elements no device held are left untouched, state included.
-    """
-
-    kind: str = "fedavg"
-    lr: float = 1.0
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.99
-    eps: float = 1e-3
-    state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-
-    def step(self, params: dict[str, torch.Tensor], delta: Mapping[str, torch.Tensor],
-             held: Mapping[str, torch.Tensor]) -> None:
-        """Update `params` in place."""
-        for k, p in params.items():
-            d, h = delta[k], held[k]
-            if self.kind == "fedavg":
-                upd = d * self.lr
-            elif self.kind == "fedavgm":
-                m = self._buf(k, "m", p)
-                m[h] = self.momentum * m[h] + d[h]
-                upd = self.lr * m
-            elif self.kind in ("fedadam", "fedyogi"):
-                m, v = self._buf(k, "m", p), self._buf(k, "v", p, fill=self.eps**2)
-                m[h] = self.beta1 * m[h] + (1 - self.beta1) * d[h]
-                d2 = d[h] * d[h]
-                if self.kind == "fedadam":
-                    v[h] = self.beta2 * v[h] + (1 - self.beta2) * d2
-                else:
-                    v[h] = v[h] - (1 - self.beta2) * d2 * torch.sign(v[h] - d2)
-                upd = self.lr * m / (v.sqrt() + self.eps)
-            else:
-                raise ValueError(f"server.optimizer: unknown optimizer {self.kind!r}")
-            p[h] += upd[h]
-
-    def _buf(self, k: str, name: str, like: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-        slot = self.state.setdefault(k, {})
-        if name not in slot:
-            slot[name] = torch.full_like(like, fill)
-        return slot[name]

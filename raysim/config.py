@@ -30,6 +30,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _params() -> Any:
+    return Field(default_factory=dict, description="the named component's own parameters, validated by it "
+                 "(its `Params` model or its signature)")
+
+
+def _check_component(key: str, name: str) -> str:
+    from raysim.registry import check_name  # noqa: PLC0415
+
+    return check_name(key, name)
+
+
 class SyntheticConfig(_Section):
     """Embedded synthetic image-classification set (no files needed)."""
 
@@ -56,18 +67,27 @@ class PartitionConfig(_Section):
 class DataConfig(_Section):
     """The dataset and its split over devices (docs/datasets.md: files and formats)."""
 
-    dataset: Literal["synthetic", "digits", "mnist", "fashion-mnist", "cifar10", "femnist"] = Field(
-        "synthetic", description="synthetic and digits are embedded; the others read local files")
+    dataset: str = Field("synthetic", description="synthetic and digits are embedded; mnist, fashion-mnist, "
+                         "cifar10 and femnist read local files; or an import path package.module:attr to a "
+                         "callable (seed) -> (x_train, y_train, x_test, y_test[, groups])")
+    params: dict[str, Any] = _params()
     root: Optional[str] = Field(None, description="directory with the dataset's files")
     synthetic: SyntheticConfig = SyntheticConfig()
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="held-out share, for sets without a test split")
     partition: PartitionConfig = PartitionConfig()
 
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return _check_component("data.dataset", v)
+
 
 class ModelConfig(_Section):
     """The global model's family and widths, and its rate ladder."""
 
-    arch: Literal["mlp", "cnn", "preresnet18"] = Field("cnn", description="width-scalable model family")
+    arch: str = Field("cnn", description="width-scalable family (cnn, mlp, preresnet18), or an import path "
+                      "package.module:attr to a callable (input_shape, num_classes) -> torch.nn.Module or ModelSpec")
+    params: dict[str, Any] = _params()
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128],
                               description="global model (rate 1): conv channels per stage (cnn, "
                               "preresnet18: default [64,128,256,512]) or hidden units per layer (mlp)")
@@ -85,6 +105,11 @@ class ModelConfig(_Section):
         if isinstance(data, dict) and data.get("arch") == "preresnet18" and "widths" not in data:
             return {**data, "widths": [64, 128, 256, 512]}
         return data
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        return _check_component("model.arch", v)
 
     @field_validator("rates")
     @classmethod
@@ -106,12 +131,19 @@ class ModelConfig(_Section):
 class CompressionConfig(_Section):
     """How a device's submodel is cut from the global model."""
 
-    strategy: Literal["static", "rolling", "random", "magnitude", "full"] = Field(
+    strategy: str = Field(
         "static", description="static: first channels (HeteroFL); rolling: a moving window (FedRolex); "
-        "random: Federated Dropout; magnitude: largest L1 norm; full: no compression")
+        "random: Federated Dropout; magnitude: largest L1 norm; full: no compression; or an import path "
+        "package.module:attr to a Strategy")
+    params: dict[str, Any] = _params()
     baseline: Literal["none", "fedavg-capable", "fedavg-smallest"] = Field(
         "none", description="instead of submodels: only devices that fit the full model take part "
         "(fedavg-capable), or the global model is the smallest rate's (fedavg-smallest)")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return _check_component("compression.strategy", v)
 
 
 class AvailabilityConfig(_Section):
@@ -160,10 +192,17 @@ class SelectionConfig(_Section):
 class AssignmentConfig(_Section):
     """Which rate each selected device trains."""
 
-    policy: Literal["fit-memory", "fit-deadline", "fixed"] = Field(
-        "fit-memory", description="largest rate that fits the device's memory (and, fit-deadline, "
-        "whose predicted time meets the deadline), or one fixed rate")
+    policy: str = Field(
+        "fit-memory", description="largest rate that fits the device's memory (fit-memory; fit-deadline: and "
+        "whose predicted time meets the deadline), one fixed rate (fixed), or an import path "
+        "package.module:attr to an Assigner")
     fixed_rate: Optional[float] = Field(None, gt=0.0, le=1.0, description="policy=fixed: the rate")
+    params: dict[str, Any] = _params()
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        return _check_component("assignment.policy", v)
 
 
 class DeadlineConfig(_Section):
@@ -175,20 +214,29 @@ class DeadlineConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Local training on a device (SGD)."""
+    """Local training on a device: the client algorithm and its budget."""
 
+    algorithm: str = Field("sgd", description="sgd (minibatch SGD), fedprox (SGD plus a proximal term, "
+                           "params.mu), or an import path package.module:attr to a ClientAlgorithm")
+    params: dict[str, Any] = _params()
     epochs: int = Field(1, ge=1, description="local epochs over the device's shard")
     batch_size: int = Field(20, ge=1, description="minibatch size")
     lr: float = Field(0.05, gt=0.0, description="learning rate")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay")
 
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, v: str) -> str:
+        return _check_component("train.algorithm", v)
+
 
 class ServerConfig(_Section):
     """How the aggregated update moves the global model."""
 
-    optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = Field(
-        "fedavg", description="server optimizer over the per-element mean delta")
+    optimizer: str = Field("fedavg", description="server optimizer over the per-element mean delta: fedavg, "
+                           "fedavgm, fedadam, fedyogi, or an import path package.module:attr to a ServerOptimizer")
+    params: dict[str, Any] = _params()
     lr: float = Field(1.0, gt=0.0, description="server learning rate")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="fedavgm: momentum")
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="fedadam, fedyogi: first-moment decay")
@@ -197,6 +245,11 @@ class ServerConfig(_Section):
     weighting: Literal["uniform", "samples"] = Field(
         "uniform", description="each element's mean over the devices that held it: uniform (HeteroFL) "
         "or weighted by samples trained")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        return _check_component("server.optimizer", v)
 
 
 class EvalConfig(_Section):

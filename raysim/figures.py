@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from raysim.results import Run  # noqa: E402
-from raysim.schedule import STATUSES  # noqa: E402
+from raysim.records import STATUSES  # noqa: E402
 from raysim.summaries import (  # noqa: E402
     bytes_by_class, final_rate_accuracy, outcome_shares, rate_order, time_to_target,
 )

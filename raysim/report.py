@@ -19,7 +19,7 @@ import pandas as pd
 from raysim import figures
 from raysim.figures import plot_accuracy
 from raysim.results import Run, RunError, atomic_write_text
-from raysim.schedule import STATUSES
+from raysim.records import STATUSES
 from raysim.summaries import class_table, default_target, format_value, run_summary, short_labels
 from raysim.tables import Runs
 

@@ -28,12 +28,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
-import torch
 import yaml
 
-from raysim.config import Scenario
-from raysim.simulation import CLIENT_COLUMNS, RoundOutput
+from raysim.records import CLIENT_COLUMNS, RoundOutput
+
+if TYPE_CHECKING:  # reading results needs pandas only: no torch, no Ray
+    from raysim.config import Scenario
 
 CHECKPOINTS = "checkpoints"
 
@@ -66,6 +69,7 @@ def versions() -> dict[str, str]:
     """Versions of the packages that shape the numbers."""
     import numpy  # noqa: PLC0415
     import ray  # noqa: PLC0415
+    import torch  # noqa: PLC0415
 
     from raysim import __version__  # noqa: PLC0415
 
@@ -140,10 +144,10 @@ class RunWriter:
 
     def add(self, out: RoundOutput) -> None:
         """Record one round."""
-        self.rounds.append(out.round_row)
-        self.clients.append(pd.DataFrame(out.clients, columns=CLIENT_COLUMNS))
-        self.evals.extend(out.evals)
-        self.manifest["completed_rounds"] = int(out.round_row["round"])
+        self.rounds.append(out.record.row())
+        self.clients.append(pd.DataFrame(out.clients.columns(), columns=CLIENT_COLUMNS))
+        self.evals.extend(e.row() for e in out.evals)
+        self.manifest["completed_rounds"] = int(out.record.round)
 
     def flush(self) -> None:
         """Write the tables as they stand (each file atomically)."""
@@ -163,6 +167,8 @@ class RunWriter:
         self.flush()
         p = self.path / CHECKPOINTS / f"round-{r:06d}.pt"
         tmp = p.with_name(f".{p.name}.tmp")
+        import torch  # noqa: PLC0415 - only writing a checkpoint needs it
+
         torch.save(state, tmp)
         os.replace(tmp, p)
         self.manifest["checkpoint_round"] = r
@@ -193,6 +199,8 @@ def latest_checkpoint(path: Path) -> Optional[Path]:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint, loaded with torch's safe (weights-only) unpickler."""
+    import torch  # noqa: PLC0415
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -11,8 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-OK, PARTIAL, LATE, OFFLINE, EXCLUDED, FAILED, OOM = "ok", "partial", "late", "offline", "excluded", "failed", "oom"
-STATUSES = (OK, PARTIAL, LATE, OFFLINE, EXCLUDED, FAILED, OOM)
+from raysim.records import EXCLUDED, FAILED, LATE, OFFLINE, OK, OOM, PARTIAL, STATUSES  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from raysim.results import Run
-from raysim.schedule import STATUSES
+from raysim.records import STATUSES
 from raysim.tables import Runs, is_result_param
 
 NO_RATE = "none"  # the rate column of a device that got no submodel (excluded)

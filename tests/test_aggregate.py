@@ -5,7 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raysim.aggregate import FRAC_BITS, PartialSum, ServerOptimizer, fold, mean_delta
+from raysim.aggregate import FRAC_BITS, PartialSum, fold, mean_delta
+from raysim.records import ServerState
+from raysim.server import FedAdam, FedAvg, FedAvgM, FedYogi
 from raysim.models import cnn_spec, mlp_spec
 from raysim.submodel import SubmodelPlan, extract, full_plan, plan_indices, remap
 
@@ -98,7 +100,7 @@ def test_unheld_elements_do_not_move():
     acc = PartialSum.zeros(shapes)
     fold(acc, {k: torch.ones_like(v) for k, v in extract(params, idx).items()}, idx, 1)
     delta, held = mean_delta(acc)
-    ServerOptimizer("fedavg").step(params, delta, held)
+    FedAvg().step(params, delta, held, ServerState())
     w = params["features.5.weight"]  # conv1: (out=conv1, in=conv0)
     assert torch.equal(w[5], before["features.5.weight"][5])          # out channel 5 not held
     assert torch.equal(w[2, 2], before["features.5.weight"][2, 2])    # in channel 2 not held
@@ -125,9 +127,13 @@ def test_partial_sums_merge_in_any_order_bit_identically():
 
 
 def test_server_optimizers_move_toward_delta():
-    for kind in ["fedavg", "fedavgm", "fedadam", "fedyogi"]:
+    for kind in [FedAvg, FedAvgM, FedAdam, FedYogi]:
         p = {"w": torch.zeros(3)}
-        opt = ServerOptimizer(kind, lr=0.1)
+        opt = kind(lr=0.1)
         held = {"w": torch.tensor([True, True, False])}
-        opt.step(p, {"w": torch.tensor([1.0, -1.0, 5.0])}, held)
+        state = ServerState()
+        opt.step(p, {"w": torch.tensor([1.0, -1.0, 5.0])}, held, state)
         assert p["w"][0] > 0 and p["w"][1] < 0 and p["w"][2] == 0, kind
+        for slots in state.slots.values():  # unheld elements keep their state too
+            fill = float(torch.tensor(opt.eps**2)) if hasattr(opt, "eps") else 0.0
+            assert all(float(t[2]) in (0.0, fill) for t in slots.values())

@@ -8,13 +8,14 @@ import torch
 from raysim.aggregate import PartialSum
 from raysim.config import load_scenario
 from raysim.results import load_run
-from raysim.runtime.dedicated import OVERCOMMIT_REASON, DedicatedPool, cap_bytes
+from raysim.build import components, trainer
+from raysim.records import TrainTask
+from raysim.runtime.dedicated import OVERCOMMIT_REASON, DedicatedPool, RealTime
 from raysim.runtime.local import LocalBackend
+from raysim.runtime.memcap import cap_bytes
 from raysim.runtime.runner import prepare, run
 from raysim.runtime.shared import share_arrays
-from raysim.runtime.tasks import TrainTask
-from raysim.submodel import make_strategy
-from helpers import tiny_overrides
+from helpers import local_sim, make_strategy, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -55,8 +56,8 @@ def bench():
     memory = np.full(len(ids), 64 * MiB)
     memory[small] = MiB // 4
     ds = setup.dataset
-    pool = DedicatedPool(sc, setup.spec, share_arrays(ds.x_train, ds.y_train, setup.shards, ids), ids, memory,
-                         capacity=2)
+    pool = DedicatedPool(setup.spec, trainer(sc, components(sc)), share_arrays(ds.x_train, ds.y_train, setup.shards, ids),
+                         ids, memory, capacity=2)
     torch.manual_seed(0)
     params = {k: p.detach().clone() for k, p in setup.spec.build().named_parameters()}
     static = make_strategy("static")
@@ -90,7 +91,8 @@ def test_same_update_as_a_device_host(bench):
     tasks = [task(others[0], 1.0, 0), task(others[1], 0.125, 1)]
     got, reps = merged(pool.train(3, params, plans, tasks))
     ds = setup.dataset
-    want, _ = merged(LocalBackend(sc, setup.spec, ds.x_train, ds.y_train, setup.shards).train(3, params, plans, tasks))
+    local = LocalBackend(setup.spec, trainer(sc, components(sc)), ds.x_train, ds.y_train, setup.shards)
+    want, _ = merged(local.train(3, params, plans, tasks))
     assert {r.status for r in reps.values()} == {"ok"}
     assert got.devices == want.devices == 2
     for k in want.sums:
@@ -118,8 +120,8 @@ def test_realtime_pool_sleeps_the_timeline_and_enforces_the_deadline():
     setup = prepare(sc)
     ds = setup.dataset
     ids = setup.fleet.device_id
-    pool = DedicatedPool(sc, setup.spec, share_arrays(ds.x_train, ds.y_train, setup.shards, ids), ids,
-                         np.full(10, 64 * MiB))
+    pool = DedicatedPool(setup.spec, trainer(sc, components(sc)), share_arrays(ds.x_train, ds.y_train, setup.shards, ids),
+                         ids, np.full(10, 64 * MiB), realtime=RealTime(1.0, sc.selection.per_round, partial=True))
     try:
         torch.manual_seed(0)
         params = {k: p.detach().clone() for k, p in setup.spec.build().named_parameters()}
@@ -193,14 +195,10 @@ def test_realtime_and_virtual_runs_agree_on_which_devices_are_late(tmp_path):
 
 # ------------------------------------------------------------------ every decision has its reason
 def test_every_decision_is_recorded_with_its_reason():
-    from raysim.simulation import Simulation
-
     sc = scenario(**{"selection.overcommit": 0.5, "deadline.seconds": 20, "deadline.policy": "partial",
                      "assignment.policy": "fit-deadline", "rounds": 2})
-    setup = prepare(sc)
-    ds = setup.dataset
-    sim = Simulation(sc, setup, LocalBackend(sc, setup.spec, ds.x_train, ds.y_train, setup.shards))
-    clients = pd.concat([pd.DataFrame(sim.step().clients) for _ in range(sc.rounds)])
+    sim = local_sim(sc)
+    clients = pd.concat([pd.DataFrame(sim.step().clients.columns()) for _ in range(sc.rounds)])
     assert (clients["reason"].str.len() > 0).all(), clients.loc[clients["reason"] == "", ["status", "rate"]]
     ok = clients[clients["status"] == "ok"]
     assert ok["reason"].str.startswith("fit-deadline: rate").all()

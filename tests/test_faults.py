@@ -8,16 +8,16 @@ import pytest
 import ray
 
 from raysim.config import load_scenario
-from raysim.runtime.coordinator import start_coordinator
+
 from raysim.runtime.runner import prepare
-from helpers import tiny_overrides
+from helpers import coordinator, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def test_dead_host_devices_are_failed_and_the_run_goes_on():
     sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts": 2, "rounds": 3}))
-    coord = start_coordinator(sc, prepare(sc), 2)
+    coord = coordinator(sc, 2)
     try:
         ray.get(coord.arm_host_crash.remote(0, 2))
         outs = [ray.get(coord.step.remote()) for _ in range(3)]
@@ -40,7 +40,7 @@ def test_dead_host_devices_are_failed_and_the_run_goes_on():
 
 def test_a_host_killed_from_outside_between_rounds_is_replaced():
     sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts": 2, "rounds": 3}))
-    coord = start_coordinator(sc, prepare(sc), 2)
+    coord = coordinator(sc, 2)
     try:
         first = ray.get(coord.step.remote())
         victim = ray.get(coord.host_pids.remote())[1]

@@ -12,16 +12,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from raysim.config import ModelConfig, ScenarioError, load_scenario, rate_sizes
-from raysim.data import load_dataset
-from raysim.models import make_spec
 from raysim.models.base import Scaler
 from raysim.models.calibrate import calibration_sample, recompute_bn_stats, static_norms
 from raysim.models.cnn import cnn_spec
 from raysim.models.mlp import mlp_spec
 from raysim.models.preresnet import preresnet18_spec, stage_strides
-from raysim.runtime.local import LocalBackend
-from raysim.simulation import Simulation, build_setup
-from raysim.submodel import SubmodelPlan, extract, make_strategy, plan_indices
+from raysim.submodel import SubmodelPlan, extract, plan_indices
+from helpers import local_sim, make_spec, make_strategy
 from raysim.train import load_params
 from helpers import tiny_overrides
 
@@ -199,9 +196,7 @@ def test_calibration_sample_is_fixed_by_the_seed():
 
 def make_sim(**over):
     sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**over))
-    ds = load_dataset(sc.data, sc.seed)
-    setup = build_setup(sc, ds)
-    return Simulation(sc, setup, LocalBackend(sc, setup.spec, ds.x_train, ds.y_train, setup.shards))
+    return local_sim(sc)
 
 
 def test_static_bn_evaluation_does_not_depend_on_the_eval_batch_size():
@@ -212,9 +207,9 @@ def test_static_bn_evaluation_does_not_depend_on_the_eval_batch_size():
         sim.step()
         evals.append(sim.evaluate(1))
     a, b = evals
-    assert [e["model"] for e in a] == ["global", "rate-0.5", "rate-0.25", "rate-0.125"]
+    assert [e.model for e in a] == ["global", "rate-0.5", "rate-0.25", "rate-0.125"]
     for ea, eb in zip(a, b):
-        assert ea["accuracy"] == eb["accuracy"] and ea["loss"] == pytest.approx(eb["loss"], rel=1e-4)
+        assert ea.accuracy == eb.accuracy and ea.loss == pytest.approx(eb.loss, rel=1e-4)
 
 
 def test_preresnet18_is_available_from_the_scenario():
@@ -231,5 +226,5 @@ def test_a_preresnet18_round_runs_end_to_end_on_8x8_digits():
                       "model.norm": "static-bn", "data.dataset": "digits"})
     out = sim.step()
     assert out.round_row["trained"] > 0
-    assert [e["model"] for e in out.evals] == ["global", "rate-0.5", "rate-0.25", "rate-0.125"]
-    assert all(0.0 <= e["accuracy"] <= 1.0 and np.isfinite(e["loss"]) for e in out.evals)
+    assert [e.model for e in out.evals] == ["global", "rate-0.5", "rate-0.25", "rate-0.125"]
+    assert all(0.0 <= e.accuracy <= 1.0 and np.isfinite(e.loss) for e in out.evals)

@@ -2,29 +2,35 @@
 
 import numpy as np
 
-from raysim.policy import assign_rates
+from raysim.policy import AssignRequest, FitDeadline, Fixed, FitMemory
+
 from raysim.schedule import EXCLUDED, LATE, OFFLINE, OK, PARTIAL, decide
 
 RATES = [1.0, 0.5, 0.25]
 NEED = {1.0: 400, 0.5: 200, 0.25: 100}
 
 
+def request(memory, times=None, deadline=None):
+    n = len(memory)
+    return AssignRequest(1, np.arange(n), RATES, NEED, np.array(memory),
+                         (lambda r: times[r]) if times else (lambda r: np.zeros(n)), deadline)
+
+
 def test_fit_memory_picks_largest_rate_that_fits():
-    a = assign_rates("fit-memory", RATES, NEED, np.array([1000, 399, 150, 99]))
+    a = FitMemory().assign(request([1000, 399, 150, 99]))
     assert a.rate[:3].tolist() == [1.0, 0.5, 0.25]
     assert np.isnan(a.rate[3]) and "memory" in a.reason[3]
 
 
 def test_fit_deadline_also_needs_time():
     times = {1.0: np.array([50.0, 50.0]), 0.5: np.array([20.0, 50.0]), 0.25: np.array([5.0, 50.0])}
-    a = assign_rates("fit-deadline", RATES, NEED, np.array([1000, 1000]), predicted_time=lambda r: times[r],
-                     deadline=30.0)
+    a = FitDeadline().assign(request([1000, 1000], times, 30.0))
     assert a.rate[0] == 0.5
     assert np.isnan(a.rate[1]) and "deadline" in a.reason[1]
 
 
 def test_fixed_rate_excludes_devices_that_cannot_hold_it():
-    a = assign_rates("fixed", RATES, NEED, np.array([500, 300]), fixed_rate=1.0)
+    a = Fixed(1.0).assign(request([500, 300]))
     assert a.rate[0] == 1.0 and np.isnan(a.rate[1])
 
 

@@ -5,10 +5,10 @@ import pytest
 import ray
 
 from raysim.config import load_scenario
-from raysim.runtime.coordinator import start_coordinator
+
 from raysim.runtime.runner import prepare
 from raysim.runtime.shared import attach, share
-from helpers import tiny_overrides
+from helpers import coordinator, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -35,7 +35,7 @@ def test_the_light_setup_carries_no_training_data_and_attaches_back():
 
 def test_coordinator_and_hosts_read_the_one_copy_the_driver_put():
     sc = scenario(**{"runtime.hosts": 2})
-    coord = start_coordinator(sc, prepare(sc), 2)
+    coord = coordinator(sc, 2)
     try:
         refs = ray.get(coord.data_ref_ids.remote())
         assert len(refs["hosts"]) == 2
@@ -85,7 +85,9 @@ def test_one_host_per_node_and_a_replacement_outlives_its_node(monkeypatch):
     setup = prepare(sc)
     ds = setup.dataset
     data = share_arrays(ds.x_train, ds.y_train, setup.shards, setup.fleet.device_id)
-    pool = pool_mod.RayPool(sc, setup.spec, data, None)
+    from raysim.build import components, trainer  # noqa: PLC0415
+
+    pool = pool_mod.RayPool(setup.spec, trainer(sc, components(sc)), data, None, sc.runtime.hosts_per)
     here = ray.get_runtime_context().get_node_id()
     assert len(pool.hosts) == 1 and pool.node_ids() == [here], "one node: one host, pinned to it"
     assert pool._opts[0]["num_cpus"] == 2, "a per-node host reserves the CPUs of its torch threads"

@@ -5,18 +5,13 @@ import pytest
 import torch
 
 from raysim.config import load_scenario
-from raysim.data import load_dataset
-from raysim.runtime.local import LocalBackend
-from raysim.simulation import Simulation, build_setup
-from helpers import tiny_overrides
+from raysim.runtime.runner import prepare
+from helpers import local_sim, tiny_overrides
 
 
 def make_sim(hosts=1, **over):
     sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**over))
-    ds = load_dataset(sc.data, sc.seed)
-    setup = build_setup(sc, ds)
-    backend = LocalBackend(sc, setup.spec, ds.x_train, ds.y_train, setup.shards, hosts=hosts)
-    return Simulation(sc, setup, backend)
+    return local_sim(sc, hosts)
 
 
 def run_rounds(sim, n):
@@ -89,11 +84,9 @@ def test_trace_fleet_with_sparse_ids_trains_each_device_on_its_own_shard(tmp_pat
     trace = tmp_path / "fleet.csv"
     trace.write_text("\n".join(rows) + "\n")
     sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"fleet.trace": str(trace), "train.epochs": 1}))
-    ds = load_dataset(sc.data, sc.seed)
-    setup = build_setup(sc, ds)
+    setup = prepare(sc)
     assert list(setup.fleet.device_id) == list(ids)
-    backend = LocalBackend(sc, setup.spec, ds.x_train, ds.y_train, setup.shards, ids=setup.fleet.device_id)
-    out = Simulation(sc, setup, backend).step()
+    out = local_sim(sc, setup=setup).step()
     ok = [i for i, s in enumerate(out.clients["status"]) if s == "ok"]
     assert ok
     for i in ok:

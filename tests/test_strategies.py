@@ -11,20 +11,19 @@ from hypothesis import strategies as st
 
 from raysim.aggregate import PartialSum, fold
 from raysim.config import load_scenario, rate_sizes
-from raysim.data import load_dataset
 from raysim.models.cnn import cnn_spec
 from raysim.models.mlp import mlp_spec
 from raysim.models.preresnet import preresnet18_spec
-from raysim.runtime.local import LocalBackend
-from raysim.simulation import Simulation, build_setup
-from raysim.submodel import STRATEGIES, extract, make_strategy, plan_indices, remap, validate_plan
+from raysim.registry import BUILTINS
+from raysim.submodel import extract, plan_indices, remap, validate_plan
+from helpers import local_sim, make_spec, make_strategy
 from raysim.submodel.strategies import channel_l1
 from helpers import tiny_overrides
 
 RATES = [1.0, 0.5, 0.25, 0.125, 0.0625]
 
 
-NAMES = sorted(STRATEGIES)
+NAMES = sorted(BUILTINS["compression.strategy"])
 SPECS = {
     "mlp": mlp_spec((1, 4, 4), 3, [7, 5]),
     "cnn": cnn_spec((1, 8, 8), 4, [6, 9], 10, norm="group"),
@@ -222,9 +221,7 @@ def make_sim(**over):
             "selection.overcommit": 0}
     base.update(over)
     sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**base))
-    ds = load_dataset(sc.data, sc.seed)
-    setup = build_setup(sc, ds)
-    return Simulation(sc, setup, LocalBackend(sc, setup.spec, ds.x_train, ds.y_train, setup.shards))
+    return local_sim(sc)
 
 
 def test_fedavg_capable_trains_the_full_model_on_capable_devices_only():
@@ -241,7 +238,7 @@ def test_fedavg_capable_trains_the_full_model_on_capable_devices_only():
     assert all(mem[d] >= need for d in trained)
     assert all(mem[d] < need for d in excluded)
     assert all(r == 1.0 for r, s in zip(c["rate"], c["status"]) if s == "ok")
-    assert [e["model"] for e in out.evals] == ["global"]
+    assert [e.model for e in out.evals] == ["global"]
 
 
 def test_fedavg_smallest_makes_the_smallest_submodel_the_global_model():
@@ -265,7 +262,6 @@ def test_study_scenario_fleet_mostly_cannot_hold_the_full_model():
     sc = load_scenario("scenarios/framework-vs-baselines.yaml")
     from raysim.cost import profile_ladder  # noqa: PLC0415
     from raysim.fleet import make_fleet  # noqa: PLC0415
-    from raysim.models import make_spec  # noqa: PLC0415
 
     spec = make_spec(sc.model, (1, 12, 12), 10)
     need = profile_ladder(spec, [1.0], sc.train.batch_size)[1.0].memory_bytes

@@ -14,10 +14,10 @@ import torch
 from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import tiny_overrides  # noqa: E402
+from helpers import coordinator, tiny_overrides  # noqa: E402
 
 from raysim.config import load_scenario  # noqa: E402
-from raysim.runtime.coordinator import start_coordinator  # noqa: E402
+
 from raysim.runtime.runner import prepare  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def data_copies(address: str) -> dict:
     try:
         for per in ("cpu", "node"):
             sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts_per": per}))
-            coord = start_coordinator(sc, prepare(sc), None)
+            coord = coordinator(sc)
             refs, nodes = ray.get([coord.data_ref_ids.remote(), coord.host_nodes.remote()])
             ray.kill(coord)
             out[per] = {"hosts": len(nodes), "host_nodes": len(set(nodes)),
@@ -59,7 +59,7 @@ def node_loss(cluster: Cluster, worker) -> dict:
     ray.init(address=cluster.address, logging_level="ERROR")
     try:
         sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts_per": "node", "rounds": 3}))
-        coord = start_coordinator(sc, prepare(sc), None)
+        coord = coordinator(sc)
         ray.get(coord.step.remote())
         before = ray.get(coord.host_nodes.remote())
         beside_driver = ray.get(coord.node_id.remote()) == ray.get_runtime_context().get_node_id()

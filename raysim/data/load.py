@@ -1,41 +1,73 @@
-"""`load_dataset`: the scenario's `data` section -> an in-memory Dataset."""
+"""The built-in datasets, on the same contract as a plug-in's: `(seed, **params) -> Dataset`.
+
+`synthetic` and `digits` need no files; `mnist`, `fashion_mnist`, `cifar10` and `femnist` read
+the files under `root` (docs/datasets.md lists them) and never download anything. Every
+failure is a DataError whose one-line message names the file or setting at fault. The
+scenario's `data` section gives each the settings it declares (`root`, `synthetic`,
+`test_fraction`).
+
+    >>> ds = synthetic(0)              # the synthetic default
+    >>> ds.x_train.shape
+    (16000, 1, 12, 12)
+"""
 
 from __future__ import annotations
 
-from raysim.config import DataConfig
-from raysim.data.base import DataError, Dataset
+from typing import Optional
+
+from raysim.config import SyntheticConfig
+from raysim.data.base import Dataset
+
+# Loaders are imported lazily: the file formats are irrelevant to most runs.
 
 
-def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    """Load (or generate) the dataset named by `cfg.dataset`.
+def synthetic(seed: int, synthetic: SyntheticConfig = SyntheticConfig(), test_fraction: float = 0.2) -> Dataset:
+    """The embedded synthetic image set (`data.synthetic` sets its size and difficulty)."""
+    from raysim.data.synthetic import load_synthetic  # noqa: PLC0415
 
-    `synthetic` and `digits` need no files; `mnist`, `fashion-mnist`, `cifar10` and `femnist`
-    read the files under `cfg.root` (docs/datasets.md lists them) and never download anything.
-    Every failure is a DataError whose one-line message names the file or setting at fault.
+    return load_synthetic(synthetic, test_fraction, seed)
 
-        >>> ds = load_dataset(DataConfig(), seed=0)   # the synthetic default
-        >>> ds.x_train.shape
-        (16000, 1, 12, 12)
+
+def digits(seed: int, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (embedded in the package)."""
+    from raysim.data.digits import load_digits_dataset  # noqa: PLC0415
+
+    return load_digits_dataset(test_fraction, seed)
+
+
+def mnist(seed: int, root: Optional[str] = None) -> Dataset:
+    """MNIST from its IDX files under `root`."""
+    from raysim.data.idx import load_idx  # noqa: PLC0415
+
+    return load_idx("mnist", root)
+
+
+def fashion_mnist(seed: int, root: Optional[str] = None) -> Dataset:
+    """Fashion-MNIST from its IDX files under `root`."""
+    from raysim.data.idx import load_idx  # noqa: PLC0415
+
+    return load_idx("fashion-mnist", root)
+
+
+def cifar10(seed: int, root: Optional[str] = None) -> Dataset:
+    """CIFAR-10 from its python pickles under `root`."""
+    from raysim.data.cifar import load_cifar10  # noqa: PLC0415
+
+    return load_cifar10(root)
+
+
+def femnist(seed: int, root: Optional[str] = None) -> Dataset:
+    """FEMNIST from LEAF's JSON files under `root` (writers kept: `partition.kind: natural`)."""
+    from raysim.data.leaf import load_femnist  # noqa: PLC0415
+
+    return load_femnist(root)
+
+
+def load_dataset(cfg, seed: int) -> Dataset:
+    """The dataset a scenario's `data` section names (built-in or plug-in), loaded and checked.
+
+        >>> ds = load_dataset(DataConfig(), seed=0)
     """
-    # Loaders are imported lazily: the file formats are irrelevant to most runs.
-    if cfg.dataset == "synthetic":
-        from raysim.data.synthetic import load_synthetic  # noqa: PLC0415
+    from raysim.build import dataset_factory  # noqa: PLC0415
 
-        return load_synthetic(cfg.synthetic, cfg.test_fraction, seed)
-    if cfg.dataset == "digits":
-        from raysim.data.digits import load_digits_dataset  # noqa: PLC0415
-
-        return load_digits_dataset(cfg.test_fraction, seed)
-    if cfg.dataset in ("mnist", "fashion-mnist"):
-        from raysim.data.idx import load_idx  # noqa: PLC0415
-
-        return load_idx(cfg.dataset, cfg.root)
-    if cfg.dataset == "cifar10":
-        from raysim.data.cifar import load_cifar10  # noqa: PLC0415
-
-        return load_cifar10(cfg.root)
-    if cfg.dataset == "femnist":
-        from raysim.data.leaf import load_femnist  # noqa: PLC0415
-
-        return load_femnist(cfg.root)
-    raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}")
+    return dataset_factory(cfg)(seed)

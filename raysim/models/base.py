@@ -45,6 +45,30 @@ class ModelSpec:
         m = self.build()
         return {k: tuple(p.shape) for k, p in m.named_parameters()}
 
+    @classmethod
+    def whole(cls, name: str, factory: Callable[[tuple[int, ...], int], nn.Module], input_shape: tuple[int, ...],
+              num_classes: int) -> "ModelSpec":
+        """A model without channel groups: a family of one width, trained whole by every device.
+
+            >>> spec = ModelSpec.whole("tiny", lambda shape, n: nn.Linear(shape[0], n), (8,), 3)
+        """
+        module = factory(tuple(input_shape), int(num_classes))
+        axes: dict[str, Axes] = {k: (None,) * p.dim() for k, p in module.named_parameters()}
+        return cls(name, {}, axes, _WholeBuilder(factory, tuple(input_shape), int(num_classes)),
+                   tuple(input_shape), int(num_classes))
+
+
+@dataclass(frozen=True)
+class _WholeBuilder:
+    """`builder` of a model without groups: the factory's module, whatever the sizes."""
+
+    factory: Callable[[tuple[int, ...], int], nn.Module]
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def __call__(self, sizes: Mapping[str, int], rate: float) -> nn.Module:
+        return self.factory(self.input_shape, self.num_classes)
+
 
 class Scaler(nn.Module):
     """Divides activations by the rate during training only (HeteroFL's scaler).

@@ -7,15 +7,34 @@ on request, its checkpoint state; it never writes files, so it can live on any n
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from raysim.config import Scenario
-from raysim.runtime.pool import RayPool
+from raysim.clock import Clock, VirtualClock
+from raysim.policy import Assigner
+from raysim.records import RoundOutput
+from raysim.runtime.placement import Placement, Pooled
 from raysim.runtime.shared import SharedData, attach, share
-from raysim.simulation import RoundOutput, Setup, Simulation
+from raysim.server import ServerOptimizer
+from raysim.simulation import RoundConfig, Setup, Simulation
+from raysim.submodel.strategies import Strategy
+from raysim.trainer import Trainer
+
+
+@dataclass
+class Engine:
+    """What a coordinator builds its simulation from: components and settings, no scenario."""
+
+    strategy: Strategy
+    assigner: Assigner
+    server: ServerOptimizer
+    trainer: Trainer
+    cfg: RoundConfig
+    placement: Placement = Pooled()
+    clock: Clock = VirtualClock()
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -27,19 +46,13 @@ class Coordinator:
     its device hosts. Start it with `start_coordinator`.
     """
 
-    def __init__(self, scenario: Scenario, setup: Setup, data: SharedData, hosts: Optional[int],
+    def __init__(self, engine: Engine, setup: Setup, data: SharedData,
                  host_options: Optional[dict[str, Any]] = None) -> None:
         self.setup = attach(setup, data)
         self.data = data
-        if scenario.runtime.placement == "dedicated":
-            # One actor per selected device; runtime.hosts (if set) bounds how many stay alive.
-            from raysim.runtime.dedicated import DedicatedPool  # noqa: PLC0415
-
-            self.pool = DedicatedPool(scenario, self.setup.spec, data, self.setup.fleet.device_id,
-                                      self.setup.fleet.memory, scenario.runtime.hosts, host_options)
-        else:
-            self.pool = RayPool(scenario, self.setup.spec, data, hosts, host_options)
-        self.sim = Simulation(scenario, self.setup, self.pool)
+        e = engine
+        self.pool = e.placement.start(self.setup, e.trainer, data, host_options)
+        self.sim = Simulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.clock)
 
     def step(self) -> RoundOutput:
         return self.sim.step()
@@ -100,8 +113,7 @@ class Coordinator:
         return ray.get_runtime_context().get_node_id()
 
 
-def spawn_coordinator(sc: Scenario, light: Setup, data: SharedData, hosts: Optional[int],
-                      host_options: Optional[dict[str, Any]] = None):
+def spawn_coordinator(engine: Engine, light: Setup, data: SharedData, host_options: Optional[dict[str, Any]] = None):
     """A coordinator for a light setup and its stored data, next to the caller (the driver,
     which keeps the files). Returns the actor handle."""
     here = ray.get_runtime_context().get_node_id()
@@ -109,13 +121,13 @@ def spawn_coordinator(sc: Scenario, light: Setup, data: SharedData, hosts: Optio
     # preference was seen to land it elsewhere on a cluster. Beside the driver it shares the
     # driver's fate and no other node's: losing a worker node never costs the coordinator.
     return Coordinator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
-        sc, light, data, hosts, host_options)
+        engine, light, data, host_options)
 
 
-def start_coordinator(sc: Scenario, setup: Setup, hosts: Optional[int], host_options: Optional[dict[str, Any]] = None):
+def start_coordinator(engine: Engine, setup: Setup, host_options: Optional[dict[str, Any]] = None):
     """Put the setup's training data into the object store once and spawn the coordinator.
 
     The caller should drop its own `setup` afterwards: the stored copy is the one in use.
     """
-    light, data = share(setup, sc.eval.max_samples)
-    return spawn_coordinator(sc, light, data, hosts, host_options)
+    light, data = share(setup, engine.cfg.eval_max_samples)
+    return spawn_coordinator(engine, light, data, host_options)

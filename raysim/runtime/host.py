@@ -1,7 +1,10 @@
 """Device hosts: one process trains many simulated devices and pre-aggregates their updates.
 
-`HostCore` is the pure-torch worker (testable without Ray); `DeviceHost` is its Ray actor.
-A device keeps its own identity, data shard and random stream; only the process is shared.
+`HostCore` is the pure-torch worker (testable without Ray); `DeviceHost` (in `pool`) is its
+Ray actor. A device keeps its own identity, data shard and random stream; only the process is
+shared. Devices that share a plan in a round share one extracted copy of their start weights
+and one index into the global tensors; per device there is one copy into the submodel, the
+training, and one remap into the host's partial sum.
 """
 
 from __future__ import annotations
@@ -13,24 +16,23 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from raysim.aggregate import PartialSum, add_weights, fold
-from raysim.config import Scenario
+from raysim.aggregate import add_weights
 from raysim.models import ModelSpec
-from raysim.runtime.tasks import HostResult, TrainReport, TrainTask
-from raysim.seeding import torch_generator
+from raysim.records import FAILED, OK, HostResult, PartialSum, TrainReport, TrainTask
 from raysim.submodel import SubmodelPlan, extract, plan_indices
-from raysim.train import load_params, local_train
+from raysim.train import load_params
+from raysim.trainer import Trainer, contribute
 
 
 class HostCore:
     """Trains devices' submodels on their shards and folds their deltas into one partial sum."""
 
-    def __init__(self, scenario: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
+    def __init__(self, spec: ModelSpec, trainer: Trainer, x: np.ndarray, y: np.ndarray,
                  shard_flat: np.ndarray, shard_offsets: np.ndarray, host_id: int = 0,
                  ids: Optional[np.ndarray] = None) -> None:
-        torch.set_num_threads(scenario.runtime.torch_threads)
-        self.sc = scenario
+        torch.set_num_threads(trainer.torch_threads)
         self.spec = spec
+        self.trainer = trainer
         # from_numpy shares memory with the read-only, object-store backed arrays; they are
         # only ever indexed (copied), never written, so torch's warning does not apply.
         with warnings.catch_warnings():
@@ -51,7 +53,13 @@ class HostCore:
         pos = device_id if self.ids is None else int(np.searchsorted(self.ids, device_id))
         return self.flat[self.offsets[pos]:self.offsets[pos + 1]]
 
-    def _module(self, plan: SubmodelPlan) -> torch.nn.Module:
+    def data(self, device_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device's training samples and labels (a copy: the stored set stays read-only)."""
+        ix = torch.from_numpy(self.shard(device_id))
+        return self.x[ix], self.y[ix]
+
+    def module(self, plan: SubmodelPlan) -> torch.nn.Module:
+        """The submodel module of a plan's shape (built once per shape, reloaded per device)."""
         key = (tuple(sorted(plan.sizes().items())), plan.rate)
         m = self._modules.get(key)
         if m is None:
@@ -65,31 +73,25 @@ class HostCore:
         t0 = time.perf_counter()
         acc = PartialSum.zeros(self.shapes)
         reports = []
-        indices = {pid: plan_indices(self.spec, p, self.shapes) for pid, p in plans.items()}
+        used = sorted({t.plan_id for t in tasks})
+        indices = {pid: plan_indices(self.spec, plans[pid], self.shapes) for pid in used}
+        starts = {pid: extract(params, indices[pid]) for pid in used}  # shared by the plan's devices
         plan_weight: dict[int, int] = {}  # element weights are added once per plan, not per device
-        tc = self.sc.train
         for task in tasks:
             ts = time.perf_counter()
-            plan = plans[task.plan_id]
-            index = indices[task.plan_id]
-            model = self._module(plan)
-            sub = extract(params, index)
-            load_params(model, sub)
-            ix = torch.from_numpy(self.shard(task.device_id))
-            res = local_train(model, self.x[ix], self.y[ix], epochs=tc.epochs, batch_size=tc.batch_size,
-                              lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay,
-                              max_steps=task.max_steps,
-                              generator=torch_generator(self.sc.seed, "train", round_idx, task.device_id),
-                              start=sub)
+            model = self.module(plans[task.plan_id])
+            start = starts[task.plan_id]
+            load_params(model, start)
+            x, y = self.data(task.device_id)
+            res = self.trainer.train(model, start, x, y, round_idx, task.device_id, task.max_steps)
             wall = time.perf_counter() - ts
             if not res.finite:
-                reports.append(TrainReport(task.device_id, "failed", res.samples, res.steps, res.loss, wall,
+                reports.append(TrainReport(task.device_id, FAILED, res.samples, res.steps, res.loss, wall,
                                            self.host_id, "non-finite update"))
                 continue
-            weight = 1 if task.weight == "uniform" else res.samples
-            fold(acc, res.delta, index, weight, res.samples, count=False)
-            plan_weight[task.plan_id] = plan_weight.get(task.plan_id, 0) + weight
-            reports.append(TrainReport(task.device_id, "ok", res.samples, res.steps, res.loss, wall, self.host_id))
+            w = contribute(acc, res, indices[task.plan_id], task.weight, count=False)
+            plan_weight[task.plan_id] = plan_weight.get(task.plan_id, 0) + w
+            reports.append(TrainReport(task.device_id, OK, res.samples, res.steps, res.loss, wall, self.host_id))
         for pid in sorted(plan_weight):
             add_weights(acc, indices[pid], plan_weight[pid])
         return HostResult(acc, reports, self.host_id, time.perf_counter() - t0)

@@ -1,4 +1,4 @@
-"""In-process backend and the task-splitting helpers shared with the Ray pool (no Ray here)."""
+"""In-process backend and the task-splitting helper shared with the Ray pool (no Ray here)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from raysim.config import Scenario
 from raysim.data import Shards
 from raysim.models import ModelSpec
+from raysim.records import HostResult, TrainTask
 from raysim.runtime.host import HostCore
-from raysim.runtime.tasks import HostResult, TrainTask
 from raysim.submodel import SubmodelPlan
+from raysim.trainer import Trainer
 
 
 def balance(tasks: list[TrainTask], hosts: int) -> list[list[TrainTask]]:
@@ -31,10 +31,10 @@ def balance(tasks: list[TrainTask], hosts: int) -> list[list[TrainTask]]:
 class LocalBackend:
     """Backend that trains in the calling process (tests, debugging); no Ray."""
 
-    def __init__(self, sc: Scenario, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
+    def __init__(self, spec: ModelSpec, trainer: Trainer, x: np.ndarray, y: np.ndarray,
                  shards: Sequence[np.ndarray], hosts: int = 1, ids: Optional[np.ndarray] = None) -> None:
         s = Shards.from_list(shards)
-        self.cores = [HostCore(sc, spec, x, y, s.flat, s.offsets, h, ids) for h in range(hosts)]
+        self.cores = [HostCore(spec, trainer, x, y, s.flat, s.offsets, h, ids) for h in range(hosts)]
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> list[HostResult]:

@@ -17,14 +17,14 @@ import ray
 import torch
 from ray.exceptions import RayActorError, WorkerCrashedError
 
-from raysim.config import Scenario
 from raysim.models import ModelSpec
+from raysim.records import HostResult, TrainTask
 from raysim.runtime.host import HostCore
 from raysim.runtime.local import balance
 from raysim.runtime.session import host_placements, node_alive
 from raysim.runtime.shared import SharedData, prefault
-from raysim.runtime.tasks import HostResult, TrainTask
 from raysim.submodel import SubmodelPlan
+from raysim.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 class DeviceHost:
     """Ray actor around `HostCore` (the dataset arrives as object-store refs, zero-copy)."""
 
-    def __init__(self, scenario: Scenario, spec: ModelSpec, data: SharedData, host_id: int) -> None:
+    def __init__(self, spec: ModelSpec, trainer: Trainer, data: SharedData, host_id: int) -> None:
         x, y, flat, offsets, ids = data.get()
         prefault(x, y, flat)
-        self.core = HostCore(scenario, spec, x, y, flat, offsets, host_id, ids)
+        self.core = HostCore(spec, trainer, x, y, flat, offsets, host_id, ids)
         self._refs = data.ref_ids()
         self._crash_round: Optional[int] = None
 
@@ -66,13 +66,13 @@ class DeviceHost:
 class RayPool:
     """Backend that trains a round's tasks on a pool of `DeviceHost` actors."""
 
-    def __init__(self, sc: Scenario, spec: ModelSpec, data: SharedData, hosts: Optional[int],
-                 host_options: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, spec: ModelSpec, trainer: Trainer, data: SharedData, hosts: Optional[int],
+                 hosts_per: str = "cpu", host_options: Optional[dict[str, Any]] = None) -> None:
         # The driver put the data once; every host on a node maps the same stored copy, and a
         # replacement host reads it again from the same refs.
-        self._args = (sc, spec, data)
+        self._args = (spec, trainer, data)
         self._opts = [{**o, **(host_options or {})}
-                      for o in host_placements(sc.runtime.hosts_per, hosts, sc.runtime.torch_threads)]
+                      for o in host_placements(hosts_per, hosts, trainer.torch_threads)]
         self.hosts = [self._spawn(h) for h in range(len(self._opts))]
         self.restarts = 0
 

@@ -10,16 +10,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import ray
 from ray.exceptions import RayActorError
 
+from raysim.build import Components, build_setup, components, engine
+from raysim.callbacks import Callback
 from raysim.config import Scenario
-from raysim.data import load_dataset
+from raysim.records import RoundOutput
 from raysim.results import RunWriter, latest_checkpoint, load_checkpoint, new_run_dir
-from raysim.runtime.session import start_ray
-from raysim.simulation import RoundOutput, Setup, build_setup
+from raysim.runtime.session import start_ray, user_modules
+from raysim.simulation import Setup
 
 
 class CoordinatorLost(RuntimeError):
@@ -33,27 +35,30 @@ class RunResult:
     wall_s: float
 
 
-def prepare(sc: Scenario) -> Setup:
+def prepare(sc: Scenario, comps: Optional[Components] = None) -> Setup:
     """Load data and derive model, costs, fleet and shards (raises one-line errors on bad input)."""
-    dataset = load_dataset(sc.data, sc.seed)
-    return build_setup(sc, dataset)
+    comps = comps or components(sc)
+    return build_setup(sc, comps, comps.load_dataset(sc.seed))
 
 
 def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = None,
         progress: bool = True, resume: Optional[Path] = None,
         on_round: Optional[Callable[[RoundOutput], None]] = None, stop_after: Optional[int] = None,
-        run_dir: Optional[Path] = None) -> RunResult:
+        run_dir: Optional[Path] = None, comps: Optional[Components] = None,
+        callbacks: Sequence[Callback] = ()) -> RunResult:
     """Run a scenario end to end and return where its results are.
 
-    `resume`: an existing run directory to continue from its last checkpoint. `stop_after`
-    stops after that many rounds without completing the run (used to test resumption).
-    `run_dir`: write into this new directory instead of `<out_root>/<name>-<stamp>` (sweeps).
+    `comps`: the components (default: those the scenario names). `resume`: an existing run
+    directory to continue from its last checkpoint. `stop_after` stops after that many rounds
+    without completing the run (used to test resumption). `run_dir`: write into this new
+    directory instead of `<out_root>/<name>-<stamp>` (sweeps).
     """
     t0 = time.perf_counter()
-    setup = prepare(sc)
-    started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus)
+    comps = comps or components(sc)
+    setup = build_setup(sc, comps, comps.load_dataset(sc.seed))
+    eng = engine(sc, comps)
+    started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus, user_modules(comps))
     try:
-        hosts = sc.runtime.hosts  # None: one per CPU or per node (runtime.hosts_per)
         from raysim.runtime.coordinator import spawn_coordinator  # noqa: PLC0415
         from raysim.runtime.shared import share  # noqa: PLC0415
 
@@ -61,10 +66,11 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
         del setup  # the object store holds the one copy of the training data from here on
 
         def spawn():
-            return spawn_coordinator(sc, light, data, hosts)
+            return spawn_coordinator(eng, light, data)
 
         coord = spawn()
         info = ray.get(coord.info.remote())
+        info["components"] = dict(comps.sources)
         first = 1
         if resume is not None:
             upto = _restore(coord, resume)
@@ -74,24 +80,46 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
             path = Path(run_dir) if run_dir is not None else new_run_dir(out_root or sc.output.dir, sc.name)
             writer = RunWriter(path, sc, info)
             writer.write_fleet(ray.get(coord.fleet_frame.remote()))
+        hooks = list(callbacks)
+        for cb in hooks:
+            cb.on_start(writer.path, info)
+        if on_round is not None:
+            hooks.append(_OnRound(on_round))
+        status = "failed"
         try:
-            coord = _loop(sc, coord, spawn, writer, first, progress, on_round, stop_after)
+            coord = _loop(sc, coord, spawn, writer, first, progress, hooks, stop_after)
         except (KeyboardInterrupt, SystemExit) as err:
             # Ctrl-C, or SIGTERM from a scheduler or `kill` (Ray's driver turns it into SystemExit):
             # the run stops where it is and stays resumable.
             why = "terminated" if isinstance(err, SystemExit) else "interrupted"
+            status = "interrupted"
             writer.finish("interrupted", error=f"{why}; continue with raysim run --resume {writer.path}")
             raise
         except BaseException as err:
             writer.finish("failed", error=f"{type(err).__name__}: {err}")
             raise
-        done = writer.manifest["completed_rounds"] >= sc.rounds
-        writer.finish("complete" if done else "stopped", wall_s=time.perf_counter() - t0)
-        ray.kill(coord)
-        return RunResult(writer.path, writer.rounds, time.perf_counter() - t0)
+        else:
+            done = writer.manifest["completed_rounds"] >= sc.rounds
+            status = "complete" if done else "stopped"
+            writer.finish(status, wall_s=time.perf_counter() - t0)
+            ray.kill(coord)
+            return RunResult(writer.path, writer.rounds, time.perf_counter() - t0)
+        finally:
+            for cb in callbacks:
+                cb.on_end(writer.path, status)
     finally:
         if started:
             ray.shutdown()
+
+
+class _OnRound(Callback):
+    """A plain function called with every round's records."""
+
+    def __init__(self, fn: Callable[[RoundOutput], None]) -> None:
+        self.fn = fn
+
+    def on_round(self, out: RoundOutput) -> None:
+        self.fn(out)
 
 
 def _restore(coord, path: Path) -> int:
@@ -106,7 +134,7 @@ def _restore(coord, path: Path) -> int:
 
 
 def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, first: int, progress: bool,
-          on_round: Optional[Callable[[RoundOutput], None]], stop_after: Optional[int]):
+          hooks: Sequence[Callback], stop_after: Optional[int]):
     """Step the coordinator round by round; returns the coordinator that finished the run.
 
     A coordinator that dies (its process killed, its node lost) takes its device hosts with
@@ -143,11 +171,11 @@ def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, firs
             r = upto + 1
             continue
         writer.add(out)
-        if on_round:
-            on_round(out)
-        row = out.round_row
-        bar.set_postfix_str(f"t_sim={row['sim_time']:.0f}s acc={row['accuracy']:.3f} "
-                            f"late={row['n_late']} offline={row['n_offline']} excl={row['n_excluded']}",
+        for cb in hooks:
+            cb.on_round(out)
+        rec = out.record
+        bar.set_postfix_str(f"t_sim={rec.sim_time:.0f}s acc={rec.accuracy:.3f} "
+                            f"late={rec.n_late} offline={rec.n_offline} excl={rec.n_excluded}",
                             refresh=False)
         bar.update(1)
         if state is not None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import sysconfig
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterable, Iterator, Optional
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -13,18 +17,46 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import raysim
 
 
-def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
-    """Connect to `address` or start a local instance; returns True if this call started Ray."""
+def start_ray(address: Optional[str], num_cpus: Optional[int], modules: Iterable[ModuleType] = ()) -> bool:
+    """Connect to `address` or start a local instance; returns True if this call started Ray.
+
+    On a cluster, raysim and `modules` (the user's plug-in modules, `user_modules`) travel
+    with the job (Ray's runtime environment), so workers on other machines can import them.
+    """
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
     if address:
         # On a cluster the workers may not have raysim installed: ship the package with the job.
-        ray.init(address=address, runtime_env={"py_modules": [raysim]}, **kwargs)
+        ray.init(address=address, runtime_env={"py_modules": [raysim, *modules]}, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        # "local": always a fresh instance of our own, never a `ray start` cluster found on the machine.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
     return True
+
+
+def user_modules(objects: Any) -> list[ModuleType]:
+    """The top-level modules (or packages) that define a run's plug-in components.
+
+    `objects` is a `Components` (or any object with the components as attributes). Left out:
+    raysim itself, installed packages and the standard library (present on every worker), and
+    `__main__` (whose objects Ray pickles by value).
+    """
+    installed = {str(Path(p).resolve()) for k, p in sysconfig.get_paths().items() if k in ("purelib", "platlib", "stdlib")}
+    found: dict[str, ModuleType] = {}
+    for obj in vars(objects).values() if hasattr(objects, "__dict__") else objects:
+        target = getattr(obj, "func", obj)  # functools.partial: the function it binds
+        name = getattr(target, "__module__", None) or type(target).__module__
+        top = name.split(".")[0]
+        mod = sys.modules.get(top)
+        if top in ("raysim", "__main__", "builtins") or mod is None or not getattr(mod, "__file__", None):
+            continue
+        where = str(Path(mod.__file__).resolve())
+        if any(where.startswith(p + os.sep) for p in installed):
+            continue
+        found[top] = mod
+    return [found[k] for k in sorted(found)]
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from raysim.config import rate_sizes
 from raysim.models.base import ModelSpec
@@ -28,11 +29,29 @@ from raysim.submodel.plan import SubmodelPlan, full_plan, prefix_plan
 
 
 class Strategy(ABC):
-    """Turns a rate into a submodel plan. `per_device` says whether devices at the same rate
-    in the same round can share one plan (so the coordinator builds it once per rate)."""
+    """Turns a rate into a submodel plan.
+
+    `per_device` says whether devices at the same rate in the same round need plans of their
+    own (otherwise the coordinator builds one per rate and round, and hosts share it).
+    `compresses` is False for a strategy that always trains the whole model: the rate ladder
+    then collapses to rate 1. `Params` validates `compression.params`; the instance is built
+    as `cls(**params)`. A new strategy subclasses this and implements `plan`:
+
+        class EveryOther(Strategy):          # even channels first, then odd ones
+            def plan(self, spec, rate, round_idx, device_id, global_params, seed):
+                keep = {}
+                for g, w in spec.groups.items():
+                    order = np.r_[np.arange(0, w, 2), np.arange(1, w, 2)]
+                    keep[g] = np.sort(order[:rate_sizes(w, rate)])
+                return SubmodelPlan(rate, keep)
+    """
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
 
     name: str = ""
     per_device: bool = False
+    compresses: bool = True
 
     @abstractmethod
     def plan(self, spec: ModelSpec, rate: float, round_idx: int, device_id: int,
@@ -55,6 +74,7 @@ class Static(Strategy):
 
 class Full(Strategy):
     name = "full"
+    compresses = False
 
     def plan(self, spec, rate, round_idx, device_id, global_params, seed):
         return full_plan(spec)
@@ -113,14 +133,3 @@ def channel_l1(spec: ModelSpec, global_params: Mapping[str, torch.Tensor]) -> di
             t = global_params[name].detach().abs().double()
             scores[axes[0]] += t.reshape(t.shape[0], -1).sum(dim=1).numpy()
     return scores
-
-
-STRATEGIES: dict[str, type[Strategy]] = {c.name: c for c in (Static, Full, Rolling, Random, Magnitude)}
-
-
-def make_strategy(name: str) -> Strategy:
-    """The strategy named in the scenario."""
-    try:
-        return STRATEGIES[name]()
-    except KeyError:
-        raise ValueError(f"compression.strategy: unknown strategy {name!r}") from None

@@ -1,0 +1,62 @@
+"""Training one device: the one function both placements (pooled hosts, dedicated actors) call.
+
+A `Trainer` is what a place that trains devices needs to know, and no more: the client
+algorithm, the local budget (epochs, batch size) and the seed the devices' random streams
+derive from. It travels to the device hosts instead of the scenario.
+
+    >>> trainer = Trainer(LocalSGD(lr=0.05), epochs=1, batch_size=20, seed=0)
+    >>> res = trainer.train(model, start, x, y, round_idx=1, device_id=7, max_steps=None)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import torch
+from torch import nn
+
+from raysim.aggregate import fold
+from raysim.client import ClientAlgorithm, LocalData, LocalResult
+from raysim.records import PartialSum
+from raysim.seeding import torch_generator
+from raysim.submodel.plan import Index
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """The client algorithm and the local budget every device of a run trains with."""
+
+    client: ClientAlgorithm
+    epochs: int
+    batch_size: int
+    seed: int
+    torch_threads: int = 1
+
+    def steps_full(self, samples: int) -> int:
+        """Minibatch steps of a device's full local work."""
+        return max(1, math.ceil(samples / self.batch_size)) * self.epochs
+
+    def train(self, model: nn.Module, start: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+              round_idx: int, device_id: int, max_steps: Optional[int]) -> LocalResult:
+        """Train one device's submodel (loaded with `start`) on its data, from its own stream."""
+        data = LocalData(x, y, self.epochs, self.batch_size, max_steps,
+                         torch_generator(self.seed, "train", round_idx, device_id))
+        return self.client.train(model, data, start)
+
+
+def weight_of(res: LocalResult, weighting: str) -> int:
+    """A device's aggregation weight: 1 (uniform, HeteroFL) or its samples trained."""
+    return 1 if weighting == "uniform" else res.samples
+
+
+def contribute(acc: PartialSum, res: LocalResult, index: Mapping[str, Index], weighting: str,
+               count: bool = True) -> int:
+    """Remap a device's delta into global coordinates and add it to `acc`; returns its weight.
+
+    `count=False` leaves the element weights to the caller (a host adds them once per plan).
+    """
+    w = weight_of(res, weighting)
+    fold(acc, res.delta, index, w, res.samples, count=count)
+    return w
