@@ -15,10 +15,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing numpy arrays has no single truth value
 class Dataset:
-    """A train/test image-classification set held in memory.
+    """A train/test classification set held in memory.
 
-    Images are float32 `(N, C, H, W)`, normalised with the training set's per-channel mean and
-    standard deviation; labels are int64 in `[0, num_classes)`. `writers` gives the writer (or
+    Features are float32 `(N, C, ...)`: images `(N, C, H, W)`, sensor windows `(N, C, T)`, or
+    feature vectors `(N, F)`; normalised with the training set's per-channel mean and standard
+    deviation; labels are int64 in `[0, num_classes)`. `writers` gives the writer (or
     latent style) of every *training* sample where the data has one (femnist), else None.
 
         >>> ds = load_dataset(DataConfig(dataset="digits"), seed=0)
@@ -38,22 +39,21 @@ class Dataset:
         # Loaders are the only producers; these checks catch a loader bug at its source
         # rather than as a shape error deep inside a training actor.
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
-            if x.dtype != np.float32 or x.ndim != 4:
-                raise DataError(f"dataset {self.name}: x_{split} must be float32 (N, C, H, W), got {x.dtype} {x.shape}")
+            if x.dtype != np.float32 or x.ndim < 2:
+                raise DataError(f"dataset {self.name}: x_{split} must be float32 (N, C, ...), got {x.dtype} {x.shape}")
             if y.dtype != np.int64 or y.shape != (x.shape[0],):
                 raise DataError(f"dataset {self.name}: y_{split} must be int64 ({x.shape[0]},), got {y.dtype} {y.shape}")
             if y.size and (y.min() < 0 or y.max() >= self.num_classes):
                 raise DataError(f"dataset {self.name}: y_{split} has labels outside [0, {self.num_classes})")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise DataError(f"dataset {self.name}: train images {self.x_train.shape[1:]} and test images {self.x_test.shape[1:]} differ")
+            raise DataError(f"dataset {self.name}: train samples {self.x_train.shape[1:]} and test samples {self.x_test.shape[1:]} differ")
         if self.writers is not None and (self.writers.dtype != np.int64 or self.writers.shape != self.y_train.shape):
             raise DataError(f"dataset {self.name}: writers must be int64 ({self.y_train.shape[0]},)")
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """`(C, H, W)` of one image."""
-        c, h, w = self.x_train.shape[1:]
-        return (int(c), int(h), int(w))
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: `(C, H, W)` for images, `(C, T)` for sensor windows."""
+        return tuple(int(n) for n in self.x_train.shape[1:])
 
 
 def rng_for(seed: int, purpose: str) -> np.random.Generator:
@@ -68,11 +68,14 @@ def rng_for(seed: int, purpose: str) -> np.random.Generator:
 def normalise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scale both splits by the training split's per-channel mean and std (float32 out).
 
-    Only training statistics are used, as a device could never see the test set.
+    A channel is axis 1; its statistics run over the samples and every trailing axis (pixels
+    of an image, time steps of a sensor window). Only training statistics are used, as a
+    device could never see the test set.
     """
     xt = x_train.astype(np.float32, copy=False)
-    mean = xt.mean(axis=(0, 2, 3), dtype=np.float64, keepdims=True)
-    std = xt.std(axis=(0, 2, 3), dtype=np.float64, keepdims=True)
+    axes = (0,) + tuple(range(2, xt.ndim))
+    mean = xt.mean(axis=axes, dtype=np.float64, keepdims=True)
+    std = xt.std(axis=axes, dtype=np.float64, keepdims=True)
     std = np.where(std > 1e-8, std, 1.0)  # a constant channel stays constant, not NaN
     scale = (1.0 / std).astype(np.float32)
     shift = mean.astype(np.float32)
