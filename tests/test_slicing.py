@@ -340,3 +340,32 @@ def test_a_layer_scale_parameter_takes_its_group_from_the_channels_it_scales():
     assert spec.axes["gamma"] == ("conv", None, None)
     sub = spec.build({"conv": 3}, 0.5)
     assert sub.gamma.shape == (3, 1, 1) and torch.allclose(sub.gamma, torch.tensor(0.1))
+
+
+def test_a_spec_travels_to_workers_without_the_global_weights_and_leaves_the_module_alone():
+    import ray.cloudpickle as cloudpickle
+
+    module = preresnet18_spec((3, 32, 32), 10, [64, 128, 256, 512]).build()  # 11M parameters
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    spec = infer_spec(module, (3, 32, 32), 10)
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    blob = cloudpickle.dumps(spec)
+    assert len(blob) < 200_000  # the weights alone would be 45 MB
+    again = cloudpickle.loads(blob)
+    sizes = {g: rate_sizes(w, 0.25) for g, w in spec.groups.items()}
+    torch.manual_seed(1)
+    a = spec.build(sizes, 0.25)
+    torch.manual_seed(1)
+    b = again.build(sizes, 0.25)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_a_span_index_needs_the_global_widths():
+    from raysim.submodel import param_index
+
+    plan = SubmodelPlan(0.5, {"g": np.array([0, 2])})
+    axes = (None, Span((Fixed(1), Block("g", 2))))
+    with pytest.raises(ValueError, match="widths"):
+        param_index(axes, plan, (3, 7))
+    idx = param_index(axes, plan, (3, 7), {"g": 3})
+    assert torch.arange(21).reshape(3, 7)[idx][0].tolist() == [0, 1, 2, 5, 6]

@@ -67,11 +67,17 @@ class Dims:
 class Slicing:
     """Everything the builder needs, worked out once by `infer_spec`."""
 
-    gm: fx.GraphModule
-    modules: tuple[str, ...]    # every leaf layer the graph calls, in graph order
+    graph: fx.Graph
+    class_name: str
+    # Every leaf layer the graph calls, in graph order, as a weightless (meta-device) copy:
+    # rebuilding needs a layer's settings, not its weights, and the spec travels to every
+    # worker process.
+    leaves: dict[str, nn.Module]
     groups: dict[str, int]
     layers: dict[str, LayerPlan]
     attrs: dict[str, Dims]      # tensors the graph reads by name (parameters and buffers)
+    attr_values: dict[str, torch.Tensor]
+    param_names: frozenset[str]  # which of them are parameters (the rest are buffers)
     reshapes: dict[str, Dims]   # view/reshape nodes with literal shapes: their output dims
     scaled: tuple[str, ...]     # layers followed by the rate scaler
     options: BuildOptions
@@ -114,10 +120,20 @@ def _slicing(module: nn.Module, input_shape: tuple[int, ...], scaler: bool,
     reshapes = {k: _dims(ctx, r.out) for k, r in ctx.reshapes.items()}
     scaled = tuple(p for p, use in ctx.layers.items()
                    if use.io is not None and ctx.atoms.sliced(use.io[0]) and ctx.atoms.sliced(use.io[1]))
-    modules = tuple(dict.fromkeys(str(n.target) for n in w.gm.graph.nodes if n.op == "call_module"))
-    sl = Slicing(w.gm, modules, ctx.atoms.groups_used(), layers, attrs, reshapes, scaled,
+    paths = dict.fromkeys(str(n.target) for n in w.gm.graph.nodes if n.op == "call_module")
+    leaves = {p: _weightless(w.gm.get_submodule(p)) for p in paths}
+    params = dict(w.gm.named_parameters())
+    values = {k: (params[k] if k in params else w.gm.get_buffer(k)).detach().clone() for k in attrs}
+    sl = Slicing(copy.deepcopy(w.gm.graph), w.gm.__class__.__name__, leaves, ctx.atoms.groups_used(),
+                 layers, attrs, values, frozenset(k for k in attrs if k in params), reshapes, scaled,
                  BuildOptions(static_bn=static_bn), scaler)
     return sl, {k: _dims(ctx, v).axes for k, v in ctx.params.items()}, tuple(w.output_shape)
+
+
+def _weightless(m: nn.Module) -> nn.Module:
+    """A copy of a layer with its tensors on the meta device (no storage); the user's module
+    is left as it is."""
+    return copy.deepcopy(m).to("meta")
 
 
 def _layer_params(ctx: Analysis) -> set[str]:
@@ -170,8 +186,7 @@ def _rewrite_shape(node: fx.Node, widths: tuple[int, ...], dims: Dims) -> None:
 def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
     """The sliced model at group widths `sizes` (see the module docstring)."""
     root = nn.Module()
-    for path in s.modules:
-        template = s.gm.get_submodule(path)
+    for path, template in s.leaves.items():
         lp = s.layers.get(path)
         if lp is None:  # a layer without widths (an activation, a pooling): copied
             owner, leaf = _owner(root, path)
@@ -181,14 +196,13 @@ def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
         owner, leaf = _owner(root, path)
         owner.add_module(leaf, lp.rule.rebuild(template, widths, s.options))
     for name, dims in s.attrs.items():
-        t = s.gm.get_parameter(name) if name in dict(s.gm.named_parameters()) else s.gm.get_buffer(name)
-        value = t.detach()[_prefix_index(dims, sizes, s.groups)].clone()
+        value = s.attr_values[name][_prefix_index(dims, sizes, s.groups)].clone()
         owner, leaf = _owner(root, name)
-        if isinstance(t, nn.Parameter):
-            owner.register_parameter(leaf, nn.Parameter(value, requires_grad=t.requires_grad))
+        if name in s.param_names:
+            owner.register_parameter(leaf, nn.Parameter(value))
         else:
             owner.register_buffer(leaf, value)
-    graph = copy.deepcopy(s.gm.graph)
+    graph = copy.deepcopy(s.graph)
     by_name = {n.name: n for n in graph.nodes}
     for name, dims in s.reshapes.items():
         _rewrite_shape(by_name[name], dims.widths(sizes), dims)
@@ -200,7 +214,7 @@ def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
                 with graph.inserting_after(node):
                     out = graph.call_module(SCALER_NAME, (node,))
                 node.replace_all_uses_with(out, delete_user_cb=lambda user: user is not out)
-    return fx.GraphModule(root, graph, s.gm.__class__.__name__)
+    return fx.GraphModule(root, graph, s.class_name)
 
 
 def infer_spec(module: nn.Module, input_shape: tuple[int, ...], num_classes: int,
