@@ -369,3 +369,21 @@ def test_a_span_index_needs_the_global_widths():
         param_index(axes, plan, (3, 7))
     idx = param_index(axes, plan, (3, 7), {"g": 3})
     assert torch.arange(21).reshape(3, 7)[idx][0].tolist() == [0, 1, 2, 5, 6]
+
+
+@pytest.mark.parametrize("name", ["FlattenCNN", "ConcatMLP", "DenseConcat"])
+def test_a_narrowed_family_indexes_its_spans_by_its_own_widths(name):
+    """fedavg-smallest trains a family whose groups are all narrowed, with the same axes."""
+    from dataclasses import replace
+
+    spec = SPECS[name]
+    small = replace(spec, groups={g: rate_sizes(w, 0.5) for g, w in spec.groups.items()})
+    shapes = small.global_shapes()
+    params = params_of(small)
+    plan = make_strategy("random").plan(small, 0.5, 1, 2, params, 0)
+    idx = plan_indices(small, plan, shapes)
+    sub = small.build(plan.sizes(), 0.5)
+    load_params(sub, extract(params, idx))
+    assert sub(torch.zeros(2, *small.input_shape)).shape == (2, small.num_classes)
+    for k, v in extract(params, idx).items():
+        assert torch.equal(extract(remap({k: v}, {k: idx[k]}, {k: shapes[k]}), {k: idx[k]})[k], v)
