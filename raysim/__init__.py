@@ -2,6 +2,7 @@
 heterogeneous IoT devices.
 
     >>> import raysim
+    >>> run = raysim.simulate("scenarios/quickstart.yaml", out="/tmp/runs")   # components as objects: raysim.api
     >>> run = raysim.load_run("runs/quickstart-...")
     >>> run.rounds.plot(x="sim_time", y="accuracy")
 """
@@ -19,6 +20,14 @@ def __getattr__(name: str):
         from raysim import tables  # noqa: PLC0415
 
         return getattr(tables, name)
+    if name == "simulate":
+        from raysim.api import simulate  # noqa: PLC0415
+
+        return simulate
+    if name == "api":
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module("raysim.api")
     if name in ("load_scenario", "Scenario", "ScenarioError"):
         from raysim import config  # noqa: PLC0415
 
@@ -26,4 +35,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["load_run", "Run", "RunError", "load_runs", "Runs", "load_scenario", "Scenario", "ScenarioError", "__version__"]
+__all__ = ["simulate", "api", "load_run", "Run", "RunError", "load_runs", "Runs", "load_scenario", "Scenario", "ScenarioError", "__version__"]

@@ -52,6 +52,8 @@ class Components:
     model_name: str = "model"
     dataset_name: str = "dataset"
     smallest: Optional[float] = None   # fedavg-smallest: the global model is narrowed to this rate
+    narrow: bool = True                # devices train narrower submodels (a plain module is sliced)
+    scaler: bool = True                # sliced submodels scale activations by 1/rate in training
     sources: dict[str, str] = field(default_factory=dict)
 
     def load_dataset(self, seed: int) -> Dataset:
@@ -95,7 +97,7 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
         model_name, sources["model"] = registry.describe(model), "object"
     if dataset is None:
         obj = registry.resolve("data.dataset", d.dataset)
-        inherited = {"root": d.root, "synthetic": d.synthetic, "test_fraction": d.test_fraction}
+        inherited = {"root": d.root, "synthetic": d.synthetic, "har": d.har, "test_fraction": d.test_fraction}
         dataset = registry.bind("data.dataset", obj, d.params, inherited, skip=1)
         dataset_name, sources["dataset"] = d.dataset, _source(d.dataset)
     else:
@@ -139,7 +141,9 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
         sources["server"] = "object"
     _check_type("server.optimizer", server, ServerOptimizer)
     smallest = min(m.rates) if baseline == "fedavg-smallest" else None
-    return Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest, sources)
+    narrow = smallest is not None or (strategy.compresses and baseline == "none" and list(m.rates) != [1.0])
+    return Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
+                      narrow, m.scaler, sources)
 
 
 def _make(key: str, name: str, params: dict[str, Any], inherited: Optional[dict[str, Any]] = None) -> Any:
@@ -170,7 +174,10 @@ def model_spec(comps: Components, input_shape: tuple[int, ...], num_classes: int
                             f"{type(err).__name__}: {err}") from None
     if isinstance(out, ModelSpec):
         spec = out
+    elif isinstance(out, nn.Module) and comps.narrow:
+        spec = sliced(comps.model_name, out, input_shape, num_classes, comps.scaler)
     elif isinstance(out, nn.Module):
+        # Trained whole by everyone: no slicing needed, and the module is exactly the user's.
         spec = ModelSpec.whole(comps.model_name, comps.model, tuple(input_shape), int(num_classes))
     else:
         raise ScenarioError(f"model.arch: {comps.model_name} returned {type(out).__name__}, "
@@ -180,6 +187,19 @@ def model_spec(comps: Components, input_shape: tuple[int, ...], num_classes: int
     if comps.smallest is not None:
         spec = scaled_spec(spec, comps.smallest)
     return spec
+
+
+def sliced(name: str, module: nn.Module, input_shape: tuple[int, ...], num_classes: int, scaler: bool) -> ModelSpec:
+    """A plain module's width family, its channel groups derived by tracing (`raysim.slicing`)."""
+    from raysim.slicing import SlicingError, infer_spec  # noqa: PLC0415
+
+    try:
+        return infer_spec(module, tuple(input_shape), int(num_classes), name, scaler=scaler)
+    except SlicingError as err:
+        raise ScenarioError(f"model.arch: {name}: {str(err).removeprefix('model: ')}, or compression.baseline: "
+                            f"fedavg-capable") from None
+    except ValueError as err:
+        raise ScenarioError(f"model.arch: {name}: {str(err).removeprefix('model: ')}") from None
 
 
 def scaled_spec(spec: ModelSpec, rate: float) -> ModelSpec:
@@ -217,7 +237,7 @@ def build_setup(sc: Scenario, comps: Components, dataset: Dataset) -> Setup:
     # A FedScale-style trace gives ms per sample of a reference model: the global model at rate 1
     # (before fedavg-smallest narrows it).
     ref_spec = spec if comps.smallest is None else model_spec(
-        Components(**{**comps.__dict__, "smallest": None}), dataset.input_shape, dataset.num_classes)
+        Components(**{**comps.__dict__, "smallest": None, "narrow": False}), dataset.input_shape, dataset.num_classes)
     ref = profile_ladder(ref_spec, [1.0], sc.train.batch_size)[1.0]
     fleet = make_fleet(sc.fleet, sc.seed, reference_flops=ref.forward_flops_per_sample)
     if sc.selection.per_round > len(fleet):
@@ -256,7 +276,7 @@ def dataset_factory(cfg: Any) -> Callable[[int], Dataset]:
     """`seed -> Dataset` for a scenario's `data` section alone (loading and checking)."""
     obj = registry.resolve("data.dataset", cfg.dataset)
     fn = registry.bind("data.dataset", obj, cfg.params,
-                       {"root": cfg.root, "synthetic": cfg.synthetic, "test_fraction": cfg.test_fraction}, skip=1)
+                       {"root": cfg.root, "synthetic": cfg.synthetic, "har": cfg.har, "test_fraction": cfg.test_fraction}, skip=1)
     comps = Components(lambda s, n: None, fn, Full(), FitMemory(), None, None,  # type: ignore[arg-type]
                        dataset_name=cfg.dataset, sources={"dataset": _source(cfg.dataset)})
     return comps.load_dataset

@@ -53,6 +53,21 @@ class SyntheticConfig(_Section):
                                 "skew across devices under partition kind=natural); 0 = none")
 
 
+class HarConfig(_Section):
+    """Embedded human-activity-recognition set: wearable accelerometer/gyroscope windows with
+    a per-user style (no files needed)."""
+
+    users: int = Field(30, ge=1, description="people wearing the sensor; each has a style of their own")
+    samples: int = Field(6000, ge=20, description="windows in all (train and test)")
+    steps: int = Field(64, ge=16, le=1024, description="time steps per window")
+    rate_hz: float = Field(32.0, gt=4.0, le=200.0, description="sensor sampling rate (Hz); with steps, the window length")
+    channels: Literal[3, 6] = Field(6, description="3: accelerometer only; 6: accelerometer and gyroscope")
+    activities: int = Field(6, ge=2, le=8, description="how many of: walking, running, sitting, standing, lying, upstairs, downstairs, cycling")
+    noise: float = Field(0.1, ge=0.0, description="std of the sensor noise (g, or rad/s for the gyroscope)")
+    style: float = Field(1.0, ge=0.0, description="strength of the per-user style (gain, offset, tempo, "
+                         "orientation, noise level); 0 = all users alike")
+
+
 class PartitionConfig(_Section):
     """How training samples are split over devices."""
 
@@ -67,12 +82,13 @@ class PartitionConfig(_Section):
 class DataConfig(_Section):
     """The dataset and its split over devices (docs/datasets.md: files and formats)."""
 
-    dataset: str = Field("synthetic", description="synthetic and digits are embedded; mnist, fashion-mnist, "
+    dataset: str = Field("synthetic", description="synthetic, har (sensor time series) and digits are embedded; mnist, fashion-mnist, "
                          "cifar10 and femnist read local files; or an import path package.module:attr to a "
                          "callable (seed) -> (x_train, y_train, x_test, y_test[, groups])")
     params: dict[str, Any] = _params()
     root: Optional[str] = Field(None, description="directory with the dataset's files")
     synthetic: SyntheticConfig = SyntheticConfig()
+    har: HarConfig = HarConfig()
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="held-out share, for sets without a test split")
     partition: PartitionConfig = PartitionConfig()
 

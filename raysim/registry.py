@@ -32,6 +32,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     },
     "data.dataset": {
         "synthetic": "raysim.data.load:synthetic",
+        "har": "raysim.data.load:har",
         "digits": "raysim.data.load:digits",
         "mnist": "raysim.data.load:mnist",
         "fashion-mnist": "raysim.data.load:fashion_mnist",

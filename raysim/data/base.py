@@ -116,11 +116,14 @@ def rng_for(seed: int, purpose: str) -> np.random.Generator:
 def normalise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scale both splits by the training split's per-channel mean and std (float32 out).
 
-    Only training statistics are used, as a device could never see the test set.
+    A channel is axis 1; its statistics run over the samples and every trailing axis (pixels
+    of an image, time steps of a sensor window). Only training statistics are used, as a
+    device could never see the test set.
     """
     xt = x_train.astype(np.float32, copy=False)
-    mean = xt.mean(axis=(0, 2, 3), dtype=np.float64, keepdims=True)
-    std = xt.std(axis=(0, 2, 3), dtype=np.float64, keepdims=True)
+    axes = (0,) + tuple(range(2, xt.ndim))
+    mean = xt.mean(axis=axes, dtype=np.float64, keepdims=True)
+    std = xt.std(axis=axes, dtype=np.float64, keepdims=True)
     std = np.where(std > 1e-8, std, 1.0)  # a constant channel stays constant, not NaN
     scale = (1.0 / std).astype(np.float32)
     shift = mean.astype(np.float32)

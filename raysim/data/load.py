@@ -3,7 +3,7 @@
 `synthetic` and `digits` need no files; `mnist`, `fashion_mnist`, `cifar10` and `femnist` read
 the files under `root` (docs/datasets.md lists them) and never download anything. Every
 failure is a DataError whose one-line message names the file or setting at fault. The
-scenario's `data` section gives each the settings it declares (`root`, `synthetic`,
+scenario's `data` section gives each the settings it declares (`root`, `synthetic`, `har`,
 `test_fraction`).
 
     >>> ds = synthetic(0)              # the synthetic default
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from raysim.config import SyntheticConfig
+from raysim.config import HarConfig, SyntheticConfig
 from raysim.data.base import Dataset
 
 # Loaders are imported lazily: the file formats are irrelevant to most runs.
@@ -26,6 +26,14 @@ def synthetic(seed: int, synthetic: SyntheticConfig = SyntheticConfig(), test_fr
     from raysim.data.synthetic import load_synthetic  # noqa: PLC0415
 
     return load_synthetic(synthetic, test_fraction, seed)
+
+
+def har(seed: int, har: HarConfig = HarConfig(), test_fraction: float = 0.2) -> Dataset:
+    """The embedded human-activity-recognition set: accelerometer/gyroscope windows (N, C, T)
+    with a per-user style; its users are the writers (`partition.kind: natural`)."""
+    from raysim.data.har import load_har  # noqa: PLC0415
+
+    return load_har(har, test_fraction, seed)
 
 
 def digits(seed: int, test_fraction: float = 0.2) -> Dataset:

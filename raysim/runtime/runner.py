@@ -20,7 +20,7 @@ from raysim.callbacks import Callback
 from raysim.config import Scenario
 from raysim.records import RoundOutput
 from raysim.results import RunWriter, latest_checkpoint, load_checkpoint, new_run_dir
-from raysim.runtime.session import start_ray, user_modules
+from raysim.runtime.session import pickle_by_value, start_ray, user_modules
 from raysim.simulation import Setup
 
 
@@ -57,7 +57,9 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     comps = comps or components(sc)
     setup = build_setup(sc, comps, comps.load_dataset(sc.seed))
     eng = engine(sc, comps)
-    started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus, user_modules(comps))
+    mods = user_modules(comps)
+    started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus, mods)
+    pickle_by_value(mods)
     try:
         from raysim.runtime.coordinator import spawn_coordinator  # noqa: PLC0415
         from raysim.runtime.shared import share  # noqa: PLC0415

@@ -36,6 +36,19 @@ def start_ray(address: Optional[str], num_cpus: Optional[int], modules: Iterable
     return True
 
 
+def pickle_by_value(modules: Iterable[ModuleType]) -> None:
+    """Ship the classes and functions of `modules` to workers by value, not by import.
+
+    A worker may not be able to import a user's module at all (a test file, a notebook's
+    helper, a directory only on the driver's `sys.path`); by value it needs only raysim and
+    the libraries the module imports.
+    """
+    from ray import cloudpickle  # noqa: PLC0415
+
+    for mod in modules:
+        cloudpickle.register_pickle_by_value(mod)
+
+
 def user_modules(objects: Any) -> list[ModuleType]:
     """The top-level modules (or packages) that define a run's plug-in components.
 

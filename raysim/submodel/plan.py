@@ -9,13 +9,14 @@ sharing a group (residual streams) keep the same channels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from raysim.config import rate_sizes
-from raysim.models.base import Axes, ModelSpec
+from raysim.models.base import ModelSpec
+from raysim.models.span import Axis, Span, span_indices
 
 Index = tuple[Union[slice, torch.Tensor], ...]
 
@@ -63,19 +64,31 @@ def _as_slice(ix: np.ndarray) -> slice | None:
     return None
 
 
-def param_index(axes: Axes, plan: SubmodelPlan, shape: tuple[int, ...]) -> Index:
+def param_index(axes: Sequence[Axis], plan: SubmodelPlan, shape: tuple[int, ...],
+                widths: Optional[Mapping[str, int]] = None) -> Index:
     """Index selecting the submodel's part of a global tensor with these axes and shape.
 
     When every kept set is contiguous the index is a tuple of slices (a view). Otherwise it is
     an open mesh of index tensors (numpy's `ix_` layout), so `global[index]` has the
     submodel's shape and `acc[index] += x` scatters back in place.
+
+    An axis is a group name, None (never shrinks) or a `raysim.models.span.Span` (blocks of
+    columns after a flatten, groups side by side after a concatenation); a Span needs the
+    global group `widths` to place its parts (`plan_indices` passes the spec's groups).
     """
     parts: list[slice | np.ndarray] = []
-    for g in axes:
+    for d, g in enumerate(axes):
         if g is None:
             parts.append(slice(None))
             continue
-        ix = plan.keep[g]
+        if isinstance(g, Span):
+            if widths is None:
+                raise ValueError("param_index: a Span axis needs the global group widths")
+            ix = span_indices(g, plan.keep, widths)
+            if int(ix.max(initial=-1)) >= shape[d]:
+                raise ValueError(f"param_index: span {g} does not fit a dimension of {shape[d]}")
+        else:
+            ix = plan.keep[g]
         s = _as_slice(ix)
         parts.append(s if s is not None else ix)
     if all(isinstance(p, slice) for p in parts):
@@ -92,4 +105,4 @@ def param_index(axes: Axes, plan: SubmodelPlan, shape: tuple[int, ...]) -> Index
 
 def plan_indices(spec: ModelSpec, plan: SubmodelPlan, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Index]:
     """Index of every global parameter for this plan."""
-    return {k: param_index(spec.axes[k], plan, shapes[k]) for k in shapes}
+    return {k: param_index(spec.axes[k], plan, shapes[k], spec.groups) for k in shapes}

@@ -1,0 +1,50 @@
+"""What the analysis of a traced model records: layouts of parameters, how each leaf layer's
+widths follow the groups, which reshapes carry literal widths, and which layers get a scaler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+from raysim.slicing.layout import Atoms, Dim, Layout
+
+if TYPE_CHECKING:
+    from raysim.slicing.layers import LayerRule
+
+
+@dataclass
+class LayerUse:
+    """A leaf layer: its rule and the dimensions its constructor widths follow (rule order)."""
+
+    rule: "LayerRule"
+    dims: tuple[Dim, ...]
+    # The (input, output) channel dimensions of a conv or linear, for the scaler rule.
+    io: Optional[tuple[Dim, Dim]] = None
+
+
+@dataclass
+class ReshapeUse:
+    """A view/reshape node whose target shape is literal: the output dimension of each
+    shape argument, so the builder can write the submodel's width into literal ones."""
+
+    out: Layout
+
+
+@dataclass
+class Analysis:
+    """Everything the walk over the graph learns, before groups are named."""
+
+    atoms: Atoms = field(default_factory=Atoms)
+    params: dict[str, Layout] = field(default_factory=dict)
+    buffers: dict[str, Layout] = field(default_factory=dict)
+    layers: dict[str, LayerUse] = field(default_factory=dict)
+    reshapes: dict[str, ReshapeUse] = field(default_factory=dict)
+
+    def param(self, name: str, layout: Layout) -> None:
+        """Record a parameter's layout; a parameter met twice (a shared layer) keeps one."""
+        old = self.params.get(name)
+        if old is None:
+            self.params[name] = layout
+            return
+        for a, b in zip(old, layout):
+            self.atoms.unify(a, b)

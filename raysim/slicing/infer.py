@@ -1,0 +1,250 @@
+"""`infer_spec`: the channel groups of any plain torch module, and a builder of its submodels.
+
+    >>> model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+    ...                       nn.Linear(16 * 8 * 8, 10))
+    >>> spec = infer_spec(model, (1, 8, 8), 10)
+    >>> spec.groups
+    {'0': 16}
+    >>> spec.axes["3.weight"]
+    (None, Span(parts=(Block(group='0', block=64),)))
+    >>> sub = spec.build({"0": 4}, rate=0.25)   # a new module, 4 channels wide
+    >>> sub(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 10])
+
+The analysis runs once; `builder(sizes, rate)` then makes a new module of the same
+architecture at those group widths: every leaf layer is rebuilt narrower by its own
+constructor (so the global model's initialisation follows torch's generator, like the
+hand-written families), the traced graph is copied with literal view/reshape widths rewritten,
+and, at rates below 1 with `scaler`, HeteroFL's scaler is inserted after every conv or linear
+whose inputs and outputs both shrink (the ones that sum over fewer inputs than in the global
+model; the first layer's inputs and the classifier's outputs never shrink). Parameters keep
+the global module's names, so plans, `extract`, `remap`, the strategies and the cost model
+work on the result unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from raysim.models.base import ModelSpec, Scaler
+from raysim.models.span import Axis, Span, axis_width, span_indices
+from raysim.slicing.analysis import Analysis
+from raysim.slicing.errors import SlicingError
+from raysim.slicing.layers import BuildOptions, LayerRule
+from raysim.slicing.layout import Layout, dim_size
+from raysim.slicing.trace import EXAMPLE_BATCH, walk
+
+SCALER_NAME = "rate_scaler"
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """A leaf layer of the sliced model: its rule and the axes of its constructor widths."""
+
+    rule: LayerRule
+    axes: tuple[Axis, ...]
+    sizes: tuple[int, ...]  # the same widths in the global model
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The axes of a tensor's dimensions and their global sizes."""
+
+    axes: tuple[Axis, ...]
+    sizes: tuple[int, ...]
+
+    def widths(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        return tuple(axis_width(a, sizes, n) for a, n in zip(self.axes, self.sizes))
+
+
+@dataclass(frozen=True)
+class Slicing:
+    """Everything the builder needs, worked out once by `infer_spec`."""
+
+    graph: fx.Graph
+    class_name: str
+    # Every leaf layer the graph calls, in graph order, as a weightless (meta-device) copy:
+    # rebuilding needs a layer's settings, not its weights, and the spec travels to every
+    # worker process.
+    leaves: dict[str, nn.Module]
+    groups: dict[str, int]
+    layers: dict[str, LayerPlan]
+    attrs: dict[str, Dims]      # tensors the graph reads by name (parameters and buffers)
+    attr_values: dict[str, torch.Tensor]
+    param_names: frozenset[str]  # which of them are parameters (the rest are buffers)
+    reshapes: dict[str, Dims]   # view/reshape nodes with literal shapes: their output dims
+    scaled: tuple[str, ...]     # layers followed by the rate scaler
+    options: BuildOptions
+    scaler: bool
+
+
+def _dims(ctx: Analysis, layout: Layout) -> Dims:
+    return Dims(tuple(ctx.atoms.axis(d) for d in layout), tuple(dim_size(d) for d in layout))
+
+
+def _settle(ctx: Analysis) -> None:
+    """Pin what the strategies could not score, then name the groups.
+
+    A multi-dimensional parameter whose first axis is not one plain group (a depthwise conv
+    over concatenated channels) is kept whole: the magnitude strategy scores a group by the
+    filters whose first axis it is.
+    """
+    ctx.atoms.pin_orphans()
+    changed = True
+    while changed:
+        changed = False
+        for layout in ctx.params.values():
+            if len(layout) > 1 and ctx.atoms.sliced(layout[0]) and not ctx.atoms.plain(layout[0]):
+                ctx.atoms.pin_dim(layout[0])
+                changed = True
+    ctx.atoms.name_groups()
+
+
+def _slicing(module: nn.Module, input_shape: tuple[int, ...], scaler: bool,
+             static_bn: bool) -> tuple[Slicing, dict[str, tuple[Axis, ...]], tuple[int, ...]]:
+    """The builder's recipe, every parameter's axes, and the output shape of the example."""
+    w = walk(module, input_shape)
+    ctx = w.analysis
+    _settle(ctx)
+    layers = {}
+    for path, use in ctx.layers.items():
+        d = _dims(ctx, use.dims)
+        layers[path] = LayerPlan(use.rule, d.axes, d.sizes)
+    attrs = {k: _dims(ctx, v) for k, v in {**ctx.params, **ctx.buffers}.items() if k not in _layer_params(ctx)}
+    reshapes = {k: _dims(ctx, r.out) for k, r in ctx.reshapes.items()}
+    scaled = tuple(p for p, use in ctx.layers.items()
+                   if use.io is not None and ctx.atoms.sliced(use.io[0]) and ctx.atoms.sliced(use.io[1]))
+    paths = dict.fromkeys(str(n.target) for n in w.gm.graph.nodes if n.op == "call_module")
+    leaves = {p: _weightless(w.gm.get_submodule(p)) for p in paths}
+    params = dict(w.gm.named_parameters())
+    values = {k: (params[k] if k in params else w.gm.get_buffer(k)).detach().clone() for k in attrs}
+    sl = Slicing(copy.deepcopy(w.gm.graph), w.gm.__class__.__name__, leaves, ctx.atoms.groups_used(),
+                 layers, attrs, values, frozenset(k for k in attrs if k in params), reshapes, scaled,
+                 BuildOptions(static_bn=static_bn), scaler)
+    return sl, {k: _dims(ctx, v).axes for k, v in ctx.params.items()}, tuple(w.output_shape)
+
+
+def _weightless(m: nn.Module) -> nn.Module:
+    """A copy of a layer with its tensors on the meta device (no storage); the user's module
+    is left as it is."""
+    return copy.deepcopy(m).to("meta")
+
+
+def _layer_params(ctx: Analysis) -> set[str]:
+    prefixes = tuple(f"{p}." for p in ctx.layers)
+    return {k for k in ctx.params if k.startswith(prefixes)}
+
+
+def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The module that holds `path` (plain containers made on the way) and the last name."""
+    *parents, leaf = path.split(".")
+    node = root
+    for p in parents:
+        if not hasattr(node, p):
+            node.add_module(p, nn.Module())
+        node = getattr(node, p)
+    return node, leaf
+
+
+def _prefix_index(dims: Dims, sizes: Mapping[str, int], widths: Mapping[str, int]) -> tuple:
+    """The first channels of every group, as an index into a global-sized tensor."""
+    keep = {g: np.arange(n, dtype=np.int64) for g, n in sizes.items()}
+    out: list = []
+    for a in dims.axes:
+        if a is None:
+            out.append(slice(None))
+        elif isinstance(a, Span):
+            out.append(torch.from_numpy(span_indices(a, keep, widths)))
+        else:
+            out.append(slice(0, sizes[a]))
+    return tuple(out)
+
+
+def _rewrite_shape(node: fx.Node, widths: tuple[int, ...], dims: Dims) -> None:
+    """Write the submodel's widths into the literal numbers of a view/reshape target."""
+    def fix(shape: list) -> list:
+        return [w if isinstance(s, int) and s != -1 and a is not None else s
+                for s, w, a in zip(shape, widths, dims.axes)]
+
+    if "shape" in node.kwargs or "size" in node.kwargs:
+        key = "shape" if "shape" in node.kwargs else "size"
+        node.kwargs = {**node.kwargs, key: tuple(fix(list(node.kwargs[key])))}
+        return
+    args = list(node.args)
+    if len(args) == 2 and isinstance(args[1], (tuple, list)):
+        node.args = (args[0], tuple(fix(list(args[1]))))
+    else:
+        node.args = (args[0], *fix(args[1:]))
+
+
+def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
+    """The sliced model at group widths `sizes` (see the module docstring)."""
+    root = nn.Module()
+    for path, template in s.leaves.items():
+        lp = s.layers.get(path)
+        if lp is None:  # a layer without widths (an activation, a pooling): copied
+            owner, leaf = _owner(root, path)
+            owner.add_module(leaf, copy.deepcopy(template))
+            continue
+        widths = Dims(lp.axes, lp.sizes).widths(sizes)
+        owner, leaf = _owner(root, path)
+        owner.add_module(leaf, lp.rule.rebuild(template, widths, s.options))
+    for name, dims in s.attrs.items():
+        value = s.attr_values[name][_prefix_index(dims, sizes, s.groups)].clone()
+        owner, leaf = _owner(root, name)
+        if name in s.param_names:
+            owner.register_parameter(leaf, nn.Parameter(value))
+        else:
+            owner.register_buffer(leaf, value)
+    graph = copy.deepcopy(s.graph)
+    by_name = {n.name: n for n in graph.nodes}
+    for name, dims in s.reshapes.items():
+        _rewrite_shape(by_name[name], dims.widths(sizes), dims)
+    if s.scaler and rate < 1.0 and s.scaled:
+        root.add_module(SCALER_NAME, Scaler(rate))
+        scaled = set(s.scaled)
+        for node in list(graph.nodes):
+            if node.op == "call_module" and node.target in scaled:
+                with graph.inserting_after(node):
+                    out = graph.call_module(SCALER_NAME, (node,))
+                node.replace_all_uses_with(out, delete_user_cb=lambda user: user is not out)
+    return fx.GraphModule(root, graph, s.class_name)
+
+
+def infer_spec(module: nn.Module, input_shape: tuple[int, ...], num_classes: int,
+               name: Optional[str] = None, *, scaler: bool = True, static_bn: bool = True) -> ModelSpec:
+    """The width-scalable family of a plain torch module, its groups derived by tracing.
+
+    `input_shape` is one sample's shape (no batch dimension); the module must map
+    `(N, *input_shape)` to `(N, num_classes)`. `scaler` inserts HeteroFL's training-time
+    scaler in submodels; `static_bn` rebuilds BatchNorm without running statistics (raysim
+    recomputes them before evaluation). Raises `SlicingError` (one line naming the module and
+    the op) for a model that cannot be sliced: data-dependent control flow or an unknown op.
+
+        >>> spec = infer_spec(MyNet(), (6, 64), num_classes=8)
+        >>> plan = make_strategy("rolling").plan(spec, 0.5, round_idx, device_id, params, seed)
+        >>> sub = spec.build(plan.sizes(), plan.rate)
+    """
+    input_shape = tuple(int(n) for n in input_shape)
+    s, param_axes, out_shape = _slicing(module, input_shape, scaler, static_bn)
+    if out_shape != (EXAMPLE_BATCH, num_classes):
+        raise ValueError(f"model: {type(module).__name__} maps a batch of {EXAMPLE_BATCH} to shape "
+                         f"{out_shape}, expected ({EXAMPLE_BATCH}, {num_classes}) for {num_classes} classes")
+    with torch.random.fork_rng(devices=[]):
+        names = [k for k, _ in build(s, s.groups, 1.0).named_parameters()]
+    missing = [k for k in names if k not in param_axes]
+    if missing:  # a rule forgot a parameter: a bug here, not in the user's model
+        raise AssertionError(f"slicing: no axes for parameters {missing}")
+    axes = {k: param_axes[k] for k in names}
+
+    def builder(sizes: Mapping[str, int], rate: float) -> nn.Module:
+        return build(s, sizes, rate)
+
+    return ModelSpec(name or type(module).__name__.lower(), dict(s.groups), axes, builder,
+                     input_shape, int(num_classes))

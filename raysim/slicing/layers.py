@@ -1,0 +1,227 @@
+"""Leaf layers the slicer understands: how channels flow through each, and how to build it
+narrower.
+
+A rule's `propagate` reads the layout of the layer's input and returns its output's, recording
+its parameters' layouts and the dimensions its constructor widths follow. `rebuild` makes a
+fresh layer of the same kind at the submodel's widths (in the order of those dimensions), so
+a built submodel has the same parameter names as the global model and its initialisation
+comes from the layer's own constructor under torch's global generator.
+
+Choices that are not forced by the layer:
+
+* Depthwise convolution (`groups == in == out`) has no channels of its own: its outputs are
+  its inputs, one group; the narrowed layer has `groups = in = out` again.
+* Any other grouped convolution is kept whole (inputs and outputs pinned): slicing it
+  consistently needs the same count of kept channels in every group, which the strategies do
+  not promise.
+* GroupNorm narrows its number of groups in proportion to its channels, rounded down to a
+  divisor of the kept channel count (at least 1), so each group keeps about as many channels
+  as in the global model and the layer stays valid for any kept count.
+* BatchNorm is rebuilt as static BN (`track_running_stats=False`) when asked, so raysim's
+  evaluation recomputes its statistics (`raysim.models.calibrate`) instead of using running
+  statistics that no single width owns.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import nn
+
+from raysim.slicing.analysis import Analysis, LayerUse
+from raysim.slicing.layout import Dim, Layout, Seg, fixed
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How the builder treats layers whose behaviour is a choice (see the module docstring)."""
+
+    static_bn: bool = True
+
+
+class LayerRule(ABC):
+    """How one kind of leaf layer is analysed and narrowed."""
+
+    @abstractmethod
+    def propagate(self, ctx: Analysis, path: str, m: nn.Module, x: Layout,
+                  out_shape: tuple[int, ...]) -> Layout:
+        """The output layout; records parameters and the layer's width dimensions."""
+
+    def rebuild(self, m: nn.Module, widths: tuple[int, ...], opts: BuildOptions) -> nn.Module:
+        """A fresh layer at `widths` (parameter-free layers are copied)."""
+        return copy.deepcopy(m)
+
+
+def _name(path: str, p: str) -> str:
+    return f"{path}.{p}" if path else p
+
+
+class Elementwise(LayerRule):
+    """Activations, dropout, identity, softmax: the output has the input's layout."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        return x
+
+
+class Spatial(LayerRule):
+    """Pooling (max, average, adaptive) over the trailing dimensions: batch and channels pass,
+    the spatial dimensions are fixed."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        return (x[0], x[1]) + tuple(fixed(n) for n in out_shape[2:])
+
+
+class Conv(LayerRule):
+    """Conv1d/2d/3d; widths (in_channels, out_channels)."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        assert isinstance(m, nn.modules.conv._ConvNd)
+        cin = x[1]
+        taps = tuple(fixed(k) for k in m.weight.shape[2:])
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        if depthwise:
+            out = cin
+            weight: Layout = (out, fixed(1)) + taps
+        elif m.groups > 1:
+            ctx.atoms.pin_dim(cin)
+            out = fixed(m.out_channels)
+            weight = (out, fixed(m.in_channels // m.groups)) + taps
+        else:
+            out = (_seg(ctx, m.out_channels, path),)
+            weight = (out, cin) + taps
+        ctx.param(_name(path, "weight"), weight)
+        if m.bias is not None:
+            ctx.param(_name(path, "bias"), (out,))
+        ctx.layers.setdefault(path, LayerUse(self, (cin, out), io=None if depthwise else (cin, out)))
+        return (x[0], out) + tuple(fixed(n) for n in out_shape[2:])
+
+    def rebuild(self, m, widths, opts):
+        cin, cout = widths
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        return type(m)(cin, cout, m.kernel_size, stride=m.stride, padding=m.padding,
+                       dilation=m.dilation, groups=cin if depthwise else m.groups,
+                       bias=m.bias is not None, padding_mode=m.padding_mode)
+
+
+def _seg(ctx: Analysis, width: int, path: str) -> Seg:
+    """The output channels of a layer: a fresh atom named after the layer."""
+    return Seg(ctx.atoms.new(width, path), width)
+
+
+class Linear(LayerRule):
+    """Linear over the last dimension; widths (in_features, out_features)."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        assert isinstance(m, nn.Linear)
+        cin = x[-1]
+        out: Dim = (_seg(ctx, m.out_features, path),)
+        ctx.param(_name(path, "weight"), (out, cin))
+        if m.bias is not None:
+            ctx.param(_name(path, "bias"), (out,))
+        ctx.layers.setdefault(path, LayerUse(self, (cin, out), io=(cin, out)))
+        return x[:-1] + (out,)
+
+    def rebuild(self, m, widths, opts):
+        return nn.Linear(widths[0], widths[1], bias=m.bias is not None)
+
+
+class ChannelNorm(LayerRule):
+    """A norm with one scale and shift per channel of dimension 1; width (channels,)."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        if m.affine:
+            ctx.param(_name(path, "weight"), (x[1],))
+            ctx.param(_name(path, "bias"), (x[1],))
+        ctx.layers.setdefault(path, LayerUse(self, (x[1],)))
+        return x
+
+
+class BatchNorm(ChannelNorm):
+    """BatchNorm1d/2d/3d."""
+
+    def rebuild(self, m, widths, opts):
+        track = m.track_running_stats and not opts.static_bn
+        return type(m)(widths[0], eps=m.eps, momentum=m.momentum, affine=m.affine,
+                       track_running_stats=track)
+
+
+def narrowed_num_groups(num_groups: int, channels: int, kept: int) -> int:
+    """GroupNorm groups for `kept` of `channels` channels: proportional, rounded down to a
+    divisor of `kept`, at least 1 (`num_groups` itself when nothing is dropped)."""
+    if kept == channels:
+        return num_groups
+    want = max(1, math.floor(num_groups * kept / channels))
+    while kept % want:
+        want -= 1
+    return want
+
+
+class GroupNorm(ChannelNorm):
+    """GroupNorm (see `narrowed_num_groups`)."""
+
+    def rebuild(self, m, widths, opts):
+        c = widths[0]
+        return nn.GroupNorm(narrowed_num_groups(m.num_groups, m.num_channels, c), c, eps=m.eps,
+                            affine=m.affine)
+
+
+class LayerNorm(LayerRule):
+    """LayerNorm over the trailing `len(normalized_shape)` dimensions; widths are those."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        dims = x[len(x) - len(m.normalized_shape):]
+        if m.weight is not None:
+            ctx.param(_name(path, "weight"), dims)
+        if m.bias is not None:
+            ctx.param(_name(path, "bias"), dims)
+        ctx.layers.setdefault(path, LayerUse(self, tuple(dims)))
+        return x
+
+    def rebuild(self, m, widths, opts):
+        return nn.LayerNorm(tuple(widths), eps=m.eps, elementwise_affine=m.elementwise_affine,
+                            bias=m.bias is not None)
+
+
+class Flatten(LayerRule):
+    """nn.Flatten: a reshape (see `raysim.slicing.ops.reshape_layout`)."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        from raysim.slicing.ops import reshape_layout  # noqa: PLC0415 (ops imports this module)
+
+        return reshape_layout(ctx, x, out_shape)
+
+
+_ELEMENTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+    nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.Softmax, nn.LogSoftmax,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
+)
+_SPATIAL = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)
+
+_RULES: list[tuple[tuple[type, ...], LayerRule]] = [
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), Conv()),
+    ((nn.Linear,), Linear()),
+    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), BatchNorm()),
+    ((nn.GroupNorm,), GroupNorm()),
+    ((nn.LayerNorm,), LayerNorm()),
+    ((nn.Flatten,), Flatten()),
+    (_ELEMENTWISE, Elementwise()),
+    (_SPATIAL, Spatial()),
+]
+
+
+def rule_for(m: nn.Module) -> Optional[LayerRule]:
+    """The rule of a leaf layer, or None for a layer the slicer does not know."""
+    for types, rule in _RULES:
+        # Exact types: a subclass may compute something else from the same parameters.
+        if type(m) in types:
+            return rule
+    return None

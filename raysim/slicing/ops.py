@@ -1,0 +1,329 @@
+"""Tensor functions and methods the slicer understands, and how channels flow through them.
+
+A rule maps the layouts of an op's tensor inputs to its output's layout. Ops not listed here
+stop the analysis with a `SlicingError` naming the op: guessing how an unknown op treats its
+channels could silently train a different model than the one asked for.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from raysim.slicing.analysis import Analysis, ReshapeUse
+from raysim.slicing.layout import Dim, Layout, Seg, dim_size, fixed
+
+
+class Other:
+    """A value that is not a tensor: a size, a shape, a Python number."""
+
+
+OTHER = Other()
+Value = Union[Layout, Other]
+ValueOf = Callable[[Any], Value]
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One call of an op, as a rule sees it."""
+
+    node: fx.Node
+    value: ValueOf                        # layout (or OTHER) of any argument
+    out_shape: Optional[tuple[int, ...]]  # None when the op returns no tensor
+
+    def tensors(self) -> list[Layout]:
+        return [v for v in (self.value(a) for a in self.node.args) if not isinstance(v, Other)]
+
+    def arg(self, i: int, name: str, default: Any = None) -> Any:
+        if len(self.node.args) > i:
+            return self.node.args[i]
+        return self.node.kwargs.get(name, default)
+
+
+OpRule = Callable[[Analysis, OpCall], Value]
+
+
+class Unsupported(Exception):
+    """An op's arguments are outside what its rule handles; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _first_tensor(call: OpCall) -> Layout:
+    ts = call.tensors()
+    if not ts:
+        raise Unsupported("no tensor input")
+    return ts[0]
+
+
+def elementwise(ctx: Analysis, call: OpCall) -> Value:
+    """Activations and other shape-preserving ops of one tensor."""
+    x = _first_tensor(call)
+    if call.out_shape is None or tuple(dim_size(d) for d in x) != call.out_shape:
+        raise Unsupported("changes the shape")
+    return x
+
+
+def broadcast(ctx: Analysis, call: OpCall) -> Value:
+    """Binary arithmetic: dimensions that meet element by element keep the same channels (a
+    residual add is one group); broadcast dimensions of size 1 impose nothing."""
+    ts = call.tensors()
+    if call.out_shape is None:
+        return OTHER
+    if not ts:
+        return OTHER
+    n = len(call.out_shape)
+    out: list[Dim] = []
+    for d in range(n):
+        present = []
+        for t in ts:
+            k = d - (n - len(t))
+            if k >= 0 and dim_size(t[k]) != 1:
+                present.append(t[k])
+        for other in present[1:]:
+            ctx.atoms.unify(present[0], other)
+        out.append(present[0] if present else fixed(1))
+    return tuple(out)
+
+
+def _norm_dim(d: int, n: int) -> int:
+    return d + n if d < 0 else d
+
+
+def cat(ctx: Analysis, call: OpCall) -> Value:
+    """Concatenation: the parts of the joined dimension side by side; the others meet."""
+    seq = call.arg(0, "tensors")
+    parts = [call.value(t) for t in seq]
+    if any(isinstance(p, Other) for p in parts):
+        raise Unsupported("joins non-tensors")
+    n = len(parts[0])
+    d = _norm_dim(int(call.arg(1, "dim", 0)), n)
+    out: list[Dim] = []
+    for k in range(n):
+        if k == d:
+            out.append(tuple(s for p in parts for s in p[k]))  # type: ignore[index]
+        else:
+            for p in parts[1:]:
+                ctx.atoms.unify(parts[0][k], p[k])  # type: ignore[index]
+            out.append(parts[0][k])  # type: ignore[index]
+    return tuple(out)
+
+
+def _merge(ctx: Analysis, dims: list[Dim], sizes: list[int]) -> Optional[Dim]:
+    """Dimensions flattened into one (row-major), or None when that cannot be expressed:
+    only the first may shrink, and its channels then own blocks of the trailing entries."""
+    if any(ctx.atoms.sliced(d) for d in dims[1:]):
+        return None
+    inner = math.prod(sizes[1:])
+    return tuple(Seg(s.atom, s.width, s.block * inner) if s.atom is not None else Seg(None, s.size * inner)
+                 for s in ctx.atoms.canonical(dims[0]))
+
+
+def _split(dim: Dim, sizes: list[int]) -> Optional[list[Dim]]:
+    """One dimension unflattened into `sizes`; None unless every channel's block divides."""
+    inner = math.prod(sizes[1:])
+    if any((s.block if s.atom is not None else s.size) % inner for s in dim):
+        return None
+    first = tuple(Seg(s.atom, s.width, s.block // inner) if s.atom is not None else Seg(None, s.size // inner)
+                  for s in dim)
+    return [first] + [fixed(n) for n in sizes[1:]]
+
+
+def reshape_layout(ctx: Analysis, x: Layout, out_shape: tuple[int, ...]) -> Layout:
+    """Layout after any reshape (view, flatten, squeeze, unflatten).
+
+    Dimensions of size 1 carry nothing and are set aside; the rest are matched in the
+    smallest runs whose sizes multiply to the same number, and each run is merged and split
+    again. A run that cannot be expressed (a shrinking dimension flattened behind another) is
+    kept whole.
+    """
+    in_shape = [dim_size(d) for d in x]
+    ins = [i for i, n in enumerate(in_shape) if n != 1]
+    outs = [j for j, n in enumerate(out_shape) if n != 1]
+    result: list[Dim] = [fixed(n) for n in out_shape]
+    a = b = 0
+    while a < len(ins) and b < len(outs):
+        run_in, run_out = [ins[a]], [outs[b]]
+        pa, pb = in_shape[ins[a]], out_shape[outs[b]]
+        a, b = a + 1, b + 1
+        while pa != pb:
+            if pa < pb:
+                run_in.append(ins[a])
+                pa *= in_shape[ins[a]]
+                a += 1
+            else:
+                run_out.append(outs[b])
+                pb *= out_shape[outs[b]]
+                b += 1
+        dims = [x[i] for i in run_in]
+        merged = _merge(ctx, dims, [in_shape[i] for i in run_in])
+        split = None if merged is None else _split(merged, [out_shape[j] for j in run_out])
+        if split is None:
+            for d in dims:
+                ctx.atoms.pin_dim(d)
+            continue
+        for j, dim in zip(run_out, split):
+            result[j] = dim
+    return tuple(result)
+
+
+def _literal_shape(call: OpCall) -> bool:
+    """Whether a view/reshape spells its target shape with literal numbers."""
+    args = list(call.node.args[1:])
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = list(args[0])
+    shape = call.node.kwargs.get("shape", call.node.kwargs.get("size"))
+    if shape is not None:
+        args = list(shape)
+    return any(isinstance(a, int) and a != -1 for a in args)
+
+
+def reshape(ctx: Analysis, call: OpCall) -> Value:
+    x = _first_tensor(call)
+    assert call.out_shape is not None
+    out = reshape_layout(ctx, x, call.out_shape)
+    if call.node.op == "call_method" and call.node.target in ("view", "reshape") or \
+            call.node.target is torch.reshape:
+        if _literal_shape(call):
+            ctx.reshapes[call.node.name] = ReshapeUse(out)
+    return out
+
+
+def permute(ctx: Analysis, call: OpCall) -> Value:
+    """permute / transpose / t: dimensions move with their channels."""
+    x = _first_tensor(call)
+    n = len(x)
+    name = call.node.target if isinstance(call.node.target, str) else call.node.target.__name__
+    if name == "permute":
+        order = call.node.args[1:]
+        if len(order) == 1 and isinstance(order[0], (tuple, list)):
+            order = tuple(order[0])
+        order = [_norm_dim(int(d), n) for d in order]
+    else:
+        if name == "t":
+            i, j = 0, n - 1
+        else:
+            i, j = _norm_dim(int(call.arg(1, "dim0")), n), _norm_dim(int(call.arg(2, "dim1")), n)
+        order = list(range(n))
+        order[i], order[j] = order[j], order[i]
+    return tuple(x[d] for d in order)
+
+
+def reduce(ctx: Analysis, call: OpCall) -> Value:
+    """mean / sum / amax / amin over some dimensions (global average pooling)."""
+    x = _first_tensor(call)
+    n = len(x)
+    dims = call.arg(1, "dim")
+    keep = bool(call.arg(2, "keepdim", False))
+    if dims is None:
+        return tuple(fixed(1) for _ in range(n)) if keep else ()
+    dims = {_norm_dim(int(d), n) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
+    return tuple(fixed(1) if k in dims else x[k] for k in range(n) if keep or k not in dims)
+
+
+def spatial(ctx: Analysis, call: OpCall) -> Value:
+    """Functional pooling and resizing: batch and channels pass, the rest is fixed."""
+    x = _first_tensor(call)
+    if call.out_shape is None or len(call.out_shape) != len(x) or \
+            call.out_shape[:2] != tuple(dim_size(d) for d in x[:2]):
+        raise Unsupported("changes the batch or channel dimension")
+    return (x[0], x[1]) + tuple(fixed(n) for n in call.out_shape[2:])
+
+
+def not_a_tensor(ctx: Analysis, call: OpCall) -> Value:
+    """size(), shape, dim(): numbers that follow the submodel's own shape at run time."""
+    return OTHER
+
+
+def getitem(ctx: Analysis, call: OpCall) -> Value:
+    """Indexing: of a shape it is a number; of a tensor only whole-dimension slices pass
+    channels, any other index keeps that dimension whole."""
+    src = call.value(call.node.args[0])
+    if isinstance(src, Other) or call.out_shape is None:
+        return OTHER
+    idx = call.node.args[1]
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(not isinstance(i, slice) and i is not Ellipsis for i in idx) or sum(i is Ellipsis for i in idx) > 1:
+        raise Unsupported("indexes with numbers or tensors")
+    n = len(src)
+    if Ellipsis in idx:
+        e = idx.index(Ellipsis)
+        idx = idx[:e] + (slice(None),) * (n - len(idx) + 1) + idx[e + 1:]
+    idx = idx + (slice(None),) * (n - len(idx))
+    out: list[Dim] = []
+    for k, (d, i) in enumerate(zip(src, idx)):
+        if i == slice(None):
+            out.append(d)
+        else:
+            ctx.atoms.pin_dim(d)
+            out.append(fixed(call.out_shape[k]))
+    return tuple(out)
+
+
+# Ops whose result depends on the values of the data, not only on shapes: a submodel cannot
+# be derived for them by following channels.
+DATA_DEPENDENT = {"topk", "sort", "argsort", "argmax", "argmin", "nonzero", "masked_select", "unique",
+                  "multinomial", "where", "gather", "index_select", "masked_scatter", "bincount"}
+
+_ELEMENTWISE_NAMES = {
+    "relu", "relu_", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "mish", "sigmoid", "tanh",
+    "hardswish", "hardsigmoid", "hardtanh", "softplus", "softmax", "log_softmax", "dropout",
+    "dropout1d", "dropout2d", "alpha_dropout", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "square",
+    "clamp", "clip", "contiguous", "clone", "float", "detach", "sigmoid_", "tanh_",
+}
+_BINARY_NAMES = {"add", "sub", "mul", "div", "truediv", "pow", "iadd", "isub", "imul", "itruediv",
+                 "add_", "sub_", "mul_", "div_", "maximum", "minimum", "floordiv", "rsub"}
+_RESHAPE_NAMES = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten"}
+_PERMUTE_NAMES = {"permute", "transpose", "t"}
+_REDUCE_NAMES = {"mean", "sum", "amax", "amin"}
+_SPATIAL_NAMES = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+                  "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+                  "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "interpolate"}
+_OTHER_NAMES = {"size", "dim", "numel", "getattr"}
+
+_BY_NAME: dict[str, OpRule] = {}
+for _names, _rule in ((_ELEMENTWISE_NAMES, elementwise), (_BINARY_NAMES, broadcast),
+                      (_RESHAPE_NAMES, reshape), (_PERMUTE_NAMES, permute), (_REDUCE_NAMES, reduce),
+                      (_SPATIAL_NAMES, spatial), (_OTHER_NAMES, not_a_tensor)):
+    _BY_NAME.update({n: _rule for n in _names})
+_BY_NAME["cat"] = cat
+_BY_NAME["concat"] = cat
+_BY_NAME["getitem"] = getitem
+
+# A function is one of the ops above when it is the object of that name in one of these
+# modules (F.max_pool2d is a dispatch wrapper whose own __name__ says nothing).
+_KNOWN_HOMES = (torch, F, operator, torch.Tensor)
+_FUNCTIONS: dict[int, str] = {id(getattr): "getattr"}
+for _name in list(_BY_NAME) + sorted(DATA_DEPENDENT):
+    for _home in _KNOWN_HOMES:
+        _obj = getattr(_home, _name, None)
+        if _obj is not None:
+            _FUNCTIONS.setdefault(id(_obj), _name)
+
+
+def op_name(node: fx.Node) -> str:
+    """How an error names the op: `torch.topk`, `Tensor.view`, `operator.add`."""
+    t = node.target
+    if node.op == "call_method":
+        return f"Tensor.{t}"
+    mod = getattr(t, "__module__", None) or "torch"
+    mod = {"_operator": "operator", "torch._C._nn": "torch.nn.functional"}.get(mod, mod)
+    name = _FUNCTIONS.get(id(t)) or getattr(t, "__name__", str(t))
+    return f"{mod}.{name}"
+
+
+def rule_of(node: fx.Node) -> tuple[Optional[OpRule], str]:
+    """The rule of a call_function/call_method node and, when there is none, why."""
+    name = str(node.target) if node.op == "call_method" else _FUNCTIONS.get(id(node.target), "")
+    if name in DATA_DEPENDENT:
+        return None, "data-dependent"
+    rule = _BY_NAME.get(name)
+    return (rule, "") if rule is not None else (None, "unknown op")

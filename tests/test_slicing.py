@@ -1,0 +1,391 @@
+"""Automatic slicing as a specification: any plain torch model written in the tests gets
+groups whose axes match its shapes; every strategy's submodel builds, trains a step and maps
+back exactly; a submodel computes the global model with its dropped channels removed (so
+residual adds, concatenations and flatten blocks index the same global channels); the
+built-in families are sliced into exactly their hand-written groups; a model that cannot be
+sliced gets one line naming the module and the op."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn import functional as F
+
+from raysim.config import rate_sizes
+from raysim.cost import profile_rate
+from raysim.models.calibrate import calibration_sample, recompute_bn_stats, static_norms
+from raysim.models.cnn import cnn_spec
+from raysim.models.mlp import mlp_spec
+from raysim.models.preresnet import preresnet18_spec
+from raysim.models.span import Block, Fixed, Span
+from raysim.slicing import SlicingError, infer_spec
+from raysim.slicing.infer import SCALER_NAME
+from raysim.slicing.layers import narrowed_num_groups
+from raysim.registry import BUILTINS
+from raysim.submodel import SubmodelPlan, extract, plan_indices, remap
+from helpers import make_strategy
+from raysim.train import load_params
+from slicing_models import MODELS
+
+RATES = [1.0, 0.5, 0.25, 0.125, 0.0625]
+
+
+def spec_of(name, norm=True):
+    cls = MODELS[name]
+    torch.manual_seed(0)
+    return infer_spec(cls(norm=norm), cls.input_shape, cls.num_classes, name)
+
+
+SPECS = {name: spec_of(name) for name in MODELS}
+PLAIN = {name: spec_of(name, norm=False) for name in MODELS}
+
+
+def params_of(spec, seed=0):
+    torch.manual_seed(seed)
+    return {k: p.detach().clone() for k, p in spec.build().named_parameters()}
+
+
+def entry_labels(axis, size, groups):
+    """Brute force, independent of `span_indices`: the (group, channel) owning each entry of
+    a dimension (None for an entry every submodel keeps)."""
+    if axis is None:
+        return [None] * size
+    if isinstance(axis, str):
+        return [(axis, c) for c in range(size)]
+    labels = []
+    for part in axis.parts:
+        if isinstance(part, Fixed):
+            labels += [None] * part.size
+        else:
+            labels += [(part.group, c) for c in range(groups[part.group]) for _ in range(part.block)]
+    return labels
+
+
+def held_mask(spec, plan, name, shape):
+    mask = np.ones(shape, bool)
+    for d, axis in enumerate(spec.axes[name]):
+        keep = np.array([lab is None or lab[1] in set(plan.keep[lab[0]].tolist())
+                         for lab in entry_labels(axis, shape[d], spec.groups)])
+        view = [1] * len(shape)
+        view[d] = shape[d]
+        mask &= keep.reshape(view)
+    return mask
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_parameters_keep_their_names_and_axes_match_their_shapes(name):
+    spec = SPECS[name]
+    cls = MODELS[name]
+    original = {k for k, _ in cls().named_parameters()}
+    shapes = spec.global_shapes()
+    assert set(shapes) == original == set(spec.axes)
+    for k, shape in shapes.items():
+        labels_ok = [len(entry_labels(a, n, spec.groups)) == n for a, n in zip(spec.axes[k], shape)]
+        assert len(spec.axes[k]) == len(shape) and all(labels_ok), k
+
+
+plan_args = st.tuples(st.sampled_from(sorted(BUILTINS["compression.strategy"])), st.sampled_from(sorted(MODELS)),
+                      st.sampled_from(RATES), st.integers(0, 50), st.integers(0, 1000), st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(plan_args)
+def test_every_strategy_s_submodel_builds_trains_and_maps_back_exactly(args):
+    strategy, name, rate, rnd, device, seed = args
+    spec = SPECS[name]
+    params = params_of(spec)
+    shapes = spec.global_shapes()
+    plan = make_strategy(strategy).plan(spec, rate, rnd, device, params, seed)
+    idx = plan_indices(spec, plan, shapes)
+    sub = spec.build(plan.sizes(), plan.rate)
+    load_params(sub, extract(params, idx))
+    sub.train()
+    x = torch.randn(3, *spec.input_shape)
+    out = sub(x)
+    assert out.shape == (3, spec.num_classes)
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in sub.parameters())
+    delta = {k: p.grad.detach() for k, p in sub.named_parameters()}
+    full = remap(delta, idx, shapes)
+    back = extract(full, idx)
+    for k in delta:
+        assert torch.equal(back[k], delta[k]), k
+        mask = torch.from_numpy(held_mask(spec, plan, k, shapes[k]))
+        assert int(mask.sum()) == delta[k].numel(), k
+        assert torch.count_nonzero(full[k][~mask]) == 0, k
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(MODELS)), st.integers(0, 2**31 - 1))
+def test_a_submodel_computes_the_global_model_with_dropped_channels_removed(name, seed):
+    """With the dropped channels' weights zeroed, the global model's output equals the
+    submodel's: a residual add, concatenation or flatten that mixed up global channels would
+    make them differ."""
+    spec = PLAIN[name]
+    gen = np.random.default_rng(seed)
+    keep = {g: np.sort(gen.choice(w, size=int(gen.integers(1, w + 1)), replace=False)).astype(np.int64)
+            for g, w in spec.groups.items()}
+    plan = SubmodelPlan(0.5, keep)
+    shapes = spec.global_shapes()
+    idx = plan_indices(spec, plan, shapes)
+    params = params_of(spec, seed % 1000)
+    masked = {}
+    for k, v in params.items():
+        z = torch.zeros_like(v)
+        z[idx[k]] = v[idx[k]]
+        masked[k] = z
+    glob = spec.build()
+    load_params(glob, masked)
+    sub = spec.build(plan.sizes(), 0.5)
+    load_params(sub, extract(params, idx))
+    glob.eval()
+    sub.eval()
+    x = torch.randn(4, *spec.input_shape)
+    with torch.no_grad():
+        assert torch.allclose(glob(x), sub(x), atol=1e-5, rtol=1e-4)
+
+
+def partition(spec):
+    """Groups as sets of (parameter, dimension), with their widths: equal up to naming."""
+    members = {}
+    for k, axes in spec.axes.items():
+        for d, g in enumerate(axes):
+            if g is not None:
+                members.setdefault(g, set()).add((k, d))
+    return {frozenset(v): spec.groups[g] for g, v in members.items()}
+
+
+@pytest.mark.parametrize("norm", ["none", "group", "static-bn"])
+def test_built_in_families_are_sliced_into_their_hand_written_groups(norm):
+    for hand in (cnn_spec((1, 12, 12), 10, [16, 32], 24, norm=norm), mlp_spec((1, 8, 8), 10, [32, 16]),
+                 preresnet18_spec((3, 32, 32), 10, [16, 16, 32, 32], norm=norm),
+                 preresnet18_spec((1, 8, 8), 10, [8, 8, 16, 16], norm=norm)):
+        auto = infer_spec(hand.build(), hand.input_shape, hand.num_classes)
+        assert partition(auto) == partition(hand), hand.name
+        assert len(auto.groups) == len(hand.groups)
+
+
+def test_flatten_gives_each_kept_channel_its_whole_block_of_columns():
+    spec = SPECS["FlattenCNN"]
+    assert spec.axes["fc1.weight"] == ("fc1", Span((Block("conv2", 4),)))
+    plan = SubmodelPlan(0.5, {**{g: np.arange(w) for g, w in spec.groups.items()}, "conv2": np.array([1, 6])})
+    idx = plan_indices(spec, plan, spec.global_shapes())["fc1.weight"]
+    cols = idx[1].reshape(-1).tolist()
+    assert cols == [4, 5, 6, 7, 24, 25, 26, 27]
+
+
+def test_concatenation_lays_groups_side_by_side_after_the_fixed_input():
+    spec = SPECS["ConcatMLP"]
+    side_by_side = Span((Fixed(9), Block("left"), Block("right.2")))
+    assert spec.axes["hidden.weight"] == ("hidden", side_by_side)
+    assert spec.axes["norm.weight"] == (side_by_side,)
+    sub = spec.build({"left": 2, "right.0": 5, "right.2": 3, "hidden": 8}, 0.5)
+    assert sub.hidden.in_features == 9 + 2 + 3 and sub.norm.normalized_shape == (14,)
+
+
+def test_residual_streams_are_one_group_and_depthwise_convs_follow_their_inputs():
+    res = SPECS["SmallResNet"]
+    assert res.axes["layer1.conv2.weight"][0] == res.axes["stem.0.weight"][0]
+    assert res.axes["layer2.shortcut.0.weight"][0] == res.axes["layer2.conv2.weight"][0]
+    mob = SPECS["MobileNetish"]
+    for b in (0, 1):
+        inner = mob.axes[f"blocks.{b}.expand.weight"][0]
+        assert mob.axes[f"blocks.{b}.depthwise.weight"] == (inner, None, None, None)
+        assert mob.axes[f"blocks.{b}.project.weight"] == ("stem", inner, None, None)
+    sub = mob.build({g: rate_sizes(w, 0.25) for g, w in mob.groups.items()}, 0.25)
+    dw = sub.get_submodule("blocks.1.depthwise")  # containers of a built model are plain modules
+    assert dw.groups == dw.in_channels == dw.out_channels == rate_sizes(18, 0.25)
+
+
+def test_a_grouped_convolution_is_kept_whole():
+    spec = SPECS["DenseConcat"]
+    assert spec.axes["grouped.weight"] == (None, None, None, None)
+    assert spec.axes["mix.weight"][0] is None  # its outputs feed the grouped conv
+    assert spec.axes["fc.weight"] == (None, None)
+    assert spec.axes["bn.weight"] == (Span((Block("a"), Block("b"))),)
+
+
+def test_the_first_layer_s_inputs_and_the_classifier_s_outputs_never_shrink():
+    for name, spec in SPECS.items():
+        small = spec.build({g: 1 for g in spec.groups}, 0.0625)
+        assert small(torch.zeros(2, *spec.input_shape)).shape == (2, spec.num_classes), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 16), st.integers(1, 64), st.data())
+def test_narrowed_group_norm_divides_the_kept_channels(groups_per, per_group, data):
+    channels = groups_per * per_group
+    kept = data.draw(st.integers(1, channels))
+    g = narrowed_num_groups(groups_per, channels, kept)
+    assert 1 <= g <= groups_per and kept % g == 0
+    assert narrowed_num_groups(groups_per, channels, channels) == groups_per
+    nn.GroupNorm(g, kept)(torch.randn(2, kept, 3))  # a valid layer
+
+
+def test_build_is_deterministic_under_the_seed_and_rate_one_has_no_scaler():
+    spec = SPECS["SmallResNet"]
+    assert all(torch.equal(a, b) for a, b in zip(params_of(spec, 3).values(), params_of(spec, 3).values()))
+    assert any(not torch.equal(a, b) for a, b in zip(params_of(spec, 3).values(), params_of(spec, 4).values()))
+    assert not hasattr(spec.build(), SCALER_NAME)
+
+
+def test_the_scaler_follows_layers_whose_inputs_and_outputs_shrink_in_training_only():
+    spec = PLAIN["CNN1d"]
+    sub = spec.build({g: rate_sizes(w, 0.5) for g, w in spec.groups.items()}, 0.5)
+    scaled = [n.args[0].target for n in sub.graph.nodes if n.op == "call_module" and n.target == SCALER_NAME]
+    # conv1 reads the raw input and fc writes the logits: neither sums over fewer inputs.
+    assert scaled == ["conv2", "conv3"]
+    plain = infer_spec(MODELS["CNN1d"](norm=False), (4, 16), 3, scaler=False)
+    unscaled = plain.build({g: rate_sizes(w, 0.5) for g, w in spec.groups.items()}, 0.5)
+    load_params(unscaled, dict(sub.named_parameters()))
+    x = torch.randn(2, 4, 16)
+    sub.eval(), unscaled.eval()
+    assert torch.allclose(sub(x), unscaled(x))
+    sub.train(), unscaled.train()
+    assert not torch.allclose(sub(x), unscaled(x))
+
+
+def test_batch_norm_becomes_static_and_is_recomputed_for_evaluation():
+    spec = SPECS["SmallResNet"]
+    model = spec.build()
+    norms = static_norms(model)
+    assert len(norms) == 6
+    x = calibration_sample(np.random.default_rng(0).normal(size=(64, 3, 8, 8)).astype(np.float32), 0)
+    assert recompute_bn_stats(model, x) == 6
+    assert all(m.running_mean.abs().sum() > 0 for m in norms)
+    kept = infer_spec(MODELS["SmallResNet"](), (3, 8, 8), 5, static_bn=False).build()
+    assert not static_norms(kept)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_cost_model_profiles_any_sliced_model(name):
+    spec = SPECS[name]
+    costs = [profile_rate(spec, r, batch_size=4) for r in (1.0, 0.5, 0.25)]
+    assert costs[0].params == sum(t.numel() for t in params_of(spec).values())
+    assert costs[0].params > costs[1].params > costs[2].params
+    assert costs[0].flops_per_sample > costs[1].flops_per_sample > costs[2].flops_per_sample > 0
+
+
+class TopKInside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), _TopK(), nn.Linear(4, 3))
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
+class _TopK(nn.Module):
+    def forward(self, x):
+        return torch.topk(x, 4).values
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = _Branch()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class _Branch(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(4, 6, batch_first=True)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("model, shape, message", [
+    (TopKInside(), (8,), "model: cannot slice: module 'blocks.3' calls torch.topk (data-dependent); "
+                         "use compression.strategy: full"),
+    (Branchy(), (4,), "model: cannot slice: module 'body' calls Python control flow on a tensor "
+                      "(data-dependent); use compression.strategy: full"),
+    (Recurrent(), (5, 4), "model: cannot slice: module 'rnn' calls nn.GRU (unknown layer); "
+                          "use compression.strategy: full"),
+])
+def test_a_model_that_cannot_be_sliced_gets_one_line_naming_module_and_op(model, shape, message):
+    with pytest.raises(SlicingError) as err:
+        infer_spec(model, shape, 2 if not isinstance(model, TopKInside) else 3)
+    assert str(err.value) == message
+    assert "\n" not in str(err.value)
+
+
+def test_a_wrong_class_count_is_reported():
+    with pytest.raises(ValueError, match="expected \\(2, 7\\)"):
+        infer_spec(MODELS["ConcatMLP"](), (1, 3, 3), 7)
+
+
+def test_a_layer_scale_parameter_takes_its_group_from_the_channels_it_scales():
+    class LayerScale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 6, 3, padding=1)
+            self.gamma = nn.Parameter(torch.full((6, 1, 1), 0.1))
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.fc((F.relu(self.conv(x)) * self.gamma).mean((2, 3)))
+
+    spec = infer_spec(LayerScale(), (2, 4, 4), 2)
+    assert spec.axes["gamma"] == ("conv", None, None)
+    sub = spec.build({"conv": 3}, 0.5)
+    assert sub.gamma.shape == (3, 1, 1) and torch.allclose(sub.gamma, torch.tensor(0.1))
+
+
+def test_a_spec_travels_to_workers_without_the_global_weights_and_leaves_the_module_alone():
+    import ray.cloudpickle as cloudpickle
+
+    module = preresnet18_spec((3, 32, 32), 10, [64, 128, 256, 512]).build()  # 11M parameters
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    spec = infer_spec(module, (3, 32, 32), 10)
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    blob = cloudpickle.dumps(spec)
+    assert len(blob) < 200_000  # the weights alone would be 45 MB
+    again = cloudpickle.loads(blob)
+    sizes = {g: rate_sizes(w, 0.25) for g, w in spec.groups.items()}
+    torch.manual_seed(1)
+    a = spec.build(sizes, 0.25)
+    torch.manual_seed(1)
+    b = again.build(sizes, 0.25)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_a_span_index_needs_the_global_widths():
+    from raysim.submodel import param_index
+
+    plan = SubmodelPlan(0.5, {"g": np.array([0, 2])})
+    axes = (None, Span((Fixed(1), Block("g", 2))))
+    with pytest.raises(ValueError, match="widths"):
+        param_index(axes, plan, (3, 7))
+    idx = param_index(axes, plan, (3, 7), {"g": 3})
+    assert torch.arange(21).reshape(3, 7)[idx][0].tolist() == [0, 1, 2, 5, 6]
+
+
+@pytest.mark.parametrize("name", ["FlattenCNN", "ConcatMLP", "DenseConcat"])
+def test_a_narrowed_family_indexes_its_spans_by_its_own_widths(name):
+    """fedavg-smallest trains a family whose groups are all narrowed, with the same axes."""
+    from dataclasses import replace
+
+    spec = SPECS[name]
+    small = replace(spec, groups={g: rate_sizes(w, 0.5) for g, w in spec.groups.items()})
+    shapes = small.global_shapes()
+    params = params_of(small)
+    plan = make_strategy("random").plan(small, 0.5, 1, 2, params, 0)
+    idx = plan_indices(small, plan, shapes)
+    sub = small.build(plan.sizes(), 0.5)
+    load_params(sub, extract(params, idx))
+    assert sub(torch.zeros(2, *small.input_shape)).shape == (2, small.num_classes)
+    for k, v in extract(params, idx).items():
+        assert torch.equal(extract(remap({k: v}, {k: idx[k]}, {k: shapes[k]}), {k: idx[k]})[k], v)
