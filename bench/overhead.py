@@ -72,12 +72,14 @@ class _Recorder:
 
 def record_work(sc, setup) -> list[RoundWork]:
     """The work of every round of the scenario, exactly as the coordinator will hand it out."""
+    from raysim.build import components, round_config  # noqa: PLC0415
     from raysim.simulation import Simulation  # noqa: PLC0415
 
     if sc.compression.strategy not in ("static", "full", "rolling"):
         raise SystemExit("overhead: needs a strategy whose plans do not depend on the weights")
     rec = _Recorder()
-    sim = Simulation(sc, setup, rec)
+    comps = components(sc)
+    sim = Simulation(setup, comps.strategy, comps.assigner, comps.server, rec, round_config(sc))
     for _ in range(sc.rounds):
         sim.step()
     return rec.rounds
@@ -89,13 +91,10 @@ _W: dict[str, Any] = {}
 
 def _floor_init(sc, x: np.ndarray, y: np.ndarray, shards: list[np.ndarray], num_classes: int) -> None:
     """Worker start-up: one torch thread, the dataset, the model family (raysim's own)."""
-    from raysim.simulation import scaled_spec  # noqa: PLC0415
-    from raysim.models import make_spec  # noqa: PLC0415
+    from raysim.build import components, model_spec  # noqa: PLC0415
 
     torch.set_num_threads(1)
-    spec = make_spec(sc.model, tuple(x.shape[1:]), num_classes)
-    if sc.compression.baseline == "fedavg-smallest":
-        spec = scaled_spec(spec, min(sc.model.rates))
+    spec = model_spec(components(sc), tuple(x.shape[1:]), num_classes)
     tc = sc.train
     train_cfg = dict(epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
                      by_samples=sc.server.weighting == "samples")
@@ -245,12 +244,12 @@ class RaysimRounds:
     def __init__(self, sc, setup) -> None:
         import ray  # noqa: PLC0415
 
+        from raysim.build import components, engine  # noqa: PLC0415
         from raysim.runtime.coordinator import start_coordinator  # noqa: PLC0415
-        from raysim.runtime.session import cluster_cpus  # noqa: PLC0415
 
         t = time.perf_counter()
         # As the driver (raysim.runtime.runner) starts it: next to the driver, one host per CPU.
-        self.coord = start_coordinator(sc, setup, sc.runtime.hosts or cluster_cpus())
+        self.coord = start_coordinator(engine(sc, components(sc)), setup)
         ray.get(self.coord.info.remote())
         self.start_s = time.perf_counter() - t
 

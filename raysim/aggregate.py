@@ -49,12 +49,19 @@ def fold(acc: PartialSum, delta: Mapping[str, torch.Tensor], index: Mapping[str,
     """
     if weight <= 0:
         return
-    for k, d in delta.items():
-        q = quantise(d)
+    # One quantisation over all tensors at once (a flat copy, then four whole-model ops)
+    # instead of four small ops per tensor; the per-element arithmetic is the same.
+    names = list(delta)
+    flat = quantise(torch.cat([delta[k].detach().reshape(-1) for k in names]))
+    if weight != 1:
+        flat *= weight
+    off = 0
+    for k in names:
+        shape = delta[k].shape
+        n = delta[k].numel()
         ix = _np_index(index[k])
-        if weight != 1:
-            q *= weight
-        acc.sums[k][ix] += q
+        acc.sums[k][ix] += flat[off:off + n].reshape(shape)
+        off += n
         if count:
             acc.weights[k][ix] += weight
     acc.devices += 1

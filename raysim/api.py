@@ -82,17 +82,18 @@ def as_scenario(scenario: Union[str, Path, Mapping[str, Any], Scenario], overrid
     raise ScenarioError(f"scenario: expected a YAML path, a mapping or a Scenario, got {type(scenario).__name__}")
 
 
-def simulate(scenario: Union[str, Path, Mapping[str, Any], Scenario], *, model: Optional[ModelFactory] = None,
+def simulate(scenario: Union[str, Path, Mapping[str, Any], Scenario, None] = None, *, model: Optional[ModelFactory] = None,
              dataset: Optional[DatasetFactory] = None, strategy: Optional[Strategy] = None,
              assigner: Optional[Assigner] = None, client: Optional[ClientAlgorithm] = None,
              server: Optional[ServerOptimizer] = None, callbacks: Sequence[Callback] = (),
              out: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (), progress: bool = False,
-             address: Optional[str] = None):
+             address: Optional[str] = None, resume: Optional[Union[str, Path]] = None):
     """Run a scenario with any components replaced by objects; returns the loaded `raysim.Run`.
 
     `out` is the parent of the run directory (default: the scenario's `output.dir`);
     `overrides` are `--set`-style `key=value` strings; `address` joins a Ray cluster
-    (default: `runtime.address`, else a private local instance).
+    (default: `runtime.address`, else a private local instance). `resume` continues a stopped
+    run directory from its last checkpoint (its own scenario; pass the same objects again).
 
         >>> run = simulate({"rounds": 5, "fleet": {"devices": 200}}, model=my_model, out="/tmp/runs")
         >>> run.rounds.accuracy.iloc[-1]
@@ -101,9 +102,15 @@ def simulate(scenario: Union[str, Path, Mapping[str, Any], Scenario], *, model: 
     from raysim.results import load_run  # noqa: PLC0415
     from raysim.runtime.runner import run  # noqa: PLC0415
 
+    if resume is not None:
+        if scenario is not None:
+            raise ScenarioError("simulate: give a scenario or resume=, not both (a resumed run keeps its own)")
+        scenario = Path(resume) / "scenario.yaml"
+    elif scenario is None:
+        raise ScenarioError("simulate: a scenario is required")
     sc = as_scenario(scenario, overrides)
     comps = components(sc, model=model, dataset=dataset, strategy=strategy, assigner=assigner, client=client,
                        server=server)
     res = run(sc, out_root=str(out) if out is not None else None, address=address, progress=progress, comps=comps,
-              callbacks=callbacks)
+              callbacks=callbacks, resume=Path(resume) if resume is not None else None)
     return load_run(res.path)

@@ -128,6 +128,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         if not (resume / "manifest.json").is_file() or not (resume / "scenario.yaml").is_file():
             raise RunError(f"--resume {resume}: not a run directory")
+        _check_resumable_here(resume)
         sc = load_scenario(resume / "scenario.yaml", args.overrides)
     elif args.scenario is None:
         raise ScenarioError("run: a scenario file is required")
@@ -149,6 +150,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"plot     {res.path / 'accuracy.png'}")
         print(f"report   {rep.markdown}  ({len(rep.figures)} figures)")
     return 0
+
+
+def _check_resumable_here(path: Path) -> None:
+    """A run whose components were Python objects cannot be rebuilt from its scenario file."""
+    import json  # noqa: PLC0415
+
+    from raysim.results import RunError  # noqa: PLC0415
+
+    try:
+        info = json.loads((path / "manifest.json").read_text()).get("info", {})
+    except (OSError, ValueError):
+        raise RunError(f"--resume {path}: manifest.json is unreadable") from None
+    objects = [k for k, v in (info.get("components") or {}).items() if v == "object"]
+    if objects:
+        raise RunError(f"--resume {path}: the run's {', '.join(objects)} came from Python objects, which its "
+                       f"scenario.yaml cannot name; resume it from Python with the same objects "
+                       f"(raysim.simulate(..., resume=path))")
 
 
 def _cmd_fleet(args: argparse.Namespace) -> int:

@@ -21,6 +21,12 @@ def test_two_node_cluster_uses_both_nodes_and_matches_one_node(tmp_path):
     for per, hosts in (("cpu", 3), ("node", 2)):
         layout = verdict["layouts"][per]
         assert layout == {"hosts": hosts, "host_nodes": 2, "one_copy": True}, (per, layout)
+    # Components named by import path from a module outside the repository (on the driver's
+    # PYTHONPATH only) reach the hosts on both nodes: plain MLP sliced, own strategy and server.
+    plug = verdict["plugins"]
+    assert plug == {"host_nodes": 2, "trained": plug["trained"], "rates": [0.5], "model": "mylab_parts:tiny_mlp",
+                    "moves_max": 2}, plug
+    assert plug["trained"] > 0
     # A node lost mid-run: its host's devices fail that round, the host comes back on the node
     # that is left, and the next round trains on both hosts again without failures.
     lost = verdict["node_loss"]

@@ -147,3 +147,20 @@ def test_a_custom_dataset_is_checked_on_load(tmp_path):
                          ((x, y.astype(float), xt, yt), "y_train must be integer"), ([x, y], "must return")]:
         with pytest.raises(DataError, match=says):
             dataset_from("blobs", arrays)
+
+
+def test_a_run_made_from_objects_resumes_from_python_not_the_cli(ray_local, tmp_path, capsys):
+    common = dict(model=tiny_mlp, dataset=blobs, strategy=LastChannels(), assigner=Fixed(0.5),
+                  client=StepsAsLoss(lr=0.1), server=CountingAvg())
+    whole = raysim.simulate(scenario(), out=tmp_path / "whole", **common)
+    from raysim.build import components
+    from raysim.runtime.runner import run
+
+    sc = raysim.api.as_scenario(scenario())
+    part = run(sc, out_root=str(tmp_path / "part"), progress=False, stop_after=1,
+               comps=components(sc, **common))
+    assert main(["run", "--resume", str(part.path)]) == 2
+    assert "came from Python objects" in capsys.readouterr().err
+    resumed = raysim.simulate(resume=part.path, **common)
+    a, b = final_state(whole)["params"], final_state(resumed)["params"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -31,6 +31,42 @@ def raysim_run(out: Path, address: str | None) -> Path:
     return next(out.iterdir())
 
 
+def plugin_run(tmp: Path, address: str) -> dict:
+    """`raysim run --address` with a scenario naming components by import path from a module that
+    lives outside the repository, on the driver's PYTHONPATH only."""
+    import os  # noqa: PLC0415
+
+    import yaml  # noqa: PLC0415
+
+    mods = tmp / "plugins"
+    mods.mkdir()
+    (mods / "mylab_parts.py").write_text((Path(__file__).parent / "plugin_components.py").read_text())
+    sc = {"name": "plug", "rounds": 2, "fleet": {"devices": 40}, "selection": {"per_round": 6},
+          "data": {"dataset": "mylab_parts:blobs", "partition": {"kind": "natural"}},
+          "model": {"arch": "mylab_parts:tiny_mlp", "rates": [1.0, 0.5]},
+          "compression": {"strategy": "mylab_parts:LastChannels"},
+          "assignment": {"policy": "fixed", "fixed_rate": 0.5},
+          "server": {"optimizer": "mylab_parts:CountingAvg"}, "deadline": {"seconds": None},
+          "runtime": {"hosts": 3}, "output": {"checkpoint_every": 1, "plots": False}}
+    path = tmp / "plug.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    out = tmp / "plugin-runs"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(mods), os.environ.get("PYTHONPATH")]))}
+    p = subprocess.run([sys.executable, "-m", "raysim", "run", str(path), "--address", address, "--out", str(out),
+                        "--quiet", "--no-report"], capture_output=True, text=True, timeout=300, env=env)
+    if p.returncode != 0:
+        return {"error": p.stderr[-2000:]}
+    run = next(out.iterdir())
+    info = json.loads((run / "manifest.json").read_text())["info"]
+    import pandas as pd  # noqa: PLC0415
+
+    clients = pd.read_parquet(run / "clients.parquet")
+    ok = clients[clients["status"] == "ok"]
+    moves = torch.load(sorted((run / "checkpoints").glob("round-*.pt"))[-1], weights_only=True)["server"]
+    return {"host_nodes": len(set(info["host_nodes"])), "trained": len(ok), "rates": sorted(set(ok["rate"])),
+            "model": info["components"]["model"], "moves_max": int(moves["body.0.weight"]["moves"].max())}
+
+
 def final(run: Path) -> dict:
     ck = sorted((run / "checkpoints").glob("round-*.pt"))[-1]
     return torch.load(ck, weights_only=True)["params"]
@@ -80,6 +116,7 @@ def main(tmp: Path) -> None:
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         multi = raysim_run(tmp / "cluster", cluster.address)
+        plugins = plugin_run(tmp, cluster.address)
         copies = data_copies(cluster.address)
         lost = node_loss(cluster, worker)
     finally:
@@ -88,7 +125,7 @@ def main(tmp: Path) -> None:
     nodes = json.loads((multi / "manifest.json").read_text())["info"]["host_nodes"]
     a, b = final(multi), final(single)
     print(json.dumps({"distinct_nodes": len(set(nodes)), "same_params": all(torch.equal(a[k], b[k]) for k in a),
-                      "layouts": copies, "node_loss": lost}))
+                      "layouts": copies, "node_loss": lost, "plugins": plugins}))
 
 
 if __name__ == "__main__":
