@@ -26,7 +26,7 @@ from raysim.models.base import ModelSpec
 from raysim.policy import Assigner, FitMemory
 from raysim.server import ServerOptimizer
 from raysim.simulation import RoundConfig, Setup
-from raysim.submodel.strategies import Full, Strategy
+from raysim.submodel.strategies import Strategy
 from raysim.trainer import Trainer
 
 ModelFactory = Callable[[tuple, int], Union[nn.Module, ModelSpec]]
@@ -58,15 +58,7 @@ class Components:
 
     def load_dataset(self, seed: int) -> Dataset:
         """The dataset, checked (one-line DataError on bad output)."""
-        try:
-            out = self.dataset(seed)
-        except (DataError, ScenarioError):
-            raise
-        except Exception as err:  # noqa: BLE001 - a plug-in loader failing is bad input, not a bug here
-            if self.sources.get("dataset") == "built-in":
-                raise
-            raise DataError(f"data.dataset: {self.dataset_name} failed: {type(err).__name__}: {err}") from None
-        return dataset_from(self.dataset_name, out)
+        return _load(self.dataset, self.dataset_name, self.sources.get("dataset") == "built-in", seed)
 
     @property
     def from_objects(self) -> list[str]:
@@ -96,9 +88,7 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
         _check_type("model", model, None)
         model_name, sources["model"] = registry.describe(model), "object"
     if dataset is None:
-        obj = registry.resolve("data.dataset", d.dataset)
-        inherited = {"root": d.root, "synthetic": d.synthetic, "har": d.har, "test_fraction": d.test_fraction}
-        dataset = registry.bind("data.dataset", obj, d.params, inherited, skip=1)
+        dataset = dataset_factory(d)
         dataset_name, sources["dataset"] = d.dataset, _source(d.dataset)
     else:
         _check_type("dataset", dataset, None)
@@ -272,14 +262,31 @@ def model_factory(cfg: Any) -> ModelFactory:
     return registry.bind("model.arch", obj, cfg.params, inherited, skip=2)
 
 
-def dataset_factory(cfg: Any) -> Callable[[int], Dataset]:
-    """`seed -> Dataset` for a scenario's `data` section alone (loading and checking)."""
+def dataset_factory(cfg: Any) -> DatasetFactory:
+    """`(seed) -> dataset` for a scenario's `data` section (unchecked: see `load_dataset`)."""
     obj = registry.resolve("data.dataset", cfg.dataset)
-    fn = registry.bind("data.dataset", obj, cfg.params,
-                       {"root": cfg.root, "synthetic": cfg.synthetic, "har": cfg.har, "test_fraction": cfg.test_fraction}, skip=1)
-    comps = Components(lambda s, n: None, fn, Full(), FitMemory(), None, None,  # type: ignore[arg-type]
-                       dataset_name=cfg.dataset, sources={"dataset": _source(cfg.dataset)})
-    return comps.load_dataset
+    inherited = {"root": cfg.root, "synthetic": cfg.synthetic, "har": cfg.har, "test_fraction": cfg.test_fraction}
+    return registry.bind("data.dataset", obj, cfg.params, inherited, skip=1)
+
+
+def load_dataset(cfg: Any, seed: int) -> Dataset:
+    """The dataset a scenario's `data` section names (built-in or plug-in), loaded and checked.
+
+        >>> ds = load_dataset(DataConfig(dataset="digits"), seed=0)
+    """
+    return _load(dataset_factory(cfg), cfg.dataset, not registry.is_import_path(cfg.dataset), seed)
+
+
+def _load(fn: DatasetFactory, name: str, builtin: bool, seed: int) -> Dataset:
+    try:
+        out = fn(seed)
+    except (DataError, ScenarioError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a plug-in loader failing is bad input, not a bug here
+        if builtin:
+            raise
+        raise DataError(f"data.dataset: {name} failed: {type(err).__name__}: {err}") from None
+    return dataset_from(name, out)
 
 
 def engine(sc: Scenario, comps: Components):

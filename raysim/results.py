@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # reading results needs pandas only: no torch, no Ray
     from raysim.config import Scenario
 
 CHECKPOINTS = "checkpoints"
+SWEEP_FILE = "sweep.json"  # a sweep's parent directory: its points and their states
 
 
 class RunError(ValueError):
@@ -67,14 +68,18 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
 
 def versions() -> dict[str, str]:
     """Versions of the packages that shape the numbers."""
-    import numpy  # noqa: PLC0415
-    import ray  # noqa: PLC0415
-    import torch  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 
     from raysim import __version__  # noqa: PLC0415
 
-    return {"raysim": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-            "ray": ray.__version__, "numpy": numpy.__version__, "pandas": pd.__version__}
+    def of(pkg: str) -> str:  # from the installed metadata: no need to import torch or ray
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {"raysim": __version__, "python": sys.version.split()[0], "torch": of("torch"), "ray": of("ray"),
+            "numpy": of("numpy"), "pandas": pd.__version__}
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:

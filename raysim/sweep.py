@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from raysim.config import Scenario, ScenarioError, load_scenario
+from raysim.results import SWEEP_FILE
 
-SWEEP_FILE = "sweep.json"
 _OPEN, _CLOSE = "[{(", "]})"
 
 

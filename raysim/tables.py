@@ -25,8 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from raysim.results import Run, RunError, load_run
-from raysim.sweep import SWEEP_FILE
+from raysim.results import SWEEP_FILE, Run, RunError, load_run
 
 # Parameters that never change what a run computes (where it writes, how many processes do
 # the work) or that label it; they are kept in `Runs.params` but not used to tell runs apart.

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raysim.config import DataConfig, PartitionConfig, SyntheticConfig
-from raysim.data import DataError, Dataset, label_histograms, load_dataset, partition
+from raysim.build import load_dataset
+from raysim.data import DataError, Dataset, label_histograms, partition
 
 SMALL = SyntheticConfig(samples=600, classes=10, image_size=12, channels=1, noise=0.6)
 

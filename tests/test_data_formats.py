@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from raysim.config import DataConfig, PartitionConfig
-from raysim.data import DataError, load_dataset, partition
+from raysim.build import load_dataset
+from raysim.data import DataError, partition
 
 
 def denormalised(x_norm: np.ndarray, raw: np.ndarray) -> np.ndarray:

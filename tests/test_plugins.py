@@ -149,10 +149,10 @@ def test_a_custom_dataset_is_checked_on_load(tmp_path):
             dataset_from("blobs", arrays)
 
 
-def test_a_run_made_from_objects_resumes_from_python_not_the_cli(ray_local, tmp_path, capsys):
+def test_a_run_made_from_objects_resumes_from_python_not_the_cli(objects_run, tmp_path, capsys):
     common = dict(model=tiny_mlp, dataset=blobs, strategy=LastChannels(), assigner=Fixed(0.5),
                   client=StepsAsLoss(lr=0.1), server=CountingAvg())
-    whole = raysim.simulate(scenario(), out=tmp_path / "whole", **common)
+    whole = objects_run  # the same scenario and objects, run without a stop
     from raysim.build import components
     from raysim.runtime.runner import run
 

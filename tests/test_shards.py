@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raysim.config import PartitionConfig
-from raysim.data import Shards, load_dataset, partition
+from raysim.build import load_dataset
+from raysim.data import Shards, partition
 from raysim.config import DataConfig
 
 

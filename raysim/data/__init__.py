@@ -1,7 +1,8 @@
 """Datasets and their partitions over devices.
 
     >>> from raysim.config import DataConfig
-    >>> from raysim.data import load_dataset, partition, label_histograms
+    >>> from raysim.build import load_dataset
+    >>> from raysim.data import partition, label_histograms
     >>> cfg = DataConfig()                       # synthetic, Dirichlet(0.5) label skew
     >>> ds = load_dataset(cfg, seed=0)
     >>> parts = partition(ds, 1000, cfg.partition, seed=0)
@@ -10,8 +11,7 @@
 """
 
 from raysim.data.base import DataError, Dataset
-from raysim.data.load import load_dataset
 from raysim.data.partition import label_histograms, partition
 from raysim.data.shards import Shards
 
-__all__ = ["DataError", "Dataset", "Shards", "label_histograms", "load_dataset", "partition"]
+__all__ = ["DataError", "Dataset", "Shards", "label_histograms", "partition"]

@@ -70,12 +70,3 @@ def femnist(seed: int, root: Optional[str] = None) -> Dataset:
 
     return load_femnist(root)
 
-
-def load_dataset(cfg, seed: int) -> Dataset:
-    """The dataset a scenario's `data` section names (built-in or plug-in), loaded and checked.
-
-        >>> ds = load_dataset(DataConfig(), seed=0)
-    """
-    from raysim.build import dataset_factory  # noqa: PLC0415
-
-    return dataset_factory(cfg)(seed)
