@@ -228,3 +228,17 @@ def test_a_preresnet18_round_runs_end_to_end_on_8x8_digits():
     assert out.round_row["trained"] > 0
     assert [e.model for e in out.evals] == ["global", "rate-0.5", "rate-0.25", "rate-0.125"]
     assert all(0.0 <= e.accuracy <= 1.0 and np.isfinite(e.loss) for e in out.evals)
+
+
+def test_plain_batch_norm_gets_the_global_models_statistics_before_evaluation():
+    # A user's BatchNorm (running statistics on) trained whole: its buffers are never aggregated,
+    # so the evaluated global model must not keep the initial mean 0 / variance 1.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    x = torch.randn(512, 4) * 3 + 5
+    assert recompute_bn_stats(model, x, batch_size=128) == 1
+    bn = model[1]
+    with torch.no_grad():
+        h = model[0](x)
+    assert torch.allclose(bn.running_mean, h.mean(0), atol=1e-4)
+    assert bn.momentum == 0.1 and not bn.training, "the layer's own settings come back"

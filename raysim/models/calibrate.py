@@ -9,6 +9,10 @@ through the model with only the norm layers in training mode (scalers off, exact
 evaluation), each norm layer accumulating a cumulative average of the batch means and
 variances, which it then uses in evaluation mode.
 
+A plain BatchNorm layer (with running statistics, as in a user's model trained whole) gets
+the same treatment: its running statistics are device-local buffers that the server never
+aggregates, so the global model's own are recomputed the same way before it is evaluated.
+
     >>> x = calibration_sample(dataset.x_train, seed)
     >>> recompute_bn_stats(model, x)
     >>> accuracy, loss = evaluate(model, x_test, y_test)
@@ -39,27 +43,39 @@ def calibration_sample(x_train: np.ndarray, seed: int, n: int = CALIBRATION_SAMP
     return torch.from_numpy(np.array(x_train[pick], copy=True))
 
 
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every batch-norm layer of the model, static or with running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def recompute_bn_stats(model: nn.Module, x: torch.Tensor, batch_size: int = CALIBRATION_BATCH) -> int:
-    """Give every static batch-norm layer statistics computed on `x`; returns how many layers.
+    """Give every batch-norm layer statistics computed on `x`; returns how many layers.
 
-    The model is left in evaluation mode; a model without static batch norm is untouched.
+    The model is left in evaluation mode; a model without batch norm is untouched.
     """
-    norms = static_norms(model)
+    norms = batch_norms(model)
     if not norms:
         return 0
+    momentum = {}
     for m in norms:
-        # Turn tracking on with a cumulative average (momentum None): after the pass each
-        # layer holds the mean over batches of the batch statistics.
-        m.track_running_stats = True
+        # Tracking on with a cumulative average (momentum None): after the pass each layer
+        # holds the mean over batches of the batch statistics.
+        if m.track_running_stats:
+            momentum[m] = m.momentum
+            m.reset_running_stats()
+        else:
+            m.track_running_stats = True
+            m.register_buffer("running_mean", torch.zeros(m.num_features))
+            m.register_buffer("running_var", torch.ones(m.num_features))
+            m.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         m.momentum = None
-        m.register_buffer("running_mean", torch.zeros(m.num_features))
-        m.register_buffer("running_var", torch.ones(m.num_features))
-        m.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
     model.eval()
     for m in norms:
         m.train()
     for i in range(0, int(x.shape[0]), batch_size):
         model(x[i:i + batch_size])
     model.eval()
+    for m, mom in momentum.items():
+        m.momentum = mom
     return len(norms)
