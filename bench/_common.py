@@ -51,7 +51,7 @@ def start_ray(num_cpus: int = 2) -> float:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     t = time.perf_counter()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
     return time.perf_counter() - t
 
 

@@ -8,8 +8,10 @@ from typing import Optional
 
 import numpy as np
 
+from raysim.errors import BadInput
 
-class DataError(ValueError):
+
+class DataError(BadInput):
     """A dataset cannot be loaded or partitioned; the message is one line naming the file."""
 
 

@@ -7,6 +7,17 @@ from raysim.data.base import DataError, Dataset
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    """`_load` with the checks every dataset must pass, whatever its loader: samples to train
+    on and to test with."""
+    ds = _load(cfg, seed)
+    where = f"data.root {cfg.root}" if cfg.root else f"data.dataset {cfg.dataset}"
+    for split, y in (("training", ds.y_train), ("test", ds.y_test)):
+        if len(y) == 0:
+            raise DataError(f"{where}: the {cfg.dataset} files hold no {split} samples")
+    return ds
+
+
+def _load(cfg: DataConfig, seed: int) -> Dataset:
     """Load (or generate) the dataset named by `cfg.dataset`.
 
     `synthetic` and `digits` need no files; `mnist`, `fashion-mnist`, `cifar10` and `femnist`

@@ -17,12 +17,13 @@ from ray.exceptions import RayActorError
 
 from raysim.config import Scenario
 from raysim.data import load_dataset
-from raysim.results import RunWriter, latest_checkpoint, load_checkpoint, new_run_dir
-from raysim.runtime.session import start_ray
+from raysim.errors import RunFailed
+from raysim.results import RunWriter, check_output_root, latest_checkpoint, load_checkpoint, new_run_dir, read_tables
+from raysim.runtime.session import start_ray, stop_ray
 from raysim.simulation import RoundOutput, Setup, build_setup
 
 
-class CoordinatorLost(RuntimeError):
+class CoordinatorLost(RunFailed):
     """The coordinator died more often than `runtime.coordinator_restarts` allows."""
 
 
@@ -35,6 +36,9 @@ class RunResult:
 
 def prepare(sc: Scenario) -> Setup:
     """Load data and derive model, costs, fleet and shards (raises one-line errors on bad input)."""
+    from raysim.sizes import check_sizes  # noqa: PLC0415
+
+    check_sizes(sc)  # before anything large is allocated
     dataset = load_dataset(sc.data, sc.seed)
     return build_setup(sc, dataset)
 
@@ -50,7 +54,15 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     `run_dir`: write into this new directory instead of `<out_root>/<name>-<stamp>` (sweeps).
     """
     t0 = time.perf_counter()
+    if resume is None and run_dir is None:
+        check_output_root(out_root or sc.output.dir)
     setup = prepare(sc)
+    if resume is not None:
+        # Everything the resume reads is checked before Ray starts and before anything is written.
+        from raysim.resume import check_checkpoint  # noqa: PLC0415
+
+        check_checkpoint(resume, setup.spec.global_shapes(), sc.rounds)
+        read_tables(resume, ("rounds", "clients", "evals"))
     started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus)
     try:
         hosts = sc.runtime.hosts  # None: one per CPU or per node (runtime.hosts_per)
@@ -91,7 +103,7 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
         return RunResult(writer.path, writer.rounds, time.perf_counter() - t0)
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()
 
 
 def _restore(coord, path: Path) -> int:

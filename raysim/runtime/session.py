@@ -1,16 +1,29 @@
-"""Starting and joining Ray: a small local instance by default, an existing cluster by address."""
+"""Starting and joining Ray: a small local instance by default, an existing cluster by address.
+
+Without an address raysim always starts a private local instance (`address="local"`), even on
+a machine where a `ray start` cluster runs or left its address file behind. With one it joins
+that cluster: it first checks that something listens there (a wrong address would otherwise
+make Ray retry for minutes), turns on token authentication when a token is at hand (a cluster
+without authentication accepts it too), and reports a refused connection as one line that
+names the fix.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import raysim
+from raysim.errors import ClusterError, one_line
+
+PROBE_TIMEOUT_S = 5.0
 
 
 def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
@@ -20,11 +33,90 @@ def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
     if address:
-        # On a cluster the workers may not have raysim installed: ship the package with the job.
-        ray.init(address=address, runtime_env={"py_modules": [raysim]}, **kwargs)
+        join_cluster(address, kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        from raysim.runtime.reaper import watch_local_instance  # noqa: PLC0415
+
+        watch_local_instance()
     return True
+
+
+def token_available() -> bool:
+    """Whether this machine holds a Ray authentication token where Ray looks for one."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(path).is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
+
+
+def resolve_address(address: str) -> str:
+    """`host:port` of the cluster: `auto` is what RAY_ADDRESS or the last `ray start` on this
+    machine names; a `ray://` client address is returned as it is."""
+    if address != "auto":
+        return address
+    found = os.environ.get("RAY_ADDRESS") or ray._private.services.find_bootstrap_address(None)
+    if not found or found == "auto":
+        raise ClusterError("--address auto: no Ray cluster was started on this machine (run `ray start --head` "
+                           "first, or give the head's HOST:PORT)")
+    return found
+
+
+def probe(address: str) -> None:
+    """ClusterError unless something accepts TCP connections at `host:port`."""
+    if address.startswith("ray://") or address == "local":
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ClusterError(f"--address {address}: expected HOST:PORT (the head's `ray start --head --port`), or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise ClusterError(f"--address {address}: no Ray cluster answers there ({why}); start one with "
+                           f"`ray start --head --port={port}` or check the address") from None
+
+
+def _enable_token_auth() -> None:
+    try:
+        from ray._private.authentication.authentication_token_setup import (  # noqa: PLC0415
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication: nothing to enable
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _is_auth_failure(err: BaseException) -> bool:
+    seen: Optional[BaseException] = err
+    while seen is not None:
+        text = str(seen)
+        if type(seen).__name__ == "AuthenticationError" or "InvalidAuthToken" in text or "auth" in text.lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def join_cluster(address: str, kwargs: dict[str, Any]) -> None:
+    """`ray.init` on an existing cluster, every failure to connect as one ClusterError."""
+    target = resolve_address(address)
+    probe(target)
+    # `ray start --head` enables token authentication when a token exists (it creates one on
+    # first use); a driver must then send it, and Ray only does so by itself for `auto`.
+    if "RAY_AUTH_MODE" not in os.environ and token_available():
+        _enable_token_auth()
+    shown = address if address == target else f"{address} ({target})"
+    try:
+        # On a cluster the workers may not have raysim installed: ship the package with the job.
+        ray.init(address=target, runtime_env={"py_modules": [raysim]}, **kwargs)
+    except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, AuthenticationError
+        if _is_auth_failure(err):
+            have = "this machine's token was refused" if token_available() else "no token was found on this machine"
+            raise ClusterError(f"--address {shown}: the cluster requires token authentication and {have}; copy "
+                               f"the head's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN) and set "
+                               f"RAY_AUTH_MODE=token") from None
+        raise ClusterError(f"--address {shown}: cannot join the Ray cluster ({one_line(err)[:200]})") from None
 
 
 @contextmanager
@@ -35,7 +127,15 @@ def ray_session(address: Optional[str], num_cpus: Optional[int]) -> Iterator[Non
         yield
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()
+
+
+def stop_ray() -> None:
+    """Shut down the Ray this process started, and release its watcher."""
+    ray.shutdown()
+    from raysim.runtime.reaper import release  # noqa: PLC0415
+
+    release()
 
 
 def cluster_cpus() -> int:
