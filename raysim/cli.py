@@ -165,6 +165,7 @@ def _load_runs(paths: Sequence[str], allow_incomplete: bool = False) -> Runs:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # On failure only the error is shown: it names the first run skipped, and why.
         runs = load_runs(list(paths), allow_incomplete=allow_incomplete)
     for w in caught:  # one line each, not Python's two-line warning format
         sys.stderr.write(f"raysim: warning: {w.message}\n")

@@ -72,6 +72,8 @@ def normalise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.n
 
     Only training statistics are used, as a device could never see the test set.
     """
+    if len(x_train) == 0:  # checked here, before numpy warns about the mean of nothing
+        raise DataError("data: the dataset's files hold no training samples")
     xt = x_train.astype(np.float32, copy=False)
     mean = xt.mean(axis=(0, 2, 3), dtype=np.float64, keepdims=True)
     std = xt.std(axis=(0, 2, 3), dtype=np.float64, keepdims=True)

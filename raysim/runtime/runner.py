@@ -65,6 +65,10 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
         read_tables(resume, ("rounds", "clients", "evals"))
     started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus)
     try:
+        if sc.runtime.placement == "dedicated":
+            from raysim.runtime.capacity import check_dedicated_fits  # noqa: PLC0415
+
+            check_dedicated_fits(sc, setup.spec)  # a round's actors must all fit the cluster
         hosts = sc.runtime.hosts  # None: one per CPU or per node (runtime.hosts_per)
         from raysim.runtime.coordinator import spawn_coordinator  # noqa: PLC0415
         from raysim.runtime.shared import share  # noqa: PLC0415
