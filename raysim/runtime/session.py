@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -98,6 +100,25 @@ def _is_auth_failure(err: BaseException) -> bool:
     return False
 
 
+@contextmanager
+def _stderr_held() -> Iterator[Any]:
+    """Hold what is written to file descriptor 2 (Ray's C++ core logs a warning a second while
+    it retries a refused connection) until the block ends; yields a function returning it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    buf = tempfile.TemporaryFile()
+    text: list[str] = []
+    try:
+        os.dup2(buf.fileno(), 2)
+        yield lambda: "".join(text)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        buf.seek(0)
+        text.append(buf.read().decode(errors="replace"))
+        buf.close()
+
+
 def join_cluster(address: str, kwargs: dict[str, Any]) -> None:
     """`ray.init` on an existing cluster, every failure to connect as one ClusterError."""
     target = resolve_address(address)
@@ -107,16 +128,22 @@ def join_cluster(address: str, kwargs: dict[str, Any]) -> None:
     if "RAY_AUTH_MODE" not in os.environ and token_available():
         _enable_token_auth()
     shown = address if address == target else f"{address} ({target})"
-    try:
-        # On a cluster the workers may not have raysim installed: ship the package with the job.
-        ray.init(address=target, runtime_env={"py_modules": [raysim]}, **kwargs)
-    except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, AuthenticationError
-        if _is_auth_failure(err):
-            have = "this machine's token was refused" if token_available() else "no token was found on this machine"
-            raise ClusterError(f"--address {shown}: the cluster requires token authentication and {have}; copy "
-                               f"the head's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN) and set "
-                               f"RAY_AUTH_MODE=token") from None
-        raise ClusterError(f"--address {shown}: cannot join the Ray cluster ({one_line(err)[:200]})") from None
+    failure: Optional[BaseException] = None
+    with _stderr_held() as held:
+        try:
+            # On a cluster the workers may not have raysim installed: ship the package with the job.
+            ray.init(address=target, runtime_env={"py_modules": [raysim]}, **kwargs)
+        except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, AuthenticationError
+            failure = err
+    if failure is None:
+        sys.stderr.write(held())  # joined: whatever Ray said meanwhile is passed on
+        return
+    if _is_auth_failure(failure):
+        have = "this machine's token was refused" if token_available() else "no token was found on this machine"
+        raise ClusterError(f"--address {shown}: the cluster requires token authentication and {have}; copy "
+                           f"the head's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN) and set "
+                           f"RAY_AUTH_MODE=token") from None
+    raise ClusterError(f"--address {shown}: cannot join the Ray cluster ({one_line(failure)[:200]})") from None
 
 
 @contextmanager
