@@ -126,7 +126,10 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     from raysim.config import load_scenario  # noqa: PLC0415
     from raysim.fleet_view import fleet_summary  # noqa: PLC0415
 
+    from raysim.sizes import check_sizes  # noqa: PLC0415
+
     sc = load_scenario(args.scenario, args.overrides)
+    check_sizes(sc)  # the fleet is built in this process
     print(fleet_summary(sc))
     return 0
 

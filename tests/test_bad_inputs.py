@@ -191,6 +191,8 @@ CASES = [
     Case("set-absurd-model", lambda t, r: run_args(t, QUICK, "--set", "model.widths=[1000000,1000000]"),
          "model.widths"),
     Case("set-no-value", lambda t, r: run_args(t, QUICK, "--set", "rounds"), "KEY=VALUE"),
+    Case("fleet-command-absurd-fleet", lambda t, r: ["fleet", QUICK, "--set", "fleet.devices=1000000000000"],
+         "fleet.devices"),
     # the output directory
     Case("out-is-a-file", lambda t, r: ["run", QUICK, *TINY, "--out", str(write(t / "f", "x")), "--quiet"],
          "is a file", subprocess=True),

@@ -3,8 +3,8 @@
 Without an address raysim always starts a private local instance (`address="local"`), even on
 a machine where a `ray start` cluster runs or left its address file behind. With one it joins
 that cluster: it first checks that something listens there (a wrong address would otherwise
-make Ray retry for minutes), turns on token authentication when a token is at hand (a cluster
-without authentication accepts it too), and reports a refused connection as one line that
+make Ray retry for minutes), turns on token authentication when the cluster requires it (a
+driver in token mode cannot serve a cluster without it), and reports a refused connection as one line that
 names the fix.
 """
 
@@ -100,6 +100,28 @@ def _is_auth_failure(err: BaseException) -> bool:
     return False
 
 
+def _auth_fix(shown: str, have: str) -> str:
+    return (f"--address {shown}: the cluster requires token authentication and {have}; copy the head's "
+            f"~/.ray/auth_token here (or set RAY_AUTH_TOKEN)")
+
+
+def needs_token(target: str) -> bool:
+    """Whether the cluster's GCS refuses a client without a token (one quick request; a bare
+    GCS client fails at once, where `ray.init` would retry for 20 s)."""
+    if target.startswith("ray://"):
+        return False
+    try:
+        from ray._raylet import GcsClient  # noqa: PLC0415
+    except ImportError:
+        return False
+    with _stderr_held():
+        try:
+            GcsClient(address=target)
+        except Exception as err:  # noqa: BLE001 - any other failure is left to ray.init to report
+            return _is_auth_failure(err)
+    return False
+
+
 @contextmanager
 def _stderr_held() -> Iterator[Any]:
     """Hold what is written to file descriptor 2 (Ray's C++ core logs a warning a second while
@@ -123,11 +145,14 @@ def join_cluster(address: str, kwargs: dict[str, Any]) -> None:
     """`ray.init` on an existing cluster, every failure to connect as one ClusterError."""
     target = resolve_address(address)
     probe(target)
-    # `ray start --head` enables token authentication when a token exists (it creates one on
-    # first use); a driver must then send it, and Ray only does so by itself for `auto`.
-    if "RAY_AUTH_MODE" not in os.environ and token_available():
-        _enable_token_auth()
     shown = address if address == target else f"{address} ({target})"
+    # `ray start --head` enables token authentication when a token exists (it creates one on
+    # first use); a driver must then send it, and Ray only does so by itself for `auto`. A
+    # driver in token mode cannot serve a cluster without it, so the cluster is asked first.
+    if "RAY_AUTH_MODE" not in os.environ and needs_token(target):
+        if not token_available():
+            raise ClusterError(_auth_fix(shown, "no token was found on this machine"))
+        _enable_token_auth()
     failure: Optional[BaseException] = None
     with _stderr_held() as held:
         try:
@@ -140,9 +165,7 @@ def join_cluster(address: str, kwargs: dict[str, Any]) -> None:
         return
     if _is_auth_failure(failure):
         have = "this machine's token was refused" if token_available() else "no token was found on this machine"
-        raise ClusterError(f"--address {shown}: the cluster requires token authentication and {have}; copy "
-                           f"the head's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN) and set "
-                           f"RAY_AUTH_MODE=token") from None
+        raise ClusterError(_auth_fix(shown, have)) from None
     raise ClusterError(f"--address {shown}: cannot join the Ray cluster ({one_line(failure)[:200]})") from None
 
 
