@@ -98,6 +98,18 @@ def simulate(scenario: Union[str, Path, Mapping[str, Any], Scenario, None] = Non
         >>> run = simulate({"rounds": 5, "fleet": {"devices": 200}}, model=my_model, out="/tmp/runs")
         >>> run.rounds.accuracy.iloc[-1]
     """
+    from raysim.errors import api_boundary  # noqa: PLC0415
+
+    # Bad input leaves as its own one-line exception; anything unanticipated as InternalError
+    # naming the log file that holds its traceback.
+    with api_boundary():
+        return _simulate(scenario, model=model, dataset=dataset, strategy=strategy, assigner=assigner, client=client,
+                         server=server, callbacks=callbacks, out=out, overrides=overrides, progress=progress,
+                         address=address, resume=resume)
+
+
+def _simulate(scenario, *, model, dataset, strategy, assigner, client, server, callbacks, out, overrides, progress,
+              address, resume):
     from raysim.build import components  # noqa: PLC0415
     from raysim.results import load_run  # noqa: PLC0415
     from raysim.runtime.runner import run  # noqa: PLC0415

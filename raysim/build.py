@@ -286,7 +286,11 @@ def _load(fn: DatasetFactory, name: str, builtin: bool, seed: int) -> Dataset:
         if builtin:
             raise
         raise DataError(f"data.dataset: {name} failed: {type(err).__name__}: {err}") from None
-    return dataset_from(name, out)
+    ds = dataset_from(name, out)
+    for split, y in (("training", ds.y_train), ("test", ds.y_test)):
+        if len(y) == 0:  # whatever the loader: a set to train on and one to test with
+            raise DataError(f"data.dataset {name}: holds no {split} samples")
+    return ds
 
 
 def engine(sc: Scenario, comps: Components):

@@ -1,12 +1,12 @@
 """Command line: `raysim run`, `raysim fleet`, `raysim report`, `raysim sweep`.
 
-Bad input (scenario, dataset or trace files, flags) gives one line on stderr and exit code 2.
+Bad input (scenario, dataset or trace files, flags) gives one line on stderr and exit code 2;
+every other failure one line too (`raysim.errors.guard`), exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 if TYPE_CHECKING:
     from raysim.tables import Runs
 
-EXIT_BAD_INPUT = 2
+from raysim.errors import EXIT_BAD_INPUT, guard
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,53 +70,24 @@ def _report_flags(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "run":
-            return _cmd_run(args)
-        if args.cmd == "fleet":
-            return _cmd_fleet(args)
-        if args.cmd == "report":
-            return _cmd_report(args)
-        if args.cmd == "reference":
-            from raysim.reference import scenario_reference  # noqa: PLC0415
+    return guard(lambda: _dispatch(args), argv=list(argv) if argv is not None else None)
 
-            sys.stdout.write(scenario_reference())
-            return 0
-        if args.cmd == "sweep":
-            return _cmd_sweep(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("raysim: interrupted\n")
-        return 130
-    except SystemExit as err:
-        if err.code == signal.SIGTERM:  # Ray's driver handler turns SIGTERM into SystemExit(15)
-            sys.stderr.write("raysim: terminated\n")
-        raise
-    except Exception as err:  # noqa: BLE001 - bad input must never end in a traceback
-        code = _one_line_exit(err)
-        if code is None:
-            raise
-        sys.stderr.write(f"raysim: error: {err}\n")
-        return code
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "run":
+        return _cmd_run(args)
+    if args.cmd == "fleet":
+        return _cmd_fleet(args)
+    if args.cmd == "report":
+        return _cmd_report(args)
+    if args.cmd == "reference":
+        from raysim.reference import scenario_reference  # noqa: PLC0415
+
+        sys.stdout.write(scenario_reference())
+        return 0
+    if args.cmd == "sweep":
+        return _cmd_sweep(args)
     return 0
-
-
-# Errors reported as one line, with their exit codes: bad input (2), and a run that lost its
-# coordinator more often than it may restart it (1; the run directory stays resumable).
-ONE_LINE_ERRORS = [("raysim.config", "ScenarioError", EXIT_BAD_INPUT), ("raysim.data.base", "DataError", EXIT_BAD_INPUT),
-                   ("raysim.fleet.errors", "FleetError", EXIT_BAD_INPUT), ("raysim.results", "RunError", EXIT_BAD_INPUT),
-                   ("raysim.runtime.runner", "CoordinatorLost", 1)]
-
-
-def _one_line_exit(err: Exception) -> Optional[int]:
-    """The exit code of an error reported as one line, or None for a bug (a traceback)."""
-    # Look the error classes up among modules already imported: an error of a class whose
-    # module was never imported cannot have been raised, and importing torch-heavy modules
-    # here would make every one-line error cost seconds.
-    for mod, name, code in ONE_LINE_ERRORS:
-        cls = getattr(sys.modules.get(mod), name, None)
-        if cls is not None and isinstance(err, cls):
-            return code
-    return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -124,12 +95,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
-        from raysim.results import RunError  # noqa: PLC0415
+        if args.scenario is not None:
+            raise ScenarioError(f"run: give a scenario file or --resume {resume}, not both")
+        from raysim.resume import resume_scenario  # noqa: PLC0415
 
-        if not (resume / "manifest.json").is_file() or not (resume / "scenario.yaml").is_file():
-            raise RunError(f"--resume {resume}: not a run directory")
+        sc = resume_scenario(resume, args.overrides)
         _check_resumable_here(resume)
-        sc = load_scenario(resume / "scenario.yaml", args.overrides)
     elif args.scenario is None:
         raise ScenarioError("run: a scenario file is required")
     else:
@@ -173,7 +144,10 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     from raysim.config import load_scenario  # noqa: PLC0415
     from raysim.fleet_view import fleet_summary  # noqa: PLC0415
 
+    from raysim.sizes import check_sizes  # noqa: PLC0415
+
     sc = load_scenario(args.scenario, args.overrides)
+    check_sizes(sc)  # the fleet is built in this process
     print(fleet_summary(sc))
     return 0
 
@@ -212,6 +186,7 @@ def _load_runs(paths: Sequence[str], allow_incomplete: bool = False) -> Runs:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # On failure only the error is shown: it names the first run skipped, and why.
         runs = load_runs(list(paths), allow_incomplete=allow_incomplete)
     for w in caught:  # one line each, not Python's two-line warning format
         sys.stderr.write(f"raysim: warning: {w.message}\n")

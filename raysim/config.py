@@ -11,23 +11,32 @@ a typo is an error that names the field, not a silently ignored setting.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raysim.errors import BadInput
+from raysim.yamlload import parse_value, read_yaml_file
 
-# One actor per device costs ~200-300 MB; beyond this a round cannot fit one machine's memory.
-MAX_DEDICATED_ROUND = 256
+
+# A run's name names its directory: letters, digits and a few marks that need no quoting, in
+# segments joined by "/" (only a sweep's points use more than one).
+NAME_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._=,+\[\]-]*"
+_NAME = re.compile(rf"{NAME_SEGMENT}(/{NAME_SEGMENT})*")
+MAX_NAME = 200
 
 
-class ScenarioError(ValueError):
+class ScenarioError(BadInput):
     """A scenario (or override) is invalid; the message is one line naming the field."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion, so `true` is no count and "5" no number (YAML already types values);
+    # allow_inf_nan=False: inf and NaN are no setting of any float field.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _params() -> Any:
@@ -307,7 +316,8 @@ class OutputConfig(_Section):
 class Scenario(_Section):
     """A whole scenario."""
 
-    name: str = Field("scenario", min_length=1, description="names the run directory")
+    name: str = Field("scenario", min_length=1, max_length=MAX_NAME,
+                      description="names the run directory: letters, digits and . _ - = , + [ ]")
     seed: int = Field(0, ge=0, description="every random stream derives from it")
     rounds: int = Field(20, ge=1, description="rounds to run")
     data: DataConfig = DataConfig()
@@ -323,6 +333,14 @@ class Scenario(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
     output: OutputConfig = OutputConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.fullmatch(v):
+            raise ValueError(f"{v!r}: use letters, digits and . _ - = , + [ ] (starting with a letter or "
+                             f"digit); it names the run directory")
+        return v
+
     @model_validator(mode="after")
     def _cross(self) -> "Scenario":
         if self.assignment.policy == "fixed" and self.assignment.fixed_rate is None:
@@ -333,12 +351,6 @@ class Scenario(_Section):
             raise ValueError("runtime.clock: 'realtime' needs runtime.placement 'dedicated'")
         if self.runtime.placement == "dedicated" and self.runtime.hosts_per == "node":
             raise ValueError("runtime.hosts_per: 'node' applies to placement 'pooled' only")
-        if self.runtime.placement == "dedicated":
-            per_round = math.ceil(self.selection.per_round * (1 + self.selection.overcommit))
-            if per_round > MAX_DEDICATED_ROUND:
-                raise ValueError(f"runtime.placement: 'dedicated' starts one Ray actor (~200-300 MB) per "
-                                 f"selected device; {per_round} per round exceeds {MAX_DEDICATED_ROUND} "
-                                 f"(use placement 'pooled')")
         if self.selection.per_round > self.fleet.devices and self.fleet.trace is None:
             raise ValueError(
                 f"selection.per_round: {self.selection.per_round} exceeds fleet.devices ({self.fleet.devices})"
@@ -358,18 +370,23 @@ def _format_error(err: ValidationError) -> str:
         msg = "unknown field"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+    elif first["type"] not in ("extra_forbidden", "missing"):
+        given = first.get("input")
+        if isinstance(given, (bool, int, float, str)) or given is None:
+            text = repr(given)
+            msg = f"{msg} (got {text if len(text) <= 40 else text[:37] + '...'})"
     if ":" in msg.split(" ")[0] and not loc:
         return msg
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
 
 
-def _parse_value(text: str) -> Any:
-    """An override value is parsed as YAML, so `--set model.rates=[1,0.5]` works."""
+def _parse_value(text: str, key: str = "") -> Any:
+    """An override value is parsed as (strict) YAML, so `--set model.rates=[1,0.5]` works."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        return parse_value(text, f"--set {key}")
+    except BadInput as err:
+        raise ScenarioError(str(err)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -391,7 +408,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ScenarioError(f"--set {key}: {p} is not a section")
             node = child
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(value, key.strip())
     return out
 
 
@@ -419,14 +436,14 @@ def parse_scenario(raw: Any, overrides: Optional[list[str]] = None) -> Scenario:
 def load_scenario(path: str | Path, overrides: Optional[list[str]] = None) -> Scenario:
     """Read a YAML scenario with a safe loader and validate it."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ScenarioError(f"{p}: no such scenario file")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ScenarioError(f"{p}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+        raw = read_yaml_file(p)
+    except BadInput as err:
+        raise ScenarioError(str(err)) from None
+    if raw is None:
+        raise ScenarioError(f"{p}: empty scenario file (give at least a name; `raysim reference` lists every field)")
     return parse_scenario(raw, overrides)
 
 

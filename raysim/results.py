@@ -26,13 +26,12 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
 import yaml
 
+from raysim.errors import BadInput
 from raysim.records import CLIENT_COLUMNS, RoundOutput
 
 if TYPE_CHECKING:  # reading results needs pandas only: no torch, no Ray
@@ -42,7 +41,7 @@ CHECKPOINTS = "checkpoints"
 SWEEP_FILE = "sweep.json"  # a sweep's parent directory: its points and their states
 
 
-class RunError(ValueError):
+class RunError(BadInput):
     """A run directory is missing, incomplete or malformed."""
 
 
@@ -82,15 +81,36 @@ def versions() -> dict[str, str]:
             "numpy": of("numpy"), "pandas": pd.__version__}
 
 
+def check_output_root(root: str | Path) -> Path:
+    """`root` if run directories can be made in it: it (or its nearest existing ancestor) is a
+    writable directory. Checked before anything starts, so a bad `--out` costs nothing."""
+    p = Path(root).expanduser()
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == p else f"lies under {probe}, which is a file"
+        raise RunError(f"--out {root}: {what}, not a directory")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise RunError(f"--out {root}: {probe} is not writable")
+    return p
+
+
 def new_run_dir(root: str | Path, name: str) -> Path:
     """A fresh `<root>/<name>-<stamp>` directory (suffixed if it exists)."""
+    check_output_root(root)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{name}-{stamp}"
+    base = Path(root).expanduser() / f"{name}-{stamp}"
     path, i = base, 1
     while path.exists():
         i += 1
         path = Path(f"{base}-{i}")
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as err:
+        raise RunError(f"--out {root}: cannot create {path} ({err.strerror})") from None
     return path
 
 
@@ -111,6 +131,9 @@ class RunWriter:
         }
         (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "scenario.yaml", scenario.to_yaml())
+        from raysim.resume import manifest_note  # noqa: PLC0415
+
+        self.manifest.update(manifest_note(self.path))
         self._write_manifest()
 
     @classmethod
@@ -118,17 +141,19 @@ class RunWriter:
         """Reopen a run directory, keeping the records of rounds <= `upto`."""
         w = cls.__new__(cls)
         w.path, w.scenario = Path(path), scenario
-        w.manifest = json.loads((w.path / "manifest.json").read_text())
+        w.manifest = read_manifest(w.path)
         w.manifest["status"] = "running"
+        w.manifest["driver"] = {"host": platform.node(), "pid": os.getpid()}
         w.manifest.setdefault("resumed", []).append(
             {"at_round": upto, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         w.rounds, w.clients, w.evals = [], [], []
-        if (w.path / "rounds.parquet").exists():
-            w.rounds = pd.read_parquet(w.path / "rounds.parquet").to_dict("records")
-        if (w.path / "clients.parquet").exists():
-            w.clients = [pd.read_parquet(w.path / "clients.parquet")]
-        if (w.path / "evals.parquet").exists():
-            w.evals = pd.read_parquet(w.path / "evals.parquet").to_dict("records")
+        tables = read_tables(w.path, ("rounds", "clients", "evals"))
+        if "rounds" in tables:
+            w.rounds = tables["rounds"].to_dict("records")
+        if "clients" in tables:
+            w.clients = [tables["clients"]]
+        if "evals" in tables:
+            w.evals = tables["evals"].to_dict("records")
         w.rewind(upto)
         return w
 
@@ -226,20 +251,60 @@ class Run:
         return str(self.manifest.get("name", self.path.name))
 
 
-def load_run(path: str | Path, allow_incomplete: bool = False) -> Run:
-    """Read a run directory. Raises RunError for a missing or (unless allowed) unfinished run."""
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; anything this large is no manifest
+
+
+def read_manifest(path: str | Path, what: str = "") -> dict[str, Any]:
+    """A run directory's manifest as a dict; RunError when it is absent, corrupt or no mapping."""
     p = Path(path)
+    lead = f"{what} {p}" if what else str(p)
     mf = p / "manifest.json"
     if not mf.is_file():
-        raise RunError(f"{p}: not a run directory (no manifest.json)")
-    manifest = json.loads(mf.read_text())
+        raise RunError(f"{lead}: not a run directory (no manifest.json)")
+    try:
+        if mf.stat().st_size > MAX_MANIFEST_BYTES:
+            raise RunError(f"{mf}: {mf.stat().st_size} bytes, too large for a manifest")
+        manifest = json.loads(mf.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # JSON and UTF-8 errors are ValueErrors
+        why = err.strerror if isinstance(err, OSError) else " ".join(str(err).split())[:120] or type(err).__name__
+        raise RunError(f"{mf}: corrupt manifest ({why})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("status"), str):
+        raise RunError(f"{mf}: corrupt manifest (no status)")
+    return manifest
+
+
+def read_tables(path: Path, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """The parquet tables of a run directory that exist; RunError naming a corrupt one."""
+    out = {}
+    for name in names:
+        f = Path(path) / f"{name}.parquet"
+        if not f.is_file():
+            continue
+        try:
+            out[name] = pd.read_parquet(f)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a corrupt file
+            why = " ".join(str(err).split())[:120] or type(err).__name__
+            raise RunError(f"{f}: corrupt or truncated table ({why})") from None
+    return out
+
+
+def load_run(path: str | Path, allow_incomplete: bool = False) -> Run:
+    """Read a run directory. Raises RunError for a missing, corrupt or (unless allowed) unfinished run."""
+    p = Path(path)
+    manifest = read_manifest(p)
     if manifest.get("status") != "complete" and not allow_incomplete:
         raise RunError(f"{p}: run is {manifest.get('status')!r}, not complete "
                        f"(pass allow_incomplete=True to read it anyway)")
+    names = ("rounds", "clients", "evals", "fleet")
+    tables = read_tables(p, names)
+    scenario: Any = {}
+    if (p / "scenario.yaml").is_file():
+        from raysim.yamlload import read_yaml_file  # noqa: PLC0415
 
-    def table(name: str) -> pd.DataFrame:
-        f = p / f"{name}.parquet"
-        return pd.read_parquet(f) if f.is_file() else pd.DataFrame()
-
-    scenario = yaml.safe_load((p / "scenario.yaml").read_text()) if (p / "scenario.yaml").is_file() else {}
-    return Run(p, manifest, scenario, table("rounds"), table("clients"), table("evals"), table("fleet"))
+        try:
+            scenario = read_yaml_file(p / "scenario.yaml")
+        except BadInput as err:
+            raise RunError(str(err)) from None
+    if not isinstance(scenario, dict):
+        raise RunError(f"{p / 'scenario.yaml'}: corrupt scenario (not a mapping)")
+    return Run(p, manifest, scenario, *(tables.get(n, pd.DataFrame()) for n in names))

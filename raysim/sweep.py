@@ -163,7 +163,8 @@ def plan_sweep(scenario: str | Path, grid_items: Sequence[str], overrides: Seque
         if name in seen:  # two labels that differ only in characters a path cannot hold
             name = f"{name}-{i:04d}"
         seen.add(name)
-        points.append(Point(point, sc.model_copy(update={"name": f"{base.name}/{label}"}), name))
+        # The name holds the directory name, not the raw label: it stays a valid run name.
+        points.append(Point(point, sc.model_copy(update={"name": f"{base.name}/{name}"}), name))
     return SweepPlan(Path(scenario), base.name, tuple(overrides), grid, points)
 
 

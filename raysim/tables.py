@@ -190,14 +190,16 @@ def load_runs(patterns: str | Path | Sequence[str | Path], all_params: bool = Fa
     Runs that are not complete are skipped with a warning unless `allow_incomplete`.
     Raises RunError when nothing readable is found.
     """
-    runs = []
+    runs, skipped = [], []
     for d in find_run_dirs(patterns):
         try:
             runs.append(load_run(d, allow_incomplete=allow_incomplete))
         except RunError as err:
+            skipped.append(str(err))
             warnings.warn(f"skipped {err}", stacklevel=2)
     if not runs:
-        raise RunError(f"{_describe(patterns)}: no complete runs (pass allow_incomplete=True to read unfinished ones)")
+        why = f"; skipped {skipped[0]}" + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "") if skipped else ""
+        raise RunError(f"{_describe(patterns)}: no complete runs{why}")
     return Runs(runs, all_params=all_params)
 
 

@@ -24,6 +24,7 @@ def ray_local():
     """One local Ray instance for the whole session: 2 CPUs, no dashboard; shut down after."""
     import ray
 
+    # address="local": never join a `ray start` cluster that runs (or ran) on this machine.
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()

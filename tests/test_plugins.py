@@ -126,13 +126,15 @@ def test_fedprox_pulls_the_update_towards_the_start():
     assert FedProx(mu=0.0).objective is not None
 
 
-def test_reading_results_imports_neither_torch_nor_ray(objects_run):
+def test_reading_results_imports_neither_torch_nor_ray(objects_run, tmp_path):
     code = ("import sys, raysim; run = raysim.load_run(sys.argv[1]); raysim.load_runs([sys.argv[1]]); "
-            "from raysim.report import write_report; "
+            "from raysim.cli import main; assert main(['report', sys.argv[1], '--out', sys.argv[2]]) == 0; "
             "assert len(run.rounds) == %d; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))" % ROUNDS)
-    p = subprocess.run([sys.executable, "-c", code, str(objects_run.path)], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", code, str(objects_run.path), str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.strip() == "[]"
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout
+    assert (tmp_path / "report.md").is_file()
 
 
 def test_a_custom_dataset_is_checked_on_load(tmp_path):

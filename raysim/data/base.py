@@ -8,8 +8,10 @@ from typing import Optional
 
 import numpy as np
 
+from raysim.errors import BadInput
 
-class DataError(ValueError):
+
+class DataError(BadInput):
     """A dataset cannot be loaded or partitioned; the message is one line naming the file."""
 
 
@@ -120,6 +122,8 @@ def normalise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.n
     of an image, time steps of a sensor window). Only training statistics are used, as a
     device could never see the test set.
     """
+    if len(x_train) == 0:  # checked here, before numpy warns about the mean of nothing
+        raise DataError("data: the dataset's files hold no training samples")
     xt = x_train.astype(np.float32, copy=False)
     axes = (0,) + tuple(range(2, xt.ndim))
     mean = xt.mean(axis=axes, dtype=np.float64, keepdims=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -34,14 +35,29 @@ def find_file(root: Path, name: str, gz: bool = False, subdirs: Sequence[str] = 
     raise DataError(f"data.root {root}: file {shown} not found{where} ({DOCS})")
 
 
-def read_bytes(path: Path) -> bytes:
-    """A file's bytes, gunzipped when its name ends in .gz; a DataError when unreadable."""
+# No dataset file raysim reads decompresses to more than this (CIFAR-10's largest is 31 MB,
+# MNIST's 47 MB): a larger stream is a decompression bomb or the wrong file.
+MAX_DECOMPRESSED = 4 << 30
+_CHUNK = 1 << 20
+
+
+def read_bytes(path: Path, limit: int = MAX_DECOMPRESSED) -> bytes:
+    """A file's bytes, gunzipped when its name ends in .gz; a DataError when unreadable,
+    corrupt, or (decompressed) larger than `limit`, which is checked as the stream is read."""
     try:
         if path.suffix == ".gz":
+            parts, size = [], 0
             with gzip.open(path, "rb") as f:
-                return f.read()
+                while chunk := f.read(_CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise DataError(f"{path}: decompresses to more than {limit >> 20} MiB; not a dataset file")
+                    parts.append(chunk)
+            return b"".join(parts)
+        if path.stat().st_size > limit:
+            raise DataError(f"{path}: {path.stat().st_size >> 20} MiB, larger than any dataset file ({limit >> 20} MiB)")
         return path.read_bytes()
-    except (OSError, EOFError) as err:  # gzip raises BadGzipFile (an OSError) or EOFError
+    except (OSError, EOFError, zlib.error) as err:  # gzip: BadGzipFile (OSError), EOFError, zlib.error
         raise DataError(f"{path}: cannot read ({_one_line(err)})") from None
 
 

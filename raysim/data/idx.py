@@ -8,6 +8,7 @@ number (the first four bytes as a big-endian int) is therefore 2051 for 3-d imag
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def parse_idx(data: bytes, path: Path, magic: int) -> np.ndarray:
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python ints: absurd header dims cannot overflow
     payload = len(data) - header
     if payload < expected:
         raise DataError(f"{path}: truncated IDX file: header {'x'.join(map(str, dims))} needs {expected} bytes, found {payload}")

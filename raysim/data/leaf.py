@@ -37,6 +37,8 @@ def read_leaf_file(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
             blob = json.load(f)
     except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DataError(f"{path}: not valid JSON ({' '.join(str(err).split())})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not a LEAF file (JSON nested too deeply)") from None
     if not isinstance(blob, dict) or not isinstance(blob.get("users"), list) or not isinstance(blob.get("user_data"), dict):
         raise DataError(f"{path}: not a LEAF file (needs 'users' list and 'user_data' mapping)")
     counts = blob.get("num_samples")
@@ -56,6 +58,8 @@ def read_leaf_file(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
         except (TypeError, ValueError):
             raise DataError(f"{path}: user {user!r}: 'x' must hold numbers and 'y' integers") from None
         x = x.reshape(-1, SIDE * SIDE)  # rows were checked; this only shapes an empty list
+        if not np.isfinite(x).all():
+            raise DataError(f"{path}: user {user!r}: 'x' holds non-finite values (NaN or Infinity)")
         if y.shape != (x.shape[0],):
             raise DataError(f"{path}: user {user!r}: {y.size} labels for {x.shape[0]} images")
         if counts is not None and counts[i] != len(y):

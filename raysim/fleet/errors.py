@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from raysim.errors import BadInput
 
-class FleetError(ValueError):
+
+class FleetError(BadInput):
     """A fleet, catalogue or trace problem, as one line.
 
     For trace files the message names the file, and the line (CSV) or row (parquet) and the

@@ -18,13 +18,14 @@ from ray.exceptions import RayActorError
 from raysim.build import Components, build_setup, components, engine
 from raysim.callbacks import Callback
 from raysim.config import Scenario
+from raysim.errors import RunFailed
 from raysim.records import RoundOutput
-from raysim.results import RunWriter, latest_checkpoint, load_checkpoint, new_run_dir
-from raysim.runtime.session import pickle_by_value, start_ray, user_modules
+from raysim.results import RunWriter, check_output_root, latest_checkpoint, load_checkpoint, new_run_dir, read_tables
+from raysim.runtime.session import pickle_by_value, start_ray, stop_ray, user_modules
 from raysim.simulation import Setup
 
 
-class CoordinatorLost(RuntimeError):
+class CoordinatorLost(RunFailed):
     """The coordinator died more often than `runtime.coordinator_restarts` allows."""
 
 
@@ -37,7 +38,10 @@ class RunResult:
 
 def prepare(sc: Scenario, comps: Optional[Components] = None) -> Setup:
     """Load data and derive model, costs, fleet and shards (raises one-line errors on bad input)."""
+    from raysim.sizes import check_sizes  # noqa: PLC0415
+
     comps = comps or components(sc)
+    check_sizes(sc)  # before anything large is allocated
     return build_setup(sc, comps, comps.load_dataset(sc.seed))
 
 
@@ -54,13 +58,25 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     directory instead of `<out_root>/<name>-<stamp>` (sweeps).
     """
     t0 = time.perf_counter()
+    if resume is None and run_dir is None:
+        check_output_root(out_root or sc.output.dir)
     comps = comps or components(sc)
-    setup = build_setup(sc, comps, comps.load_dataset(sc.seed))
+    setup = prepare(sc, comps)
+    if resume is not None:
+        # Everything the resume reads is checked before Ray starts and before anything is written.
+        from raysim.resume import check_checkpoint  # noqa: PLC0415
+
+        check_checkpoint(resume, setup.spec.global_shapes(), sc.rounds)
+        read_tables(resume, ("rounds", "clients", "evals"))
     eng = engine(sc, comps)
     mods = user_modules(comps)
     started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus, mods)
     pickle_by_value(mods)
     try:
+        if sc.runtime.placement == "dedicated":
+            from raysim.runtime.capacity import check_dedicated_fits  # noqa: PLC0415
+
+            check_dedicated_fits(sc, setup.spec)  # a round's actors must all fit the cluster
         from raysim.runtime.coordinator import spawn_coordinator  # noqa: PLC0415
         from raysim.runtime.shared import share  # noqa: PLC0415
 
@@ -111,7 +127,7 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
                 cb.on_end(writer.path, status)
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()
 
 
 class _OnRound(Callback):

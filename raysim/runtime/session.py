@@ -1,11 +1,21 @@
-"""Starting and joining Ray: a small local instance by default, an existing cluster by address."""
+"""Starting and joining Ray: a small local instance by default, an existing cluster by address.
+
+Without an address raysim always starts a private local instance (`address="local"`), even on
+a machine where a `ray start` cluster runs or left its address file behind. With one it joins
+that cluster: it first checks that something listens there (a wrong address would otherwise
+make Ray retry for minutes), turns on token authentication when the cluster requires it (a
+driver in token mode cannot serve a cluster without it), and reports a refused connection as one line that
+names the fix.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import sysconfig
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +25,9 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import raysim
+from raysim.errors import ClusterError, one_line
+
+PROBE_TIMEOUT_S = 5.0
 
 
 def start_ray(address: Optional[str], num_cpus: Optional[int], modules: Iterable[ModuleType] = ()) -> bool:
@@ -28,12 +41,138 @@ def start_ray(address: Optional[str], num_cpus: Optional[int], modules: Iterable
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
     if address:
-        # On a cluster the workers may not have raysim installed: ship the package with the job.
-        ray.init(address=address, runtime_env={"py_modules": [raysim, *modules]}, **kwargs)
+        join_cluster(address, kwargs, modules)
     else:
-        # "local": always a fresh instance of our own, never a `ray start` cluster found on the machine.
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        from raysim.runtime.reaper import watch_local_instance  # noqa: PLC0415
+
+        watch_local_instance()
     return True
+
+
+def token_available() -> bool:
+    """Whether this machine holds a Ray authentication token where Ray looks for one."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(path).is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
+
+
+def resolve_address(address: str) -> str:
+    """`host:port` of the cluster: `auto` is what RAY_ADDRESS or the last `ray start` on this
+    machine names; a `ray://` client address is returned as it is."""
+    if address != "auto":
+        return address
+    found = os.environ.get("RAY_ADDRESS") or ray._private.services.find_bootstrap_address(None)
+    if not found or found == "auto":
+        raise ClusterError("--address auto: no Ray cluster was started on this machine (run `ray start --head` "
+                           "first, or give the head's HOST:PORT)")
+    return found
+
+
+def probe(address: str) -> None:
+    """ClusterError unless something accepts TCP connections at `host:port`."""
+    if address.startswith("ray://") or address == "local":
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ClusterError(f"--address {address}: expected HOST:PORT (the head's `ray start --head --port`), or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise ClusterError(f"--address {address}: no Ray cluster answers there ({why}); start one with "
+                           f"`ray start --head --port={port}` or check the address") from None
+
+
+def _enable_token_auth() -> None:
+    try:
+        from ray._private.authentication.authentication_token_setup import (  # noqa: PLC0415
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication: nothing to enable
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _is_auth_failure(err: BaseException) -> bool:
+    seen: Optional[BaseException] = err
+    while seen is not None:
+        text = str(seen)
+        if type(seen).__name__ == "AuthenticationError" or "InvalidAuthToken" in text or "auth" in text.lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _auth_fix(shown: str, have: str) -> str:
+    return (f"--address {shown}: the cluster requires token authentication and {have}; copy the head's "
+            f"~/.ray/auth_token here (or set RAY_AUTH_TOKEN)")
+
+
+def needs_token(target: str) -> bool:
+    """Whether the cluster's GCS refuses a client without a token (one quick request; a bare
+    GCS client fails at once, where `ray.init` would retry for 20 s)."""
+    if target.startswith("ray://"):
+        return False
+    try:
+        from ray._raylet import GcsClient  # noqa: PLC0415
+    except ImportError:
+        return False
+    with _stderr_held():
+        try:
+            GcsClient(address=target)
+        except Exception as err:  # noqa: BLE001 - any other failure is left to ray.init to report
+            return _is_auth_failure(err)
+    return False
+
+
+@contextmanager
+def _stderr_held() -> Iterator[Any]:
+    """Hold what is written to file descriptor 2 (Ray's C++ core logs a warning a second while
+    it retries a refused connection) until the block ends; yields a function returning it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    buf = tempfile.TemporaryFile()
+    text: list[str] = []
+    try:
+        os.dup2(buf.fileno(), 2)
+        yield lambda: "".join(text)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        buf.seek(0)
+        text.append(buf.read().decode(errors="replace"))
+        buf.close()
+
+
+def join_cluster(address: str, kwargs: dict[str, Any], modules: Iterable[ModuleType] = ()) -> None:
+    """`ray.init` on an existing cluster, every failure to connect as one ClusterError."""
+    target = resolve_address(address)
+    probe(target)
+    shown = address if address == target else f"{address} ({target})"
+    # `ray start --head` enables token authentication when a token exists (it creates one on
+    # first use); a driver must then send it, and Ray only does so by itself for `auto`. A
+    # driver in token mode cannot serve a cluster without it, so the cluster is asked first.
+    if "RAY_AUTH_MODE" not in os.environ and needs_token(target):
+        if not token_available():
+            raise ClusterError(_auth_fix(shown, "no token was found on this machine"))
+        _enable_token_auth()
+    failure: Optional[BaseException] = None
+    with _stderr_held() as held:
+        try:
+            # On a cluster the workers may not have raysim installed: ship the package with the job.
+            ray.init(address=target, runtime_env={"py_modules": [raysim, *modules]}, **kwargs)
+        except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, AuthenticationError
+            failure = err
+    if failure is None:
+        sys.stderr.write(held())  # joined: whatever Ray said meanwhile is passed on
+        return
+    if _is_auth_failure(failure):
+        have = "this machine's token was refused" if token_available() else "no token was found on this machine"
+        raise ClusterError(_auth_fix(shown, have)) from None
+    raise ClusterError(f"--address {shown}: cannot join the Ray cluster ({one_line(failure)[:200]})") from None
 
 
 def pickle_by_value(modules: Iterable[ModuleType]) -> None:
@@ -80,7 +219,15 @@ def ray_session(address: Optional[str], num_cpus: Optional[int]) -> Iterator[Non
         yield
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()
+
+
+def stop_ray() -> None:
+    """Shut down the Ray this process started, and release its watcher."""
+    ray.shutdown()
+    from raysim.runtime.reaper import release  # noqa: PLC0415
+
+    release()
 
 
 def cluster_cpus() -> int:
