@@ -166,3 +166,20 @@ def test_a_run_made_from_objects_resumes_from_python_not_the_cli(objects_run, tm
     resumed = raysim.simulate(resume=part.path, **common)
     a, b = final_state(whole)["params"], final_state(resumed)["params"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("strategy", ["static", "rolling", "random", "magnitude"])
+def test_a_model_from_a_test_file_trains_below_rate_1_with_every_width_strategy(strategy):
+    from raysim.build import local_simulation
+
+    sc = raysim.api.as_scenario({**scenario(), "model": {"arch": "plugin_components:tiny_mlp", "rates": [1.0, 0.5, 0.25]},
+                                 "data": {"dataset": "plugin_components:blobs", "partition": {"kind": "natural"}},
+                                 "compression": {"strategy": strategy},
+                                 "assignment": {"policy": "fixed", "fixed_rate": 0.25}})
+    sim = local_simulation(sc)
+    out = sim.step()
+    ok = [r for r, s in zip(out.clients.rate, out.clients.status) if s == "ok"]
+    assert ok and set(ok) == {0.25}
+    # model.hidden (default 128) reaches the factory's `hidden`: section settings go to the
+    # component parameters of the same name (docs/plugins.md)
+    assert sim.spec.groups and all(w == 128 for w in sim.spec.groups.values())
