@@ -1,11 +1,9 @@
 """The shipped real-dataset scenarios run end to end on tiny files in the real formats."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
+from raysim.cli import main
 from raysim.results import load_run
 from test_data_formats import idx_bytes, write_cifar, write_leaf
 
@@ -24,7 +22,7 @@ def write_mnist(root, n_train=200, n_test=40):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "femnist"])
-def test_real_dataset_scenario_runs_on_tiny_files(name, tmp_path):
+def test_real_dataset_scenario_runs_on_tiny_files(name, tmp_path, ray_local, capsys):
     root = tmp_path / "data"
     extra = []
     if name == "mnist":
@@ -37,10 +35,10 @@ def test_real_dataset_scenario_runs_on_tiny_files(name, tmp_path):
         root.mkdir()
         write_leaf(root)
         extra = ["--set", "fleet.devices=3", "--set", "selection.per_round=2", "--set", "model.widths=[8,16]"]
-    p = subprocess.run([sys.executable, "-m", "raysim", "run", f"scenarios/{name}.yaml", "--set",
-                        f"data.root={root}", *SMALL, *extra, "--out", str(tmp_path / "runs"), "--quiet",
-                        "--no-report"], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
+    # In-process on the session's Ray instance: the same CLI path, without a Ray start per case.
+    code = main(["run", f"scenarios/{name}.yaml", "--set", f"data.root={root}", *SMALL, *extra,
+                 "--out", str(tmp_path / "runs"), "--quiet", "--no-report"])
+    assert code == 0, capsys.readouterr().err[-2000:]
     run = load_run(next((tmp_path / "runs").iterdir()))
     assert list(run.rounds["round"]) == [1, 2]
     assert run.rounds["trained"].sum() > 0
