@@ -23,7 +23,7 @@ from raysim.client import ClientAlgorithm
 from raysim.config import Scenario, ScenarioError, rate_sizes
 from raysim.data.base import DataError, Dataset, dataset_from
 from raysim.models.base import ModelSpec
-from raysim.policy import Assigner, FitMemory
+from raysim.policy import Assigner
 from raysim.server import ServerOptimizer
 from raysim.simulation import RoundConfig, Setup
 from raysim.submodel.strategies import Strategy
@@ -95,49 +95,34 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
         dataset_name, sources["dataset"] = registry.describe(dataset), "object"
 
     baseline = sc.compression.baseline
-    if strategy is None:
-        name = "full" if baseline != "none" else sc.compression.strategy
-        strategy = _make("compression.strategy", name, sc.compression.params if baseline == "none" else {})
-        sources["strategy"] = _source(name)
-    else:
-        sources["strategy"] = "object"
-    _check_type("compression.strategy", strategy, Strategy)
-    if assigner is None:
-        if baseline != "none":
-            assigner = FitMemory()
-            sources["assigner"] = "built-in"
-        else:
-            a = sc.assignment
-            assigner = _make("assignment.policy", a.policy, a.params,
-                             {"rate": a.fixed_rate} if a.fixed_rate is not None else {})
-            sources["assigner"] = _source(a.policy)
-    else:
-        sources["assigner"] = "object"
-    _check_type("assignment.policy", assigner, Assigner)
-    if client is None:
-        t = sc.train
-        client = _make("train.algorithm", t.algorithm, t.params,
-                       {"lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay})
-        sources["client"] = _source(t.algorithm)
-    else:
-        sources["client"] = "object"
-    _check_type("train.algorithm", client, ClientAlgorithm)
-    if server is None:
-        s = sc.server
-        server = _make("server.optimizer", s.optimizer, s.params,
-                       {"lr": s.lr, "momentum": s.momentum, "beta1": s.beta1, "beta2": s.beta2, "eps": s.eps})
-        sources["server"] = _source(s.optimizer)
-    else:
-        sources["server"] = "object"
-    _check_type("server.optimizer", server, ServerOptimizer)
+    a, t, s = sc.assignment, sc.train, sc.server
+    # A baseline is a strategy-and-assigner pair: the whole model, assigned by memory.
+    strategy = _choose(sources, "strategy", "compression.strategy", Strategy, strategy,
+                       "full" if baseline != "none" else sc.compression.strategy,
+                       sc.compression.params if baseline == "none" else {})
+    assigner = _choose(sources, "assigner", "assignment.policy", Assigner, assigner,
+                       "fit-memory" if baseline != "none" else a.policy, a.params if baseline == "none" else {},
+                       {"rate": a.fixed_rate} if a.fixed_rate is not None and baseline == "none" else {})
+    client = _choose(sources, "client", "train.algorithm", ClientAlgorithm, client, t.algorithm, t.params,
+                     {"lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay})
+    server = _choose(sources, "server", "server.optimizer", ServerOptimizer, server, s.optimizer, s.params,
+                     {"lr": s.lr, "momentum": s.momentum, "beta1": s.beta1, "beta2": s.beta2, "eps": s.eps})
     smallest = min(m.rates) if baseline == "fedavg-smallest" else None
     narrow = smallest is not None or (strategy.compresses and baseline == "none" and list(m.rates) != [1.0])
     return Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
                       narrow, m.scaler, sources)
 
 
-def _make(key: str, name: str, params: dict[str, Any], inherited: Optional[dict[str, Any]] = None) -> Any:
-    return registry.instantiate(key, registry.resolve(key, name), params, inherited)
+def _choose(sources: dict[str, str], slot: str, key: str, base: type, given: Any, name: str,
+            params: dict[str, Any], inherited: Optional[dict[str, Any]] = None) -> Any:
+    """The object given for a component, or the one the scenario names; checked against its base."""
+    if given is None:
+        given = registry.instantiate(key, registry.resolve(key, name), params, inherited)
+        sources[slot] = _source(name)
+    else:
+        sources[slot] = "object"
+    _check_type(key, given, base)
+    return given
 
 
 def _check_type(key: str, obj: Any, base: Optional[type]) -> None:

@@ -125,9 +125,9 @@ def params_model(obj: Any, skip: int = 0) -> type[BaseModel]:
         hints = typing.get_type_hints(fn)
     except Exception:  # noqa: BLE001 - unresolvable annotations: accept any value
         hints = {}
-    params = [p for p in sig.parameters.values() if p.name != "self" or not isinstance(obj, type)]
-    if isinstance(obj, type) and sig.parameters and next(iter(sig.parameters)) == "self":
-        params = list(sig.parameters.values())[1:]
+    params = list(sig.parameters.values())
+    if isinstance(obj, type) and params and params[0].name == "self":  # an unbound __init__
+        params = params[1:]
     fields: dict[str, Any] = {}
     extra = "forbid"
     positional = 0

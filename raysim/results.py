@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
-import yaml
 
 from raysim.errors import BadInput
 from raysim.records import CLIENT_COLUMNS, RoundOutput

@@ -26,8 +26,6 @@ own users: real feature skew across devices. `style` scales all of it; 0 makes u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 
 from raysim.config import HarConfig

@@ -35,7 +35,6 @@ from torch import fx, nn
 from raysim.models.base import ModelSpec, Scaler
 from raysim.models.span import Axis, Span, axis_width, span_indices
 from raysim.slicing.analysis import Analysis
-from raysim.slicing.errors import SlicingError
 from raysim.slicing.layers import BuildOptions, LayerRule
 from raysim.slicing.layout import Layout, dim_size
 from raysim.slicing.trace import EXAMPLE_BATCH, walk
