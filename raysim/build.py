@@ -13,6 +13,7 @@ they stand for, and derives what the round loop needs (`Setup`, `RoundConfig`, t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -217,6 +218,7 @@ def build_setup(sc: Scenario, comps: Components, dataset: Dataset) -> Setup:
     fleet = make_fleet(sc.fleet, sc.seed, reference_flops=ref.forward_flops_per_sample)
     if sc.selection.per_round > len(fleet):
         raise ScenarioError(f"selection.per_round: {sc.selection.per_round} exceeds the fleet's {len(fleet)} devices")
+    async_config(sc, len(fleet))  # a concurrency the fleet cannot fill is refused before anything runs
     availability = Availability(fleet, sc.fleet.availability, sc.seed)
     shards = partition(dataset, len(fleet), sc.data.partition, sc.seed)
     return Setup(spec, rates, costs, fleet, availability, shards, dataset)
@@ -230,6 +232,22 @@ def round_config(sc: Scenario) -> RoundConfig:
                        weighting=sc.server.weighting, eval_every=sc.eval.every, eval_per_rate=sc.eval.per_rate,
                        eval_batch_size=sc.eval.batch_size, eval_max_samples=sc.eval.max_samples,
                        torch_threads=sc.runtime.torch_threads)
+
+
+def async_config(sc: Scenario, fleet_size: Optional[int] = None):
+    """The asynchronous server a scenario's `server.mode` asks for (None: sync rounds)."""
+    from raysim.asynchronous import AsyncConfig  # noqa: PLC0415
+    from raysim.staleness import staleness_fn  # noqa: PLC0415
+
+    sv = sc.server
+    if sv.mode == "sync":
+        return None
+    sel = sc.selection
+    c = sv.concurrency or max(1, math.ceil(sel.per_round * (1 + sel.overcommit) - 1e-9))
+    if fleet_size is not None and c > fleet_size:
+        raise ScenarioError(f"server.concurrency: {c} devices training at once exceeds the fleet's {fleet_size} devices")
+    return AsyncConfig(sv.mode, c, sv.buffer or sel.per_round, staleness_fn(sv.staleness.kind, sv.staleness.a,
+                       sv.staleness.b), sv.alpha, sv.poll_s)
 
 
 def trainer(sc: Scenario, comps: Components) -> Trainer:
@@ -293,7 +311,8 @@ def engine(sc: Scenario, comps: Components):
     else:
         placement = Pooled(rt.hosts, rt.hosts_per)
     clock = RealtimeClock(rt.time_scale) if realtime else VirtualClock()
-    return Engine(comps.strategy, comps.assigner, comps.server, trainer(sc, comps), round_config(sc), placement, clock)
+    return Engine(comps.strategy, comps.assigner, comps.server, trainer(sc, comps), round_config(sc), placement, clock,
+                  async_config(sc))
 
 
 def local_simulation(sc: Scenario, comps: Optional[Components] = None, hosts: int = 1, setup: Optional[Setup] = None):
@@ -311,4 +330,9 @@ def local_simulation(sc: Scenario, comps: Optional[Components] = None, hosts: in
     setup = setup or build_setup(sc, comps, comps.load_dataset(sc.seed))
     backend = LocalBackend(setup.spec, trainer(sc, comps), setup.dataset.x_train, setup.dataset.y_train,
                            setup.shards, hosts, setup.fleet.device_id)
+    acfg = async_config(sc, len(setup.fleet))
+    if acfg is not None:
+        from raysim.asynchronous import AsyncSimulation  # noqa: PLC0415
+
+        return AsyncSimulation(setup, comps.strategy, comps.assigner, comps.server, backend, round_config(sc), acfg)
     return Simulation(setup, comps.strategy, comps.assigner, comps.server, backend, round_config(sc), VirtualClock())

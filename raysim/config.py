@@ -256,8 +256,31 @@ class TrainConfig(_Section):
         return _check_component("train.algorithm", v)
 
 
+class StalenessConfig(_Section):
+    """Asynchronous modes: how much an update that is t server steps stale still counts."""
+
+    kind: Literal["constant", "polynomial", "hinge"] = Field(
+        "polynomial", description="constant: 1; polynomial: (1 + t)^-a; hinge: 1 up to b steps, then 1 / (a (t - b) + 1)")
+    a: float = Field(0.5, ge=0.0, description="polynomial: exponent; hinge: slope")
+    b: int = Field(4, ge=0, description="hinge: steps of staleness with full weight")
+
+
 class ServerConfig(_Section):
     """How the aggregated update moves the global model."""
+
+    mode: Literal["sync", "fedbuff", "fedasync"] = Field(
+        "sync", description="sync: rounds of selected devices (deadline, over-commitment); fedbuff: C devices train "
+        "at once and the server steps every K arrivals, each weighted by its staleness; fedasync: every arrival is "
+        "mixed in with weight alpha x staleness. In both asynchronous modes `rounds` counts server steps and the "
+        "deadline section does not apply")
+    concurrency: Optional[int] = Field(None, ge=1, description="fedbuff, fedasync: C, devices training at once; "
+                                       "null = selection.per_round x (1 + selection.overcommit)")
+    buffer: Optional[int] = Field(None, ge=1, description="fedbuff: K, updates per server step; "
+                                  "null = selection.per_round")
+    alpha: float = Field(0.6, gt=0.0, le=1.0, description="fedasync: mixing weight of an arrival")
+    staleness: StalenessConfig = StalenessConfig()
+    poll_s: float = Field(10.0, gt=0.0, description="fedbuff, fedasync: simulated seconds before a training slot "
+                          "that found no available device tries again")
 
     optimizer: str = Field("fedavg", description="server optimizer over the per-element mean delta: fedavg, "
                            "fedavgm, fedadam, fedyogi, or an import path package.module:attr to a ServerOptimizer")
@@ -349,6 +372,16 @@ class Scenario(_Section):
             raise ValueError("assignment.policy: 'fit-deadline' needs deadline.seconds")
         if self.runtime.clock == "realtime" and self.runtime.placement != "dedicated":
             raise ValueError("runtime.clock: 'realtime' needs runtime.placement 'dedicated'")
+        if self.server.mode != "sync":
+            if self.runtime.placement != "pooled" or self.runtime.clock != "virtual":
+                raise ValueError(f"server.mode: {self.server.mode!r} runs on runtime.placement 'pooled' with "
+                                 f"runtime.clock 'virtual'")
+            if self.assignment.policy == "fit-deadline":
+                raise ValueError(f"assignment.policy: 'fit-deadline' needs rounds with a deadline; server.mode "
+                                 f"{self.server.mode!r} has none (use fit-memory)")
+            if self.deadline.policy == "partial":
+                raise ValueError(f"deadline.policy: 'partial' needs rounds with a deadline; server.mode "
+                                 f"{self.server.mode!r} has none")
         if self.runtime.placement == "dedicated" and self.runtime.hosts_per == "node":
             raise ValueError("runtime.hosts_per: 'node' applies to placement 'pooled' only")
         if self.selection.per_round > self.fleet.devices and self.fleet.trace is None:

@@ -86,6 +86,12 @@ class TrainTask:
     t_compute: float = 0.0
     t_upload: float = 0.0
     deadline: Optional[float] = None
+    # Asynchronous modes: the global version the device downloaded, the key of the partial sum
+    # its update is folded into (devices of one key share their staleness), and its own
+    # random stream (-1: the round's).
+    version: int = 0
+    group: int = 0
+    stream: int = -1
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class TrainReport:
     host: int
     reason: str = ""
     finish_s: float = float("nan")  # realtime: measured simulated seconds from round start to result
+    job: int = -1                   # asynchronous modes: the task's stream (one device may train twice)
 
 
 @dataclass
@@ -108,6 +115,16 @@ class HostResult:
     """A host's answer for a round: one pre-aggregated partial sum and the reports."""
 
     partial: PartialSum
+    reports: list[TrainReport]
+    host: int
+    wall_s: float
+
+
+@dataclass
+class GroupResult:
+    """A host's answer in asynchronous modes: one partial sum per task group (`TrainTask.group`)."""
+
+    partials: dict[int, PartialSum]
     reports: list[TrainReport]
     host: int
     wall_s: float
@@ -184,6 +201,11 @@ class ClientRecords:
     bytes_up: list[int] = field(default_factory=list)
     host: list[int] = field(default_factory=list)
     wall_s: list[float] = field(default_factory=list)
+    # The global version the device trained from, the server step its update went into (-1:
+    # none) and the server steps between the two (sync: round - 1, round and 0).
+    version_start: list[int] = field(default_factory=list)
+    version_applied: list[int] = field(default_factory=list)
+    staleness: list[int] = field(default_factory=list)
 
     def append(self, **row: Any) -> None:
         """Add one device's row (every column, by name)."""
@@ -202,6 +224,11 @@ class ClientRecords:
 
     def __len__(self) -> int:
         return len(self.device_id)
+
+    def extend(self, other: "ClientRecords") -> None:
+        """Append every row of `other`."""
+        for c in CLIENT_COLUMNS:
+            getattr(self, c).extend(getattr(other, c))
 
 
 CLIENT_COLUMNS: list[str] = [f.name for f in fields(ClientRecords)]

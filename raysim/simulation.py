@@ -26,7 +26,7 @@ from raysim.fleet import Availability, Fleet
 from raysim.models import ModelSpec
 from raysim.models.calibrate import calibration_sample, recompute_bn_stats
 from raysim.policy import Assigner, AssignRequest
-from raysim.records import (EXCLUDED, FAILED, OK, PARTIAL, STATUSES, ClientRecords, EvalRecord, HostResult,
+from raysim.records import (EXCLUDED, FAILED, OK, PARTIAL, STATUSES, ClientRecords, EvalRecord, GroupResult, HostResult,
                             PartialSum, RoundOutput, RoundRecord, ServerState, TrainReport, TrainTask)
 from raysim.schedule import Schedule
 from raysim.seeding import rng
@@ -37,10 +37,19 @@ from raysim.train import evaluate, load_params
 
 
 class Backend(Protocol):
-    """Runs a round's training tasks somewhere and returns the merged result."""
+    """Runs a round's training tasks somewhere and returns the hosts' results.
+
+    `train_groups` is the asynchronous form: tasks start from several global versions and
+    each host answers with one partial sum per task group; `live` names the versions still
+    needed later (a backend may keep those and drop the rest).
+    """
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> list[HostResult]:
+        ...
+
+    def train_groups(self, versions: dict[int, dict[str, torch.Tensor]], plans: dict[int, SubmodelPlan],
+                     tasks: list[TrainTask], live: set[int]) -> list[GroupResult]:
         ...
 
 
@@ -320,7 +329,8 @@ class Simulation:
                 st, why = FAILED, "device host lost"
             elif rep is not None and rep.status != OK:
                 st, why = rep.status, rep.reason
-            trained = rep.samples if rep is not None and st in (OK, PARTIAL) else 0
+            applied = rep is not None and st in (OK, PARTIAL)
+            trained = rep.samples if applied else 0
             up = int(bytes_down[i]) if st in (OK, PARTIAL) else 0
             clients.append(round=d.round, device_id=dev, device_class=str(cls[i]), rate=float(d.rate[i]), status=st,
                            reason=why, t_download=float(d.t_down[i]), t_compute=float(d.t_comp[i]),
@@ -329,7 +339,9 @@ class Simulation:
                            samples_trained=int(trained), steps=int(rep.steps) if rep else 0,
                            loss=float(rep.loss) if rep else float("nan"),
                            bytes_down=int(bytes_down[i]) if st != EXCLUDED else 0, bytes_up=up,
-                           host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0)
+                           host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0,
+                           version_start=d.round - 1, version_applied=d.round if applied else -1,
+                           staleness=0 if applied else -1)
         return clients
 
     def evaluate(self, r: int) -> list[EvalRecord]:

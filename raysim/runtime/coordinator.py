@@ -13,6 +13,7 @@ from typing import Any, Optional
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raysim.asynchronous import AsyncConfig, AsyncSimulation
 from raysim.clock import Clock, VirtualClock
 from raysim.policy import Assigner
 from raysim.records import RoundOutput
@@ -35,6 +36,7 @@ class Engine:
     cfg: RoundConfig
     placement: Placement = Pooled()
     clock: Clock = VirtualClock()
+    asynchronous: Optional[AsyncConfig] = None  # FedBuff / FedAsync instead of sync rounds
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -52,7 +54,10 @@ class Coordinator:
         self.data = data
         e = engine
         self.pool = e.placement.start(self.setup, e.trainer, data, host_options)
-        self.sim = Simulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.clock)
+        if e.asynchronous is not None:
+            self.sim = AsyncSimulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.asynchronous)
+        else:
+            self.sim = Simulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.clock)
 
     def step(self) -> RoundOutput:
         return self.sim.step()

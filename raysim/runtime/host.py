@@ -18,7 +18,7 @@ import torch
 
 from raysim.aggregate import add_weights
 from raysim.models import ModelSpec
-from raysim.records import FAILED, OK, HostResult, PartialSum, TrainReport, TrainTask
+from raysim.records import FAILED, OK, GroupResult, HostResult, PartialSum, TrainReport, TrainTask
 from raysim.submodel import SubmodelPlan, extract, plan_indices
 from raysim.train import load_params
 from raysim.trainer import Trainer, contribute
@@ -71,27 +71,51 @@ class HostCore:
               tasks: list[TrainTask]) -> HostResult:
         """Train every task's device and return the pre-aggregated result."""
         t0 = time.perf_counter()
-        acc = PartialSum.zeros(self.shapes)
+        partials, reports = self.fold_tasks(round_idx, {0: params}, plans, tasks)
+        acc = partials[0] if 0 in partials else PartialSum.zeros(self.shapes)
+        return HostResult(acc, reports, self.host_id, time.perf_counter() - t0)
+
+    def train_groups(self, versions: Mapping[int, Mapping[str, torch.Tensor]], plans: Mapping[int, SubmodelPlan],
+                     tasks: list[TrainTask]) -> GroupResult:
+        """Asynchronous modes: train tasks that start from several global versions (a plan
+        belongs to one version) and return one partial sum per task group."""
+        t0 = time.perf_counter()
+        partials, reports = self.fold_tasks(0, versions, plans, tasks)
+        return GroupResult(partials, reports, self.host_id, time.perf_counter() - t0)
+
+    def fold_tasks(self, round_idx: int, versions: Mapping[int, Mapping[str, torch.Tensor]],
+                   plans: Mapping[int, SubmodelPlan], tasks: list[TrainTask]
+                   ) -> tuple[dict[int, PartialSum], list[TrainReport]]:
+        """Train the tasks and fold each device's delta into its group's partial sum."""
+        partials: dict[int, PartialSum] = {}
         reports = []
-        used = sorted({t.plan_id for t in tasks})
+        version_of = {t.plan_id: t.version for t in tasks}
+        used = sorted(version_of)
         indices = {pid: plan_indices(self.spec, plans[pid], self.shapes) for pid in used}
-        starts = {pid: extract(params, indices[pid]) for pid in used}  # shared by the plan's devices
-        plan_weight: dict[int, int] = {}  # element weights are added once per plan, not per device
+        # One extracted start per plan, shared by the plan's devices.
+        starts = {pid: extract(versions[version_of[pid]], indices[pid]) for pid in used}
+        plan_weight: dict[tuple[int, int], int] = {}  # element weights: once per (group, plan), not per device
         for task in tasks:
             ts = time.perf_counter()
             model = self.module(plans[task.plan_id])
             start = starts[task.plan_id]
             load_params(model, start)
             x, y = self.data(task.device_id)
-            res = self.trainer.train(model, start, x, y, round_idx, task.device_id, task.max_steps)
+            stream = round_idx if task.stream < 0 else task.stream
+            res = self.trainer.train(model, start, x, y, stream, task.device_id, task.max_steps)
             wall = time.perf_counter() - ts
             if not res.finite:
                 reports.append(TrainReport(task.device_id, FAILED, res.samples, res.steps, res.loss, wall,
-                                           self.host_id, "non-finite update"))
+                                           self.host_id, "non-finite update", job=task.stream))
                 continue
+            acc = partials.get(task.group)
+            if acc is None:
+                acc = partials[task.group] = PartialSum.zeros(self.shapes)
             w = contribute(acc, res, indices[task.plan_id], task.weight, count=False)
-            plan_weight[task.plan_id] = plan_weight.get(task.plan_id, 0) + w
-            reports.append(TrainReport(task.device_id, OK, res.samples, res.steps, res.loss, wall, self.host_id))
-        for pid in sorted(plan_weight):
-            add_weights(acc, indices[pid], plan_weight[pid])
-        return HostResult(acc, reports, self.host_id, time.perf_counter() - t0)
+            key = (task.group, task.plan_id)
+            plan_weight[key] = plan_weight.get(key, 0) + w
+            reports.append(TrainReport(task.device_id, OK, res.samples, res.steps, res.loss, wall, self.host_id,
+                                       job=task.stream))
+        for group, pid in sorted(plan_weight):
+            add_weights(partials[group], indices[pid], plan_weight[(group, pid)])
+        return partials, reports

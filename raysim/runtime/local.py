@@ -11,7 +11,7 @@ import torch
 
 from raysim.data import Shards
 from raysim.models import ModelSpec
-from raysim.records import HostResult, TrainTask
+from raysim.records import GroupResult, HostResult, TrainTask
 from raysim.runtime.host import HostCore
 from raysim.submodel import SubmodelPlan
 from raysim.trainer import Trainer
@@ -40,3 +40,13 @@ class LocalBackend:
               tasks: list[TrainTask]) -> list[HostResult]:
         return [c.train(round_idx, params, plans, share)
                 for c, share in zip(self.cores, balance(tasks, len(self.cores))) if share]
+
+    def train_groups(self, versions: dict[int, dict[str, torch.Tensor]], plans: dict[int, SubmodelPlan],
+                     tasks: list[TrainTask], live: set[int]) -> list[GroupResult]:
+        return [c.train_groups(versions, plans, share)
+                for c, share in zip(self.cores, balance(tasks, len(self.cores))) if share]
+
+    @property
+    def parallelism(self) -> int:
+        """Hosts that train at once."""
+        return len(self.cores)

@@ -18,7 +18,7 @@ import torch
 from ray.exceptions import RayActorError, WorkerCrashedError
 
 from raysim.models import ModelSpec
-from raysim.records import HostResult, TrainTask
+from raysim.records import GroupResult, HostResult, TrainTask
 from raysim.runtime.host import HostCore
 from raysim.runtime.local import balance
 from raysim.runtime.session import host_placements, node_alive
@@ -39,6 +39,7 @@ class DeviceHost:
         self.core = HostCore(spec, trainer, x, y, flat, offsets, host_id, ids)
         self._refs = data.ref_ids()
         self._crash_round: Optional[int] = None
+        self._versions: dict[int, dict[str, torch.Tensor]] = {}  # asynchronous modes: weights per version
 
     def arm_crash(self, round_idx: int) -> None:
         """Fault injection: die (hard, like a killed process) half-way through that round."""
@@ -51,6 +52,17 @@ class DeviceHost:
             self.core.train(round_idx, tparams, plans, tasks[: len(tasks) // 2])
             os._exit(1)
         return self.core.train(round_idx, tparams, plans, tasks)
+
+    def train_groups(self, refs: dict[int, list], plans: dict[int, SubmodelPlan], tasks: list[TrainTask],
+                     live: list[int]) -> GroupResult:
+        """Asynchronous modes: fetch the versions not held yet (`refs[v]` wraps the stored
+        weights' ref, so Ray does not fetch them eagerly), drop those no longer live, train."""
+        keep = set(live)
+        self._versions = {v: p for v, p in self._versions.items() if v in keep}
+        for v, (ref,) in refs.items():
+            if v not in self._versions:
+                self._versions[v] = {k: torch.from_numpy(np.array(a)) for k, a in ray.get(ref).items()}
+        return self.core.train_groups({v: self._versions[v] for v in refs}, plans, tasks)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -75,6 +87,7 @@ class RayPool:
                       for o in host_placements(hosts_per, hosts, trainer.torch_threads)]
         self.hosts = [self._spawn(h) for h in range(len(self._opts))]
         self.restarts = 0
+        self._version_refs: dict[int, Any] = {}  # asynchronous modes: live versions in the object store
 
     def _spawn(self, h: int):
         # Restarts are ours, not Ray's: a replacement host is built from the same shared refs,
@@ -88,20 +101,43 @@ class RayPool:
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> list[HostResult]:
         pref = ray.put({k: v.numpy() for k, v in params.items()})
-        futures = []
-        for h, share in enumerate(balance(tasks, len(self.hosts))):
-            if share:
-                futures.append((h, self.hosts[h].train.remote(round_idx, pref, plans, share)))
+        return self._gather([(h, self.hosts[h].train.remote(round_idx, pref, plans, share))
+                             for h, share in enumerate(balance(tasks, len(self.hosts))) if share], f"round {round_idx}")
+
+    def _gather(self, futures: list, when: str) -> list:
+        """The hosts' answers; a host that died is replaced and its devices get no report
+        (they are recorded `failed`)."""
         out = []
         for h, f in futures:
             try:
                 out.append(ray.get(f))
             except (RayActorError, WorkerCrashedError) as err:
-                # The host's devices get no report and are recorded `failed`.
-                log.warning("device host %d lost in round %d: %s", h, round_idx, type(err).__name__)
+                log.warning("device host %d lost in %s: %s", h, when, type(err).__name__)
                 self.hosts[h] = self._spawn(h)
                 self.restarts += 1
         return out
+
+    def train_groups(self, versions: dict[int, dict[str, torch.Tensor]], plans: dict[int, SubmodelPlan],
+                     tasks: list[TrainTask], live: set[int]) -> list[GroupResult]:
+        """Asynchronous modes: each version goes into the object store once and stays there while
+        it is live; every host gets the refs of the versions its tasks start from."""
+        for v in [v for v in self._version_refs if v not in live]:
+            del self._version_refs[v]
+        for v, params in versions.items():
+            if v not in self._version_refs:
+                self._version_refs[v] = ray.put({k: t.numpy() for k, t in params.items()})
+        keep = sorted(live)
+        futures = []
+        for h, share in enumerate(balance(tasks, len(self.hosts))):
+            if share:
+                refs = {v: [self._version_refs[v]] for v in sorted({t.version for t in share})}
+                futures.append((h, self.hosts[h].train_groups.remote(refs, plans, share, keep)))
+        return self._gather(futures, "an asynchronous batch")
+
+    @property
+    def parallelism(self) -> int:
+        """Hosts that train at once."""
+        return len(self.hosts)
 
     def node_ids(self) -> list[str]:
         """Node of every host (to check the spread over a cluster)."""
