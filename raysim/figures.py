@@ -20,7 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from raysim.results import Run  # noqa: E402
 from raysim.records import STATUSES  # noqa: E402
 from raysim.summaries import (  # noqa: E402
-    bytes_by_class, final_rate_accuracy, outcome_shares, rate_order, time_to_target,
+    bytes_by_class, final_rate_accuracy, outcome_shares, rate_order, staleness_of, time_to_target,
 )
 
 DPI = 120
@@ -255,4 +255,34 @@ def plot_rate_accuracy(runs: Sequence[Run], out: Path, labels: Sequence[str]) ->
     ax.grid(axis="y", alpha=0.3)
     if n > 1:
         _legend_below(fig, bars, list(labels))
+    return _save(fig, out)
+
+
+def plot_staleness(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Path:
+    """How stale the applied updates were: their distribution per run, and the mean by device
+    class (synchronous rounds apply every update fresh: staleness 0)."""
+    tables = [staleness_of(r.clients) for r in runs]
+    colours = run_colours(len(runs))
+    n = len(runs)
+    classes = sorted(set().union(*[set(t["device_class"]) for t in tables])) if tables else []
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.0 + 0.22 * _legend_rows(labels)), layout="constrained")
+    top = max((int(t["staleness"].max()) for t in tables if len(t)), default=0)
+    edges = np.arange(-0.5, top + 1.5, max(1, (top + 1) // 40))
+    lines = []
+    for t, colour in zip(tables, colours):
+        counts, _ = np.histogram(t["staleness"], bins=edges)
+        share = 100 * counts / max(1, counts.sum())
+        lines.append(a.step(edges[:-1] + 0.5, share, where="mid", color=colour)[0])
+    a.set(xlabel="staleness of an applied update (server steps)", ylabel="share of applied updates (%)",
+          title="Staleness distribution")
+    a.grid(alpha=0.3)
+    width = 0.8 / max(1, n)
+    x = np.arange(len(classes))
+    for i, (t, colour) in enumerate(zip(tables, colours)):
+        mean = t.groupby("device_class")["staleness"].mean().reindex(classes).to_numpy(float) if classes else []
+        b.bar(x + (i - (n - 1) / 2) * width, mean, width=width * 0.95, color=colour)
+    b.set_xticks(x, classes, fontsize=8)
+    b.set(xlabel="device class", ylabel="mean staleness (server steps)", title="Staleness by device class")
+    b.grid(axis="y", alpha=0.3)
+    _legend_below(fig, lines, list(labels))
     return _save(fig, out)

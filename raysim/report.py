@@ -51,6 +51,10 @@ FIGURES = (
            lambda runs, out, labels, target: figures.plot_outcomes(runs, out, labels)),
     Figure("bytes.png", "Traffic", "Megabytes moved per device class, down (global weights) and up (updates).",
            lambda runs, out, labels, target: figures.plot_bytes(runs, out, labels)),
+    Figure("staleness.png", "Staleness",
+           "Server steps between the version a device downloaded and the step its update went into "
+           "(asynchronous modes; synchronous rounds apply every update fresh), overall and by device class.",
+           lambda runs, out, labels, target: figures.plot_staleness(runs, out, labels)),
     Figure("rate_accuracy.png", "Accuracy per rate",
            "Test accuracy of the global model and of each rate's submodel at the last evaluation.",
            lambda runs, out, labels, target: figures.plot_rate_accuracy(runs, out, labels)),

@@ -163,3 +163,13 @@ def final_rate_accuracy(run: Run) -> pd.Series:
         return pd.Series(dtype=float)
     last = e[e["round"] == e["round"].max()]
     return pd.Series(100.0 * last["accuracy"].to_numpy(), index=[rate_label(x) for x in last["rate"]])
+
+
+def staleness_of(clients: pd.DataFrame) -> pd.DataFrame:
+    """The applied updates' staleness (server steps between download and arrival) with their
+    device class; runs written before the column existed were synchronous (staleness 0)."""
+    if clients.empty or "status" not in clients:
+        return pd.DataFrame({"device_class": pd.Series(dtype=object), "staleness": pd.Series(dtype=np.int64)})
+    applied = clients[clients["status"].isin(["ok", "partial"])]
+    st = applied["staleness"] if "staleness" in applied else pd.Series(0, index=applied.index)
+    return pd.DataFrame({"device_class": applied["device_class"].to_numpy(), "staleness": st.to_numpy(np.int64)})

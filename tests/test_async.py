@@ -222,3 +222,27 @@ def test_sync_rounds_fill_the_version_columns():
         assert c["version_start"][i] == 0
         assert (c["version_applied"][i], c["staleness"][i]) == ((1, 0) if s in ("ok", "partial") else (-1, -1))
     assert np.all(np.array(c["staleness"]) <= 0)
+
+
+# ------------------------------------------------------------------ on Ray, through the run directory
+@pytest.mark.usefixtures("ray_local")
+def test_on_ray_fedbuff_matches_the_in_process_engine_and_resumes(tmp_path):
+    import pandas as pd
+
+    from raysim.results import latest_checkpoint, load_checkpoint, load_run
+    from raysim.runtime.runner import run as run_scenario
+
+    sc = async_scenario(**{"runtime.hosts": 2, "rounds": 6, "output.checkpoint_every": 2})
+    full = run_scenario(sc, out_root=str(tmp_path / "full"), progress=False)
+    part = run_scenario(sc, out_root=str(tmp_path / "part"), progress=False, stop_after=3)
+    run_scenario(sc, resume=part.path, progress=False)
+    local = local_sim(sc, hosts=1)
+    run(local, 6)
+    a, b = load_run(full.path), load_run(part.path)
+    params = load_checkpoint(latest_checkpoint(full.path))["params"]
+    assert weights_hash(params) == weights_hash(local.params)
+    assert weights_hash(load_checkpoint(latest_checkpoint(part.path))["params"]) == weights_hash(params)
+    cols = ["round", "device_id", "status", "version_start", "version_applied", "staleness", "t_finish"]
+    pd.testing.assert_frame_equal(a.clients[cols], b.clients[cols])
+    assert list(a.rounds["round"]) == list(range(1, 7)) and a.rounds["sim_time"].is_monotonic_increasing
+    assert set(a.clients["host"]) - {-1} == {0, 1}
