@@ -153,7 +153,7 @@ class AsyncSimulation(Simulation):
         self.results: dict[tuple[int, int], PartialSum] = {}  # (step, start version) -> exact sum
         self.reports: dict[int, TrainReport] = {}              # job -> report
         self.trained: set[int] = set()                         # jobs trained (or lost with their host)
-        self._applied_state = self.timeline.state()  # the timeline as of the last applied step
+        self._applied_state = self.timeline.snapshot()  # the timeline as of the last applied step
         self._plans: dict[tuple, SubmodelPlan] = {}
 
     @staticmethod
@@ -164,15 +164,15 @@ class AsyncSimulation(Simulation):
     def state_dict(self) -> dict[str, Any]:
         st = super().state_dict()
         tl = self._applied_state
-        keep = sorted({int(e[3][4]) for e in tl["heap"] if e[3] is not None} | {self.round})
-        st["async"] = {"timeline": tl, "versions": {v: self.versions[v] for v in keep}}
+        keep = sorted(tl.versions() | {self.round})
+        st["async"] = {"timeline": tl.plain(), "versions": {v: self.versions[v] for v in keep}}
         return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         a = state["async"]
         self.timeline.load_state(a["timeline"])
-        self._applied_state = a["timeline"]
+        self._applied_state = self.timeline.snapshot()
         self.versions = {int(v): {k: t.clone() for k, t in p.items()} for v, p in a["versions"].items()}
         self.windows.clear()
         self.results.clear()
@@ -251,9 +251,12 @@ class AsyncSimulation(Simulation):
         for res in sorted(results, key=lambda r: r.host):
             for gid, part in res.partials.items():
                 key = by_gid[gid]
-                if key not in self.results:  # a writable sum: what hosts send back is read-only
-                    self.results[key] = PartialSum.zeros(self.shapes)
-                self.results[key].merge(part)
+                if key in self.results:
+                    self.results[key].merge(part)
+                else:  # a writable copy: what hosts send back is read-only
+                    self.results[key] = PartialSum({k: v.copy() for k, v in part.sums.items()},
+                                                   {k: v.copy() for k, v in part.weights.items()},
+                                                   part.devices, part.samples)
             for rep in res.reports:
                 self.reports[rep.job] = rep
         self.trained.update(j.job for _, j in jobs)

@@ -17,7 +17,7 @@ future steps together) and a run is bit-identical however its work is split.
 from __future__ import annotations
 
 import heapq
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass
 from typing import Any, Callable, Optional
 
 FINISH, RETRY = 0, 1
@@ -80,7 +80,32 @@ class Window:
     lost: list[Job]              # went offline while training
     refused: list[Refusal]
     dispatched: int              # jobs started in this window
-    state: dict[str, Any] = field(default_factory=dict)  # the timeline after this step (checkpoints)
+    state: Optional["Snapshot"] = None  # the timeline after this step (checkpoints)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The timeline's state at one moment (`Timeline.snapshot`); `plain()` is what a checkpoint holds."""
+
+    time: float
+    steps: int
+    next_job: int
+    seq: int
+    heap: tuple
+    refused: tuple
+    dispatched: int
+    idle_polls: int
+    started: bool
+
+    def versions(self) -> set[int]:
+        """Global versions the jobs in flight started from."""
+        return {e[3].version for e in self.heap if e[2] == FINISH}
+
+    def plain(self) -> dict[str, Any]:
+        return {"time": self.time, "steps": self.steps, "next_job": self.next_job, "seq": self.seq,
+                "heap": [[t, s, k, list(astuple(j)) if j is not None else None] for t, s, k, j in self.heap],
+                "refused": [list(astuple(r)) for r in self.refused], "dispatched": self.dispatched,
+                "idle_polls": self.idle_polls, "started": self.started}
 
 
 class NoDevices(RuntimeError):
@@ -159,19 +184,21 @@ class Timeline:
         self.refused, self.dispatched = [], 0
         self.steps = step
         self._fill(1, self.time, step)  # the slot of the arrival that completed the step
-        return Window(step, start, self.time, arrivals, lost, refused, dispatched, self.state())
+        return Window(step, start, self.time, arrivals, lost, refused, dispatched, self.snapshot())
 
     # ------------------------------------------------------------------ checkpoints
     def in_flight(self) -> list[Job]:
         """Jobs dispatched and not yet concluded."""
         return [e[3] for e in self.heap if e[2] == FINISH]
 
+    def snapshot(self) -> "Snapshot":
+        """The queue as it is now, cheaply (jobs are immutable: a shallow copy suffices)."""
+        return Snapshot(self.time, self.steps, self.next_job, self.seq, tuple(self.heap), tuple(self.refused),
+                        self.dispatched, self.idle_polls, self.started)
+
     def state(self) -> dict[str, Any]:
         """The queue as plain lists and numbers (safe to save with torch's weights-only pickler)."""
-        return {"time": self.time, "steps": self.steps, "next_job": self.next_job, "seq": self.seq,
-                "heap": [[t, s, k, list(astuple(j)) if j is not None else None] for t, s, k, j in self.heap],
-                "refused": [list(astuple(r)) for r in self.refused], "dispatched": self.dispatched,
-                "idle_polls": self.idle_polls, "started": self.started}
+        return self.snapshot().plain()
 
     def load_state(self, st: dict[str, Any]) -> None:
         """Restore from `state()`."""
