@@ -18,6 +18,7 @@ from raysim.cost import profile_rate
 from raysim.models.calibrate import calibration_sample, recompute_bn_stats, static_norms
 from raysim.models.cnn import cnn_spec
 from raysim.models.mlp import mlp_spec
+from raysim.models.base import Scaler
 from raysim.models.preresnet import preresnet18_spec
 from raysim.models.span import Block, Fixed, Span
 from raysim.slicing import SlicingError, infer_spec
@@ -28,6 +29,7 @@ from raysim.submodel import SubmodelPlan, extract, plan_indices, remap
 from helpers import make_strategy
 from raysim.train import load_params
 from slicing_models import MODELS
+from declared_groups import cnn_groups, mlp_groups, preresnet_groups
 
 RATES = [1.0, 0.5, 0.25, 0.125, 0.0625]
 
@@ -157,14 +159,81 @@ def partition(spec):
     return {frozenset(v): spec.groups[g] for g, v in members.items()}
 
 
+BUILT_INS = [
+    (lambda norm: cnn_spec((1, 12, 12), 10, [16, 32], 24, norm=norm), lambda norm: cnn_groups([16, 32], 24, norm)),
+    (lambda norm: cnn_spec((3, 8, 8), 4, [4, 6, 8], 5, norm=norm), lambda norm: cnn_groups([4, 6, 8], 5, norm)),
+    (lambda norm: mlp_spec((1, 8, 8), 10, [32, 16]), lambda norm: mlp_groups([32, 16])),
+    (lambda norm: mlp_spec((2, 3), 4, [5]), lambda norm: mlp_groups([5])),
+    (lambda norm: preresnet18_spec((3, 32, 32), 10, [16, 16, 32, 32], norm=norm),
+     lambda norm: preresnet_groups([16, 16, 32, 32], norm)),
+    (lambda norm: preresnet18_spec((1, 8, 8), 10, [8, 8, 16, 16], norm=norm),
+     lambda norm: preresnet_groups([8, 8, 16, 16], norm)),
+]
+
+
 @pytest.mark.parametrize("norm", ["none", "group", "static-bn"])
-def test_built_in_families_are_sliced_into_their_hand_written_groups(norm):
-    for hand in (cnn_spec((1, 12, 12), 10, [16, 32], 24, norm=norm), mlp_spec((1, 8, 8), 10, [32, 16]),
-                 preresnet18_spec((3, 32, 32), 10, [16, 16, 32, 32], norm=norm),
-                 preresnet18_spec((1, 8, 8), 10, [8, 8, 16, 16], norm=norm)):
-        auto = infer_spec(hand.build(), hand.input_shape, hand.num_classes)
-        assert partition(auto) == partition(hand), hand.name
-        assert len(auto.groups) == len(hand.groups)
+@pytest.mark.parametrize("case", range(len(BUILT_INS)))
+def test_built_in_families_are_sliced_into_exactly_their_hand_written_groups(norm, case):
+    """The built-ins go through `infer_spec`; the groups written by hand are the oracle:
+    the same names, widths and order, the same axes for every parameter in the same order."""
+    make, oracle = BUILT_INS[case]
+    spec = make(norm)
+    groups, axes = oracle(norm)
+    assert list(spec.groups.items()) == list(groups.items())
+    assert list(spec.axes.items()) == list(axes.items())
+    assert list(spec.global_shapes()) == list(axes)
+
+
+def test_built_in_scalers_stay_where_the_modules_put_them():
+    """The CNN scales after every conv and its hidden layer, the first conv included; the
+    PreResNet after every block conv but not after its stem; at rate 1 they are identities."""
+    cnn = cnn_spec((1, 8, 8), 4, [4, 6], 5)
+    sub = cnn.build({g: rate_sizes(w, 0.5) for g, w in cnn.groups.items()}, 0.5)
+    scalers = {p: m.rate for p, m in sub.named_modules() if isinstance(m, Scaler)}
+    assert scalers == {"features.1": 0.5, "features.6": 0.5, "hidden_scaler": 0.5}
+    assert not hasattr(sub, SCALER_NAME)
+    assert all(not m.enabled for m in cnn.build().modules() if isinstance(m, Scaler))
+    res = preresnet18_spec((1, 8, 8), 4, [4, 4, 6, 6], norm="group")
+    scaled = [n.args[0].target for n in res.build(dict(res.groups), 0.5).graph.nodes
+              if n.op == "call_module" and n.target.endswith("scaler")]
+    assert "stem" not in scaled and scaled[:2] == ["blocks.0.conv1", "blocks.0.conv2"]
+    assert "blocks.2.shortcut" in scaled
+    off = cnn_spec((1, 8, 8), 4, [4, 6], 5, scaler=False).build({"conv0": 2, "conv1": 3, "hidden": 3}, 0.5)
+    assert all(not m.enabled for m in off.modules() if isinstance(m, Scaler))
+
+
+@pytest.mark.parametrize("make", [lambda: cnn_spec((1, 8, 8), 4, [4, 6], 5),
+                                  lambda: preresnet18_spec((1, 8, 8), 4, [4, 4, 6, 6])])
+def test_a_built_in_family_initialises_as_its_module_and_leaves_the_generator_alone(make):
+    """The global model under a seed is the module's own initialisation (layers rebuilt in
+    the order the module registered them, though PreResNet calls its shortcut first), and
+    making the spec draws nothing from torch's generator."""
+    from raysim.models.cnn import CNN
+    from raysim.models.preresnet import PreResNet, stage_strides
+
+    torch.manual_seed(5)
+    spec = make()
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(1), after)
+    torch.manual_seed(3)
+    built = dict(spec.build().named_parameters())
+    torch.manual_seed(3)
+    if spec.name == "cnn":
+        own = CNN(1, [4, 6], 5, 4)
+    else:
+        own = PreResNet(1, [4, 4, 6, 6], stage_strides(8), 4, "static-bn")
+    own_params = dict(own.named_parameters())
+    assert list(built) == list(own_params)
+    assert all(torch.equal(built[k], own_params[k]) for k in built)
+
+
+def test_group_names_must_name_a_layer_that_creates_one_group():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    assert list(infer_spec(model, (4,), 3, group_names={"0": "hidden"}).groups) == ["hidden"]
+    for names in ({"2": "out"}, {"1": "act"}, {"nope": "x"}):
+        with pytest.raises(ValueError, match="group_names"):
+            infer_spec(model, (4,), 3, group_names=names)
 
 
 def test_flatten_gives_each_kept_channel_its_whole_block_of_columns():

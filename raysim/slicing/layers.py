@@ -20,6 +20,8 @@ Choices that are not forced by the layer:
 * BatchNorm is rebuilt as static BN (`track_running_stats=False`) when asked, so raysim's
   evaluation recomputes its statistics (`raysim.models.calibrate`) instead of using running
   statistics that no single width owns.
+* raysim's own `Scaler` is a leaf: a model that places scalers itself (the built-in families)
+  keeps them where it put them, rebuilt at the submodel's rate.
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ from typing import Optional
 
 from torch import nn
 
+from raysim.models.base import Scaler
 from raysim.slicing.analysis import Analysis, LayerUse
 from raysim.slicing.layout import Dim, Layout, Seg, fixed
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How the builder treats layers whose behaviour is a choice (see the module docstring)."""
+    """How the builder treats layers whose behaviour is a choice (see the module docstring),
+    and the rate of the submodel being built (for its scalers)."""
 
     static_bn: bool = True
+    scaler: bool = True
+    rate: float = 1.0
 
 
 class LayerRule(ABC):
@@ -54,6 +60,18 @@ class LayerRule(ABC):
     def rebuild(self, m: nn.Module, widths: tuple[int, ...], opts: BuildOptions) -> nn.Module:
         """A fresh layer at `widths` (parameter-free layers are copied)."""
         return copy.deepcopy(m)
+
+
+class RateScaler(LayerRule):
+    """raysim's `Scaler` placed by the model: passes channels; rebuilt at the submodel's rate
+    (enabled only when the spec asks for scalers)."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        ctx.layers.setdefault(path, LayerUse(self, ()))
+        return x
+
+    def rebuild(self, m, widths, opts):
+        return Scaler(opts.rate, opts.scaler)
 
 
 def _name(path: str, p: str) -> str:
@@ -215,6 +233,7 @@ _RULES: list[tuple[tuple[type, ...], LayerRule]] = [
     ((nn.Flatten,), Flatten()),
     (_ELEMENTWISE, Elementwise()),
     (_SPATIAL, Spatial()),
+    ((Scaler,), RateScaler()),
 ]
 
 

@@ -157,14 +157,16 @@ class Atoms:
         self.pin_dim(b)
 
     # ------------------------------------------------------------------ the spec's view
-    def name_groups(self) -> dict[int, str]:
-        """A readable, unique name for every unpinned class: the path of the module that
+    def name_groups(self, given: Optional[dict[int, str]] = None) -> dict[int, str]:
+        """A readable, unique name for every unpinned class: `given[root]` where the caller
+        names it (those first, in the caller's order), else the path of the module that
         created its oldest atom."""
-        names: dict[int, str] = {}
-        used: set[str] = set()
+        given = {self.find(a): n for a, n in (given or {}).items()}
+        names: dict[int, str] = dict(given)
+        used: set[str] = set(given.values())
         for a in range(len(self._parent)):
             r = self.find(a)
-            if r != a or self._pinned[r]:
+            if r != a or self._pinned[r] or r in names:
                 continue
             base = self.origin[r] or "input"
             name, k = base, 1

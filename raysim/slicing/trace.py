@@ -16,6 +16,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from raysim.models.base import Scaler
 from raysim.slicing.analysis import Analysis
 from raysim.slicing.errors import SlicingError
 from raysim.slicing.layers import rule_for
@@ -27,7 +28,11 @@ EXAMPLE_BATCH = 2
 
 
 class _Tracer(fx.Tracer):
-    """fx's tracer, remembering the innermost module whose forward failed to trace."""
+    """fx's tracer, remembering the innermost module whose forward failed to trace; raysim's
+    `Scaler` stays a leaf (its forward reads `self.training`, which a trace would freeze)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, Scaler) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         try:
