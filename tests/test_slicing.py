@@ -2,8 +2,9 @@
 groups whose axes match its shapes; every strategy's submodel builds, trains a step and maps
 back exactly; a submodel computes the global model with its dropped channels removed (so
 residual adds, concatenations and flatten blocks index the same global channels); the
-built-in families are sliced into exactly their hand-written groups; a model that cannot be
-sliced gets one line naming the module and the op."""
+built-in families are sliced into exactly their hand-written groups; split/chunk and
+embeddings slice like any layer; a model that cannot be sliced (attention, recurrence) gets one
+line naming the module and the op."""
 
 import numpy as np
 import pytest
@@ -268,6 +269,38 @@ def test_residual_streams_are_one_group_and_depthwise_convs_follow_their_inputs(
     assert dw.groups == dw.in_channels == dw.out_channels == rate_sizes(18, 0.25)
 
 
+def test_a_chunk_keeps_its_pieces_on_the_same_channels_and_a_split_lays_them_side_by_side():
+    spec = SPECS["GatedSplit"]
+    gate = spec.axes["bn.weight"][0]
+    assert spec.axes["conv.weight"][0] == Span((Block(gate), Block(gate)))  # value and gate keep one index set
+    assert spec.axes["skip.weight"][0] == spec.axes["conv.weight"][0]  # added whole: cut the same way
+    assert spec.axes["fc.weight"][0] == Span((Block("fc:0"), Block("fc:1")))
+    assert spec.axes["left.weight"][1] == "fc:0" and spec.axes["right.weight"][1] == "fc:1"
+    sub = spec.build({gate: 2, "fc:0": 1, "fc:1": 4, "left": 5}, 0.5)
+    assert sub.conv.out_channels == sub.skip.out_channels == 4 and sub.fc.in_features == 2 + 4
+    assert sub.fc.out_features == 5
+    assert sub.left.in_features == 1 and sub.right.in_features == 4  # the literal [4, 6] became [1, 4]
+    assert sub(torch.zeros(2, *spec.input_shape)).shape == (2, 3)
+
+
+def test_the_magnitude_strategy_scores_each_piece_of_a_split_layer():
+    spec = SPECS["GatedSplit"]
+    params = params_of(spec)
+    params["fc.weight"] = torch.zeros_like(params["fc.weight"])
+    params["fc.weight"][[1, 4 + 5]] = 1.0  # row 1 is fc:0's channel 1, row 9 is fc:1's channel 5
+    plan = make_strategy("magnitude").plan(spec, 0.25, 0, 0, params, 0)
+    assert plan.keep["fc:0"].tolist() == [1] and plan.keep["fc:1"].tolist() == [0, 5]  # ties: lower index
+
+
+def test_an_embedding_s_dimension_is_a_group_and_its_vocabulary_never_shrinks():
+    spec = SPECS["TokenMLP"]
+    assert spec.axes["emb.weight"] == (None, "emb") and spec.axes["norm.weight"] == ("emb",)
+    sub = spec.build({"emb": 3, "fc": 2}, 0.5)
+    assert (sub.emb.num_embeddings, sub.emb.embedding_dim) == (11, 3)
+    assert not any(n.target == "emb" for n in sub.graph.nodes if n.op == "call_module" and
+                   n.next.op == "call_module" and n.next.target == SCALER_NAME)  # a lookup sums nothing
+
+
 def test_a_grouped_convolution_is_kept_whole():
     spec = SPECS["DenseConcat"]
     assert spec.axes["grouped.weight"] == (None, None, None, None)
@@ -366,6 +399,29 @@ class _Branch(nn.Module):
         return x if x.sum() > 0 else -x
 
 
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.proj(x)
+        return self.head(self.attn(h, h, h)[0].mean(1))
+
+
+class FunctionalAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(4, 24)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.head(F.scaled_dot_product_attention(q, k, v).mean(1))
+
+
 class Recurrent(nn.Module):
     def __init__(self):
         super().__init__()
@@ -383,6 +439,11 @@ class Recurrent(nn.Module):
                       "(data-dependent); use compression.strategy: full"),
     (Recurrent(), (5, 4), "model: cannot slice: module 'rnn' calls nn.GRU (unknown layer); "
                           "use compression.strategy: full"),
+    (Attention(), (5, 4), "model: cannot slice: module 'attn' calls nn.MultiheadAttention (unknown layer); "
+                          "use compression.strategy: full"),
+    (FunctionalAttention(), (5, 4), "model: cannot slice: module '(root)' calls "
+                                    "torch.nn.functional.scaled_dot_product_attention (unknown op); "
+                                    "use compression.strategy: full"),
 ])
 def test_a_model_that_cannot_be_sliced_gets_one_line_naming_module_and_op(model, shape, message):
     with pytest.raises(SlicingError) as err:

@@ -80,6 +80,7 @@ class Slicing:
     attr_values: dict[str, torch.Tensor]
     param_names: frozenset[str]  # which of them are parameters (the rest are buffers)
     reshapes: dict[str, Dims]   # view/reshape nodes with literal shapes: their output dims
+    splits: dict[str, Dims]     # split nodes of a shrinking dimension: their pieces
     scaled: tuple[str, ...]     # layers followed by an inserted rate scaler
     options: BuildOptions
 
@@ -89,20 +90,8 @@ def _dims(ctx: Analysis, layout: Layout) -> Dims:
 
 
 def _settle(ctx: Analysis, group_names: Mapping[str, str]) -> None:
-    """Pin what the strategies could not score, then name the groups.
-
-    A multi-dimensional parameter whose first axis is not one plain group (a depthwise conv
-    over concatenated channels) is kept whole: the magnitude strategy scores a group by the
-    filters whose first axis it is.
-    """
+    """Pin the classes no layer created, then name the groups."""
     ctx.atoms.pin_orphans()
-    changed = True
-    while changed:
-        changed = False
-        for layout in ctx.params.values():
-            if len(layout) > 1 and ctx.atoms.sliced(layout[0]) and not ctx.atoms.plain(layout[0]):
-                ctx.atoms.pin_dim(layout[0])
-                changed = True
     ctx.atoms.name_groups(_given_names(ctx, group_names))
 
 
@@ -133,6 +122,7 @@ def _slicing(module: nn.Module, input_shape: tuple[int, ...], opts: BuildOptions
         layers[path] = LayerPlan(use.rule, d.axes, d.sizes)
     attrs = {k: _dims(ctx, v) for k, v in {**ctx.params, **ctx.buffers}.items() if k not in _layer_params(ctx)}
     reshapes = {k: _dims(ctx, r.out) for k, r in ctx.reshapes.items()}
+    splits = {k: _dims(ctx, u.pieces) for k, u in ctx.splits.items()}
     # Registration order, not call order: a layer's constructor draws from torch's generator,
     # and the module drew in this order (a shortcut called before the conv registered first).
     order = {p: i for i, (p, _) in enumerate(module.named_modules())}
@@ -145,7 +135,7 @@ def _slicing(module: nn.Module, input_shape: tuple[int, ...], opts: BuildOptions
     params = dict(w.gm.named_parameters())
     values = {k: (params[k] if k in params else w.gm.get_buffer(k)).detach().clone() for k in attrs}
     sl = Slicing(copy.deepcopy(w.gm.graph), w.gm.__class__.__name__, leaves, ctx.atoms.groups_used(),
-                 layers, attrs, values, frozenset(k for k in attrs if k in params), reshapes, scaled, opts)
+                 layers, attrs, values, frozenset(k for k in attrs if k in params), reshapes, splits, scaled, opts)
     return sl, {k: _dims(ctx, v).axes for k, v in ctx.params.items()}, tuple(w.output_shape)
 
 
@@ -202,6 +192,15 @@ def _rewrite_shape(node: fx.Node, widths: tuple[int, ...], dims: Dims) -> None:
         node.args = (args[0], *fix(args[1:]))
 
 
+def _rewrite_split(node: fx.Node, widths: list[int]) -> None:
+    """Write the submodel's piece widths into a split's sizes (one size or a list)."""
+    for key in ("split_size_or_sections", "split_size"):
+        if key in node.kwargs:
+            node.kwargs = {**node.kwargs, key: widths}
+            return
+    node.args = (node.args[0], widths, *node.args[2:])
+
+
 def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
     """The sliced model at group widths `sizes` (see the module docstring)."""
     root = nn.Module()
@@ -226,6 +225,8 @@ def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
     by_name = {n.name: n for n in graph.nodes}
     for name, dims in s.reshapes.items():
         _rewrite_shape(by_name[name], dims.widths(sizes), dims)
+    for name, pieces in s.splits.items():
+        _rewrite_split(by_name[name], list(pieces.widths(sizes)))
     if s.options.scaler and rate < 1.0 and s.scaled:
         root.add_module(SCALER_NAME, Scaler(rate))
         scaled = set(s.scaled)

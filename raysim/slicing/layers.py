@@ -147,6 +147,23 @@ class Linear(LayerRule):
         return nn.Linear(widths[0], widths[1], bias=m.bias is not None)
 
 
+class Embedding(LayerRule):
+    """nn.Embedding: indices in, a new group of `embedding_dim` channels out as a last
+    dimension; the vocabulary never shrinks. Width (embedding_dim,). It sums over nothing,
+    so it gets no inserted scaler."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        assert isinstance(m, nn.Embedding)
+        out: Dim = (_seg(ctx, m.embedding_dim, path),)
+        ctx.param(_name(path, "weight"), (fixed(m.num_embeddings), out))
+        ctx.layers.setdefault(path, LayerUse(self, (out,)))
+        return x + (out,)
+
+    def rebuild(self, m, widths, opts):
+        return nn.Embedding(m.num_embeddings, widths[0], padding_idx=m.padding_idx, max_norm=m.max_norm,
+                            norm_type=m.norm_type, scale_grad_by_freq=m.scale_grad_by_freq, sparse=m.sparse)
+
+
 class ChannelNorm(LayerRule):
     """A norm with one scale and shift per channel of dimension 1; width (channels,)."""
 
@@ -227,6 +244,7 @@ _SPATIAL = (
 _RULES: list[tuple[tuple[type, ...], LayerRule]] = [
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), Conv()),
     ((nn.Linear,), Linear()),
+    ((nn.Embedding,), Embedding()),
     ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), BatchNorm()),
     ((nn.GroupNorm,), GroupNorm()),
     ((nn.LayerNorm,), LayerNorm()),
