@@ -164,4 +164,49 @@ class DenseConcat(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
-MODELS = {m.__name__: m for m in (SmallResNet, MobileNetish, CNN1d, ConcatMLP, FlattenCNN, DenseConcat)}
+class GatedSplit(nn.Module):
+    """A conv whose outputs are chunked into a value and its gate (GLU) and also added whole to
+    a skip conv's (cut the same way), then a linear whose outputs are split with literal sizes
+    into two branches that meet again."""
+
+    input_shape, num_classes = (2, 6, 6), 3
+
+    def __init__(self, norm=True):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 12, 3, padding=1)
+        self.skip = nn.Conv2d(2, 12, 1)
+        self.bn = _bn2(6, norm)
+        self.fc = nn.Linear(18, 10)
+        self.left = nn.Linear(4, 5)
+        self.right = nn.Linear(6, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        v, g = h.chunk(2, dim=1)
+        gated = self.bn(v * torch.sigmoid(g)).mean((2, 3))
+        r = F.relu(h + self.skip(x)).mean((2, 3))
+        a, b = torch.split(F.relu(self.fc(torch.cat([gated, r], 1))), [4, 6], dim=1)
+        return self.head(F.relu(self.left(a) + self.right(b)))
+
+
+class TokenMLP(nn.Module):
+    """Token ids (features are floats: cast and clamped in forward) embedded, a LayerNorm,
+    averaged over the sequence, a hidden linear."""
+
+    input_shape, num_classes = (7,), 4
+
+    def __init__(self, norm=True):
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.norm = nn.LayerNorm(8) if norm else nn.Identity()
+        self.fc = nn.Linear(8, 6)
+        self.out = nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = self.norm(self.emb(x.abs().long().clamp(max=10))).mean(1)
+        return self.out(F.relu(self.fc(h)))
+
+
+MODELS = {m.__name__: m for m in (SmallResNet, MobileNetish, CNN1d, ConcatMLP, FlattenCNN, DenseConcat,
+                                  GatedSplit, TokenMLP)}

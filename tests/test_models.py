@@ -157,9 +157,9 @@ def test_recomputed_bn_statistics_are_those_of_the_calibration_data_with_scalers
     model = spec.build({"conv0": 3, "conv1": 4, "hidden": 8}, 0.5)
     x = torch.randn(300, 1, 8, 8)
     with torch.no_grad():
-        first_conv = model.features[0](x)  # what the first norm sees at evaluation (no scaler)
+        first_conv = model.get_submodule("features.0")(x)  # what the first norm sees at evaluation (no scaler)
     assert recompute_bn_stats(model, x, batch_size=300) == 2
-    bn = model.features[2]
+    bn = model.get_submodule("features.2")
     assert torch.allclose(bn.running_mean, first_conv.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.allclose(bn.running_var, first_conv.var(dim=(0, 2, 3)), rtol=1e-3)
     assert not model.training

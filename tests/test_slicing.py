@@ -2,8 +2,9 @@
 groups whose axes match its shapes; every strategy's submodel builds, trains a step and maps
 back exactly; a submodel computes the global model with its dropped channels removed (so
 residual adds, concatenations and flatten blocks index the same global channels); the
-built-in families are sliced into exactly their hand-written groups; a model that cannot be
-sliced gets one line naming the module and the op."""
+built-in families are sliced into exactly their hand-written groups; split/chunk and
+embeddings slice like any layer; a model that cannot be sliced (attention, recurrence) gets one
+line naming the module and the op."""
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from raysim.cost import profile_rate
 from raysim.models.calibrate import calibration_sample, recompute_bn_stats, static_norms
 from raysim.models.cnn import cnn_spec
 from raysim.models.mlp import mlp_spec
+from raysim.models.base import Scaler
 from raysim.models.preresnet import preresnet18_spec
 from raysim.models.span import Block, Fixed, Span
 from raysim.slicing import SlicingError, infer_spec
@@ -28,6 +30,7 @@ from raysim.submodel import SubmodelPlan, extract, plan_indices, remap
 from helpers import make_strategy
 from raysim.train import load_params
 from slicing_models import MODELS
+from declared_groups import cnn_groups, mlp_groups, preresnet_groups
 
 RATES = [1.0, 0.5, 0.25, 0.125, 0.0625]
 
@@ -157,14 +160,81 @@ def partition(spec):
     return {frozenset(v): spec.groups[g] for g, v in members.items()}
 
 
+BUILT_INS = [
+    (lambda norm: cnn_spec((1, 12, 12), 10, [16, 32], 24, norm=norm), lambda norm: cnn_groups([16, 32], 24, norm)),
+    (lambda norm: cnn_spec((3, 8, 8), 4, [4, 6, 8], 5, norm=norm), lambda norm: cnn_groups([4, 6, 8], 5, norm)),
+    (lambda norm: mlp_spec((1, 8, 8), 10, [32, 16]), lambda norm: mlp_groups([32, 16])),
+    (lambda norm: mlp_spec((2, 3), 4, [5]), lambda norm: mlp_groups([5])),
+    (lambda norm: preresnet18_spec((3, 32, 32), 10, [16, 16, 32, 32], norm=norm),
+     lambda norm: preresnet_groups([16, 16, 32, 32], norm)),
+    (lambda norm: preresnet18_spec((1, 8, 8), 10, [8, 8, 16, 16], norm=norm),
+     lambda norm: preresnet_groups([8, 8, 16, 16], norm)),
+]
+
+
 @pytest.mark.parametrize("norm", ["none", "group", "static-bn"])
-def test_built_in_families_are_sliced_into_their_hand_written_groups(norm):
-    for hand in (cnn_spec((1, 12, 12), 10, [16, 32], 24, norm=norm), mlp_spec((1, 8, 8), 10, [32, 16]),
-                 preresnet18_spec((3, 32, 32), 10, [16, 16, 32, 32], norm=norm),
-                 preresnet18_spec((1, 8, 8), 10, [8, 8, 16, 16], norm=norm)):
-        auto = infer_spec(hand.build(), hand.input_shape, hand.num_classes)
-        assert partition(auto) == partition(hand), hand.name
-        assert len(auto.groups) == len(hand.groups)
+@pytest.mark.parametrize("case", range(len(BUILT_INS)))
+def test_built_in_families_are_sliced_into_exactly_their_hand_written_groups(norm, case):
+    """The built-ins go through `infer_spec`; the groups written by hand are the oracle:
+    the same names, widths and order, the same axes for every parameter in the same order."""
+    make, oracle = BUILT_INS[case]
+    spec = make(norm)
+    groups, axes = oracle(norm)
+    assert list(spec.groups.items()) == list(groups.items())
+    assert list(spec.axes.items()) == list(axes.items())
+    assert list(spec.global_shapes()) == list(axes)
+
+
+def test_built_in_scalers_stay_where_the_modules_put_them():
+    """The CNN scales after every conv and its hidden layer, the first conv included; the
+    PreResNet after every block conv but not after its stem; at rate 1 they are identities."""
+    cnn = cnn_spec((1, 8, 8), 4, [4, 6], 5)
+    sub = cnn.build({g: rate_sizes(w, 0.5) for g, w in cnn.groups.items()}, 0.5)
+    scalers = {p: m.rate for p, m in sub.named_modules() if isinstance(m, Scaler)}
+    assert scalers == {"features.1": 0.5, "features.6": 0.5, "hidden_scaler": 0.5}
+    assert not hasattr(sub, SCALER_NAME)
+    assert all(not m.enabled for m in cnn.build().modules() if isinstance(m, Scaler))
+    res = preresnet18_spec((1, 8, 8), 4, [4, 4, 6, 6], norm="group")
+    scaled = [n.args[0].target for n in res.build(dict(res.groups), 0.5).graph.nodes
+              if n.op == "call_module" and n.target.endswith("scaler")]
+    assert "stem" not in scaled and scaled[:2] == ["blocks.0.conv1", "blocks.0.conv2"]
+    assert "blocks.2.shortcut" in scaled
+    off = cnn_spec((1, 8, 8), 4, [4, 6], 5, scaler=False).build({"conv0": 2, "conv1": 3, "hidden": 3}, 0.5)
+    assert all(not m.enabled for m in off.modules() if isinstance(m, Scaler))
+
+
+@pytest.mark.parametrize("make", [lambda: cnn_spec((1, 8, 8), 4, [4, 6], 5),
+                                  lambda: preresnet18_spec((1, 8, 8), 4, [4, 4, 6, 6])])
+def test_a_built_in_family_initialises_as_its_module_and_leaves_the_generator_alone(make):
+    """The global model under a seed is the module's own initialisation (layers rebuilt in
+    the order the module registered them, though PreResNet calls its shortcut first), and
+    making the spec draws nothing from torch's generator."""
+    from raysim.models.cnn import CNN
+    from raysim.models.preresnet import PreResNet, stage_strides
+
+    torch.manual_seed(5)
+    spec = make()
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(1), after)
+    torch.manual_seed(3)
+    built = dict(spec.build().named_parameters())
+    torch.manual_seed(3)
+    if spec.name == "cnn":
+        own = CNN(1, [4, 6], 5, 4)
+    else:
+        own = PreResNet(1, [4, 4, 6, 6], stage_strides(8), 4, "static-bn")
+    own_params = dict(own.named_parameters())
+    assert list(built) == list(own_params)
+    assert all(torch.equal(built[k], own_params[k]) for k in built)
+
+
+def test_group_names_must_name_a_layer_that_creates_one_group():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    assert list(infer_spec(model, (4,), 3, group_names={"0": "hidden"}).groups) == ["hidden"]
+    for names in ({"2": "out"}, {"1": "act"}, {"nope": "x"}):
+        with pytest.raises(ValueError, match="group_names"):
+            infer_spec(model, (4,), 3, group_names=names)
 
 
 def test_flatten_gives_each_kept_channel_its_whole_block_of_columns():
@@ -197,6 +267,38 @@ def test_residual_streams_are_one_group_and_depthwise_convs_follow_their_inputs(
     sub = mob.build({g: rate_sizes(w, 0.25) for g, w in mob.groups.items()}, 0.25)
     dw = sub.get_submodule("blocks.1.depthwise")  # containers of a built model are plain modules
     assert dw.groups == dw.in_channels == dw.out_channels == rate_sizes(18, 0.25)
+
+
+def test_a_chunk_keeps_its_pieces_on_the_same_channels_and_a_split_lays_them_side_by_side():
+    spec = SPECS["GatedSplit"]
+    gate = spec.axes["bn.weight"][0]
+    assert spec.axes["conv.weight"][0] == Span((Block(gate), Block(gate)))  # value and gate keep one index set
+    assert spec.axes["skip.weight"][0] == spec.axes["conv.weight"][0]  # added whole: cut the same way
+    assert spec.axes["fc.weight"][0] == Span((Block("fc:0"), Block("fc:1")))
+    assert spec.axes["left.weight"][1] == "fc:0" and spec.axes["right.weight"][1] == "fc:1"
+    sub = spec.build({gate: 2, "fc:0": 1, "fc:1": 4, "left": 5}, 0.5)
+    assert sub.conv.out_channels == sub.skip.out_channels == 4 and sub.fc.in_features == 2 + 4
+    assert sub.fc.out_features == 5
+    assert sub.left.in_features == 1 and sub.right.in_features == 4  # the literal [4, 6] became [1, 4]
+    assert sub(torch.zeros(2, *spec.input_shape)).shape == (2, 3)
+
+
+def test_the_magnitude_strategy_scores_each_piece_of_a_split_layer():
+    spec = SPECS["GatedSplit"]
+    params = params_of(spec)
+    params["fc.weight"] = torch.zeros_like(params["fc.weight"])
+    params["fc.weight"][[1, 4 + 5]] = 1.0  # row 1 is fc:0's channel 1, row 9 is fc:1's channel 5
+    plan = make_strategy("magnitude").plan(spec, 0.25, 0, 0, params, 0)
+    assert plan.keep["fc:0"].tolist() == [1] and plan.keep["fc:1"].tolist() == [0, 5]  # ties: lower index
+
+
+def test_an_embedding_s_dimension_is_a_group_and_its_vocabulary_never_shrinks():
+    spec = SPECS["TokenMLP"]
+    assert spec.axes["emb.weight"] == (None, "emb") and spec.axes["norm.weight"] == ("emb",)
+    sub = spec.build({"emb": 3, "fc": 2}, 0.5)
+    assert (sub.emb.num_embeddings, sub.emb.embedding_dim) == (11, 3)
+    assert not any(n.target == "emb" for n in sub.graph.nodes if n.op == "call_module" and
+                   n.next.op == "call_module" and n.next.target == SCALER_NAME)  # a lookup sums nothing
 
 
 def test_a_grouped_convolution_is_kept_whole():
@@ -297,6 +399,29 @@ class _Branch(nn.Module):
         return x if x.sum() > 0 else -x
 
 
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.proj(x)
+        return self.head(self.attn(h, h, h)[0].mean(1))
+
+
+class FunctionalAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(4, 24)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.head(F.scaled_dot_product_attention(q, k, v).mean(1))
+
+
 class Recurrent(nn.Module):
     def __init__(self):
         super().__init__()
@@ -314,6 +439,11 @@ class Recurrent(nn.Module):
                       "(data-dependent); use compression.strategy: full"),
     (Recurrent(), (5, 4), "model: cannot slice: module 'rnn' calls nn.GRU (unknown layer); "
                           "use compression.strategy: full"),
+    (Attention(), (5, 4), "model: cannot slice: module 'attn' calls nn.MultiheadAttention (unknown layer); "
+                          "use compression.strategy: full"),
+    (FunctionalAttention(), (5, 4), "model: cannot slice: module '(root)' calls "
+                                    "torch.nn.functional.scaled_dot_product_attention (unknown op); "
+                                    "use compression.strategy: full"),
 ])
 def test_a_model_that_cannot_be_sliced_gets_one_line_naming_module_and_op(model, shape, message):
     with pytest.raises(SlicingError) as err:

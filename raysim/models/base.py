@@ -106,9 +106,3 @@ def make_norm(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels, track_running_stats=False)
     raise ValueError(f"unknown norm {kind!r}")
 
-
-def norm_axes(kind: str, group: str) -> dict[str, Axes]:
-    """Axes of a norm layer's parameters (relative names)."""
-    if kind == "none":
-        return {}
-    return {"weight": (group,), "bias": (group,)}

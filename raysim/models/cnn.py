@@ -1,33 +1,36 @@
 """A width-scalable CNN: conv stages, global average pooling, a hidden dense layer.
 
 Global average pooling (rather than flattening) keeps the classifier's input a channel group,
-so every layer's input is exactly the previous layer's kept outputs.
+so every layer's input is exactly the previous layer's kept outputs. The family is this
+module sliced by `raysim.slicing.infer_spec` (see `raysim.models.family`).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 from torch import nn
 
-from raysim.models.base import Axes, ModelSpec, Scaler, make_norm, norm_axes
+from raysim.models.base import ModelSpec, Scaler, make_norm
+from raysim.models.family import sliced_family
 
 
 class CNN(nn.Module):
-    def __init__(self, in_ch: int, widths: list[int], hidden: int, num_classes: int,
-                 norm: str, rate: float, scaler: bool) -> None:
+    """Stages of conv, scaler, norm, ReLU (2x2 max pooling between stages), then the hidden
+    layer and its scaler, and the classifier. The scalers follow HeteroFL: after every conv,
+    the first included."""
+
+    def __init__(self, in_ch: int, widths: list[int], hidden: int, num_classes: int, norm: str = "group") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_ch
         for i, w in enumerate(widths):
-            layers += [nn.Conv2d(prev, w, 3, padding=1), Scaler(rate, scaler), make_norm(norm, w), nn.ReLU()]
+            layers += [nn.Conv2d(prev, w, 3, padding=1), Scaler(1.0), make_norm(norm, w), nn.ReLU()]
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             prev = w
         self.features = nn.Sequential(*layers)
         self.hidden = nn.Linear(prev, hidden)
-        self.hidden_scaler = Scaler(rate, scaler)
+        self.hidden_scaler = Scaler(1.0)
         self.classifier = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -35,32 +38,14 @@ class CNN(nn.Module):
         x = torch.relu(self.hidden_scaler(self.hidden(x)))
         return self.classifier(x)
 
+    def group_names(self) -> dict[str, str]:
+        """`conv{i}` for stage i's channels, `hidden` for the hidden layer's."""
+        convs = [p for p, m in self.features.named_children() if isinstance(m, nn.Conv2d)]
+        return {**{f"features.{p}": f"conv{i}" for i, p in enumerate(convs)}, "hidden": "hidden"}
+
 
 def cnn_spec(input_shape: tuple[int, ...], num_classes: int, widths: list[int], hidden: int,
              norm: str = "group", scaler: bool = True) -> ModelSpec:
     """Spec of the CNN family for inputs of shape (C, H, W)."""
-    in_ch = input_shape[0]
-    groups = {f"conv{i}": w for i, w in enumerate(widths)}
-    groups["hidden"] = hidden
-    axes: dict[str, Axes] = {}
-    idx = 0
-    prev = None
-    for i in range(len(widths)):
-        g = f"conv{i}"
-        axes[f"features.{idx}.weight"] = (g, prev, None, None)
-        axes[f"features.{idx}.bias"] = (g,)
-        for k, v in norm_axes(norm, g).items():
-            axes[f"features.{idx + 2}.{k}"] = v
-        idx += 4 + (1 if i < len(widths) - 1 else 0)
-        prev = g
-    axes["hidden.weight"] = ("hidden", prev)
-    axes["hidden.bias"] = ("hidden",)
-    axes["classifier.weight"] = (None, "hidden")
-    axes["classifier.bias"] = (None,)
-    n = len(widths)
-
-    def build(sizes: Mapping[str, int], rate: float) -> nn.Module:
-        return CNN(in_ch, [sizes[f"conv{i}"] for i in range(n)], sizes["hidden"], num_classes,
-                   norm, rate, scaler)
-
-    return ModelSpec("cnn", groups, axes, build, tuple(input_shape), num_classes)
+    return sliced_family("cnn", lambda: CNN(input_shape[0], list(widths), hidden, num_classes, norm),
+                         input_shape, num_classes, scaler)

@@ -1,25 +1,28 @@
-"""A width-scalable multilayer perceptron over flattened inputs."""
+"""A width-scalable multilayer perceptron over flattened inputs, sliced by
+`raysim.slicing.infer_spec` (see `raysim.models.family`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
 
 import torch
 from torch import nn
 
-from raysim.models.base import Axes, ModelSpec, Scaler
+from raysim.models.base import ModelSpec, Scaler
+from raysim.models.family import sliced_family
 
 
 class MLP(nn.Module):
-    def __init__(self, in_features: int, widths: list[int], num_classes: int, rate: float, scaler: bool) -> None:
+    """Hidden linear layers, each followed by a scaler and ReLU, then the classifier."""
+
+    def __init__(self, in_features: int, widths: list[int], num_classes: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList()
         self.scalers = nn.ModuleList()
         prev = in_features
         for w in widths:
             self.layers.append(nn.Linear(prev, w))
-            self.scalers.append(Scaler(rate, scaler))
+            self.scalers.append(Scaler(1.0))
             prev = w
         self.classifier = nn.Linear(prev, num_classes)
 
@@ -29,22 +32,12 @@ class MLP(nn.Module):
             x = torch.relu(s(layer(x)))
         return self.classifier(x)
 
+    def group_names(self) -> dict[str, str]:
+        """`fc{i}` for hidden layer i's units."""
+        return {f"layers.{i}": f"fc{i}" for i in range(len(self.layers))}
+
 
 def mlp_spec(input_shape: tuple[int, ...], num_classes: int, widths: list[int], scaler: bool = True) -> ModelSpec:
     """Spec of the MLP family."""
-    in_features = math.prod(input_shape)
-    groups = {f"fc{i}": w for i, w in enumerate(widths)}
-    axes: dict[str, Axes] = {}
-    prev = None
-    for i in range(len(widths)):
-        axes[f"layers.{i}.weight"] = (f"fc{i}", prev)
-        axes[f"layers.{i}.bias"] = (f"fc{i}",)
-        prev = f"fc{i}"
-    axes["classifier.weight"] = (None, prev)
-    axes["classifier.bias"] = (None,)
-    n = len(widths)
-
-    def build(sizes: Mapping[str, int], rate: float) -> nn.Module:
-        return MLP(in_features, [sizes[f"fc{i}"] for i in range(n)], num_classes, rate, scaler)
-
-    return ModelSpec("mlp", groups, axes, build, tuple(input_shape), num_classes)
+    return sliced_family("mlp", lambda: MLP(math.prod(input_shape), list(widths), num_classes),
+                         input_shape, num_classes, scaler)

@@ -8,10 +8,11 @@ norm + ReLU, global average pooling and a linear classifier. A block computes
 
 where the shortcut is `x` itself, or a 1x1 conv of `h` at the first block of stages 2-4.
 
-Channel groups: the residual stream of stage s is ONE group `res{s}`, shared by the stem (for
-stage 0), every block output conv, every shortcut conv and every norm that reads the stream,
-so a submodel adds tensors whose channels are the same global channels. The inner conv of
-block b in stage s is its own group `s{s}b{b}`, free to keep other indices.
+Channel groups (derived by `raysim.slicing.infer_spec`, named by `PreResNet.group_names`):
+the residual stream of stage s is ONE group `res{s}`, shared by the stem (for stage 0), every
+block output conv, every shortcut conv and every norm that reads the stream, so a submodel
+adds tensors whose channels are the same global channels. The inner conv of block b in stage
+s is its own group `s{s}b{b}`, free to keep other indices.
 
 Small inputs: a stage halves the feature map only while it is at least 4 pixels wide, so an
 8x8 or 12x12 input keeps a 2x2 map to the end (a BatchNorm in training needs more than one
@@ -20,14 +21,15 @@ value per channel, even for a batch of one) and 32x32 follows the usual 32-16-8-
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from raysim.config import ScenarioError
-from raysim.models.base import Axes, ModelSpec, Scaler, make_norm, norm_axes
+from raysim.models.base import ModelSpec, Scaler, make_norm
+from raysim.models.family import sliced_family
 
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
 DEFAULT_WIDTHS = (64, 128, 256, 512)
@@ -45,17 +47,17 @@ def stage_strides(image_size: int, stages: int = len(BLOCKS_PER_STAGE)) -> list[
 
 class PreActBlock(nn.Module):
     """One pre-activation basic block. `shortcut` is decided by the global architecture (never
-    by the submodel's widths), so every submodel has the same parameter names."""
+    by the submodel's widths), so every submodel has the same parameter names. One scaler
+    follows each conv."""
 
-    def __init__(self, cin: int, inner: int, cout: int, stride: int, shortcut: bool,
-                 norm: str, rate: float, scaler: bool) -> None:
+    def __init__(self, cin: int, inner: int, cout: int, stride: int, shortcut: bool, norm: str) -> None:
         super().__init__()
         self.n1 = make_norm(norm, cin)
         self.conv1 = nn.Conv2d(cin, inner, 3, stride, 1, bias=False)
         self.n2 = make_norm(norm, inner)
         self.conv2 = nn.Conv2d(inner, cout, 3, 1, 1, bias=False)
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if shortcut else None
-        self.scaler = Scaler(rate, scaler)
+        self.scaler = Scaler(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.n1(x))
@@ -66,20 +68,21 @@ class PreActBlock(nn.Module):
 
 
 class PreResNet(nn.Module):
-    def __init__(self, in_ch: int, res: list[int], inner: list[list[int]], strides: list[int],
-                 num_classes: int, norm: str, rate: float, scaler: bool) -> None:
+    """The network at stage widths `widths` (a block's inner conv is as wide as its stage)."""
+
+    def __init__(self, in_ch: int, widths: list[int], strides: list[int], num_classes: int, norm: str) -> None:
         super().__init__()
         # The stem reads the whole image (its input never shrinks), so it gets no scaler: the
         # scaler compensates for summing over fewer input channels, and this conv does not.
-        self.stem = nn.Conv2d(in_ch, res[0], 3, 1, 1, bias=False)
+        self.stem = nn.Conv2d(in_ch, widths[0], 3, 1, 1, bias=False)
         blocks = []
-        prev = res[0]
+        prev = widths[0]
         for s, n_blocks in enumerate(BLOCKS_PER_STAGE):
             for b in range(n_blocks):
                 first = b == 0
-                blocks.append(PreActBlock(prev, inner[s][b], res[s], strides[s] if first else 1,
-                                          shortcut=first and s > 0, norm=norm, rate=rate, scaler=scaler))
-                prev = res[s]
+                blocks.append(PreActBlock(prev, widths[s], widths[s], strides[s] if first else 1,
+                                          shortcut=first and s > 0, norm=norm))
+                prev = widths[s]
         self.blocks = nn.Sequential(*blocks)
         self.norm = make_norm(norm, prev)
         self.classifier = nn.Linear(prev, num_classes)
@@ -89,11 +92,14 @@ class PreResNet(nn.Module):
         x = F.relu(self.norm(x)).mean(dim=(2, 3))
         return self.classifier(x)
 
-
-def _group_names() -> tuple[list[str], list[list[str]]]:
-    res = [f"res{s}" for s in range(len(BLOCKS_PER_STAGE))]
-    inner = [[f"s{s}b{b}" for b in range(n)] for s, n in enumerate(BLOCKS_PER_STAGE)]
-    return res, inner
+    def group_names(self) -> dict[str, str]:
+        """`res{s}` for stage s's residual stream (named by the stem, then by the first block's
+        output conv), then `s{s}b{b}` for each block's inner conv."""
+        first = [sum(BLOCKS_PER_STAGE[:s]) for s in range(len(BLOCKS_PER_STAGE))]
+        names = {"stem": "res0", **{f"blocks.{first[s]}.conv2": f"res{s}" for s in range(1, len(first))}}
+        for s, n_blocks in enumerate(BLOCKS_PER_STAGE):
+            names.update({f"blocks.{first[s] + b}.conv1": f"s{s}b{b}" for b in range(n_blocks)})
+        return names
 
 
 def preresnet18_spec(input_shape: tuple[int, ...], num_classes: int,
@@ -110,31 +116,5 @@ def preresnet18_spec(input_shape: tuple[int, ...], num_classes: int,
                             f"(e.g. {list(DEFAULT_WIDTHS)}), got {len(widths)}")
     in_ch, image = int(input_shape[0]), int(min(input_shape[1:]))
     strides = stage_strides(image)
-    res_g, inner_g = _group_names()
-    groups: dict[str, int] = {g: w for g, w in zip(res_g, widths)}
-    for s, names in enumerate(inner_g):
-        groups.update({g: widths[s] for g in names})
-
-    axes: dict[str, Axes] = {"stem.weight": (res_g[0], None, None, None)}
-    i, prev = 0, res_g[0]
-    for s, names in enumerate(inner_g):
-        for b, inner in enumerate(names):
-            out = res_g[s]
-            p = f"blocks.{i}"
-            axes.update({f"{p}.n1.{k}": v for k, v in norm_axes(norm, prev).items()})
-            axes[f"{p}.conv1.weight"] = (inner, prev, None, None)
-            axes.update({f"{p}.n2.{k}": v for k, v in norm_axes(norm, inner).items()})
-            axes[f"{p}.conv2.weight"] = (out, inner, None, None)
-            if b == 0 and s > 0:
-                axes[f"{p}.shortcut.weight"] = (out, prev, None, None)
-            prev = out
-            i += 1
-    axes.update({f"norm.{k}": v for k, v in norm_axes(norm, prev).items()})
-    axes["classifier.weight"] = (None, prev)
-    axes["classifier.bias"] = (None,)
-
-    def build(sizes: Mapping[str, int], rate: float) -> nn.Module:
-        return PreResNet(in_ch, [sizes[g] for g in res_g], [[sizes[g] for g in names] for names in inner_g],
-                         strides, num_classes, norm, rate, scaler)
-
-    return ModelSpec("preresnet18", groups, axes, build, tuple(input_shape), num_classes)
+    return sliced_family("preresnet18", lambda: PreResNet(in_ch, widths, strides, num_classes, norm),
+                         input_shape, num_classes, scaler)

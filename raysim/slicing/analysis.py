@@ -1,5 +1,5 @@
 """What the analysis of a traced model records: layouts of parameters, how each leaf layer's
-widths follow the groups, which reshapes carry literal widths, and which layers get a scaler."""
+widths follow the groups, which reshapes and splits carry literal widths."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ class ReshapeUse:
 
 
 @dataclass
+class SplitUse:
+    """A split node of a dimension that shrinks: each piece's layout, so the builder can write
+    the submodel's piece widths into its literal sizes."""
+
+    pieces: tuple[Dim, ...]
+
+
+@dataclass
 class Analysis:
     """Everything the walk over the graph learns, before groups are named."""
 
@@ -39,6 +47,7 @@ class Analysis:
     buffers: dict[str, Layout] = field(default_factory=dict)
     layers: dict[str, LayerUse] = field(default_factory=dict)
     reshapes: dict[str, ReshapeUse] = field(default_factory=dict)
+    splits: dict[str, SplitUse] = field(default_factory=dict)
 
     def param(self, name: str, layout: Layout) -> None:
         """Record a parameter's layout; a parameter met twice (a shared layer) keeps one."""

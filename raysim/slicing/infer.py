@@ -13,19 +13,21 @@
 
 The analysis runs once; `builder(sizes, rate)` then makes a new module of the same
 architecture at those group widths: every leaf layer is rebuilt narrower by its own
-constructor (so the global model's initialisation follows torch's generator, like the
-hand-written families), the traced graph is copied with literal view/reshape widths rewritten,
-and, at rates below 1 with `scaler`, HeteroFL's scaler is inserted after every conv or linear
-whose inputs and outputs both shrink (the ones that sum over fewer inputs than in the global
-model; the first layer's inputs and the classifier's outputs never shrink). Parameters keep
-the global module's names, so plans, `extract`, `remap`, the strategies and the cost model
-work on the result unchanged.
+constructor, in the order the module registered its layers (so under one seed the global
+model is initialised exactly as the module itself was), the traced graph is copied with
+literal view/reshape widths rewritten, and, at rates below 1 with `scaler`, HeteroFL's scaler
+divides activations by the rate in training. A module that places raysim's `Scaler` itself
+(the built-in families) keeps its scalers where they are, rebuilt at the rate; any other
+module gets one after every conv or linear whose inputs and outputs both shrink (the ones that
+sum over fewer inputs than in the global model; the first layer's inputs and the classifier's
+outputs never shrink). Parameters keep the global module's names, so plans, `extract`,
+`remap`, the strategies and the cost model work on the result unchanged.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 import numpy as np
@@ -78,54 +80,62 @@ class Slicing:
     attr_values: dict[str, torch.Tensor]
     param_names: frozenset[str]  # which of them are parameters (the rest are buffers)
     reshapes: dict[str, Dims]   # view/reshape nodes with literal shapes: their output dims
-    scaled: tuple[str, ...]     # layers followed by the rate scaler
+    splits: dict[str, Dims]     # split nodes of a shrinking dimension: their pieces
+    scaled: tuple[str, ...]     # layers followed by an inserted rate scaler
     options: BuildOptions
-    scaler: bool
 
 
 def _dims(ctx: Analysis, layout: Layout) -> Dims:
     return Dims(tuple(ctx.atoms.axis(d) for d in layout), tuple(dim_size(d) for d in layout))
 
 
-def _settle(ctx: Analysis) -> None:
-    """Pin what the strategies could not score, then name the groups.
-
-    A multi-dimensional parameter whose first axis is not one plain group (a depthwise conv
-    over concatenated channels) is kept whole: the magnitude strategy scores a group by the
-    filters whose first axis it is.
-    """
+def _settle(ctx: Analysis, group_names: Mapping[str, str]) -> None:
+    """Pin the classes no layer created, then name the groups."""
     ctx.atoms.pin_orphans()
-    changed = True
-    while changed:
-        changed = False
-        for layout in ctx.params.values():
-            if len(layout) > 1 and ctx.atoms.sliced(layout[0]) and not ctx.atoms.plain(layout[0]):
-                ctx.atoms.pin_dim(layout[0])
-                changed = True
-    ctx.atoms.name_groups()
+    ctx.atoms.name_groups(_given_names(ctx, group_names))
 
 
-def _slicing(module: nn.Module, input_shape: tuple[int, ...], scaler: bool,
-             static_bn: bool) -> tuple[Slicing, dict[str, tuple[Axis, ...]], tuple[int, ...]]:
+def _given_names(ctx: Analysis, group_names: Mapping[str, str]) -> dict[int, str]:
+    """The atom of each group the caller names by a layer whose outputs carry it."""
+    out: dict[int, str] = {}
+    for path, name in group_names.items():
+        use = ctx.layers.get(path)
+        dim = use.dims[-1] if use is not None and use.dims else None
+        if dim is None or not ctx.atoms.plain(dim):
+            raise ValueError(f"group_names: '{path}' is not a layer whose outputs are one channel group")
+        root = ctx.atoms.find(ctx.atoms.canonical(dim)[0].atom)  # type: ignore[arg-type]
+        if root in out or name in out.values():
+            raise ValueError(f"group_names: '{path}' -> '{name}' names a group or a name twice")
+        out[root] = name
+    return out
+
+
+def _slicing(module: nn.Module, input_shape: tuple[int, ...], opts: BuildOptions,
+             group_names: Mapping[str, str]) -> tuple[Slicing, dict[str, tuple[Axis, ...]], tuple[int, ...]]:
     """The builder's recipe, every parameter's axes, and the output shape of the example."""
     w = walk(module, input_shape)
     ctx = w.analysis
-    _settle(ctx)
+    _settle(ctx, group_names)
     layers = {}
     for path, use in ctx.layers.items():
         d = _dims(ctx, use.dims)
         layers[path] = LayerPlan(use.rule, d.axes, d.sizes)
     attrs = {k: _dims(ctx, v) for k, v in {**ctx.params, **ctx.buffers}.items() if k not in _layer_params(ctx)}
     reshapes = {k: _dims(ctx, r.out) for k, r in ctx.reshapes.items()}
-    scaled = tuple(p for p, use in ctx.layers.items()
-                   if use.io is not None and ctx.atoms.sliced(use.io[0]) and ctx.atoms.sliced(use.io[1]))
-    paths = dict.fromkeys(str(n.target) for n in w.gm.graph.nodes if n.op == "call_module")
-    leaves = {p: _weightless(w.gm.get_submodule(p)) for p in paths}
+    splits = {k: _dims(ctx, u.pieces) for k, u in ctx.splits.items()}
+    # Registration order, not call order: a layer's constructor draws from torch's generator,
+    # and the module drew in this order (a shortcut called before the conv registered first).
+    order = {p: i for i, (p, _) in enumerate(module.named_modules())}
+    called = dict.fromkeys(str(n.target) for n in w.gm.graph.nodes if n.op == "call_module")
+    leaves = {p: _weightless(w.gm.get_submodule(p)) for p in sorted(called, key=lambda p: order.get(p, len(order)))}
+    declared = any(isinstance(m, Scaler) for m in leaves.values())
+    scaled = () if declared else tuple(
+        p for p, use in ctx.layers.items()
+        if use.io is not None and ctx.atoms.sliced(use.io[0]) and ctx.atoms.sliced(use.io[1]))
     params = dict(w.gm.named_parameters())
     values = {k: (params[k] if k in params else w.gm.get_buffer(k)).detach().clone() for k in attrs}
     sl = Slicing(copy.deepcopy(w.gm.graph), w.gm.__class__.__name__, leaves, ctx.atoms.groups_used(),
-                 layers, attrs, values, frozenset(k for k in attrs if k in params), reshapes, scaled,
-                 BuildOptions(static_bn=static_bn), scaler)
+                 layers, attrs, values, frozenset(k for k in attrs if k in params), reshapes, splits, scaled, opts)
     return sl, {k: _dims(ctx, v).axes for k, v in ctx.params.items()}, tuple(w.output_shape)
 
 
@@ -182,9 +192,19 @@ def _rewrite_shape(node: fx.Node, widths: tuple[int, ...], dims: Dims) -> None:
         node.args = (args[0], *fix(args[1:]))
 
 
+def _rewrite_split(node: fx.Node, widths: list[int]) -> None:
+    """Write the submodel's piece widths into a split's sizes (one size or a list)."""
+    for key in ("split_size_or_sections", "split_size"):
+        if key in node.kwargs:
+            node.kwargs = {**node.kwargs, key: widths}
+            return
+    node.args = (node.args[0], widths, *node.args[2:])
+
+
 def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
     """The sliced model at group widths `sizes` (see the module docstring)."""
     root = nn.Module()
+    opts = replace(s.options, rate=float(rate))
     for path, template in s.leaves.items():
         lp = s.layers.get(path)
         if lp is None:  # a layer without widths (an activation, a pooling): copied
@@ -193,7 +213,7 @@ def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
             continue
         widths = Dims(lp.axes, lp.sizes).widths(sizes)
         owner, leaf = _owner(root, path)
-        owner.add_module(leaf, lp.rule.rebuild(template, widths, s.options))
+        owner.add_module(leaf, lp.rule.rebuild(template, widths, opts))
     for name, dims in s.attrs.items():
         value = s.attr_values[name][_prefix_index(dims, sizes, s.groups)].clone()
         owner, leaf = _owner(root, name)
@@ -205,7 +225,9 @@ def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
     by_name = {n.name: n for n in graph.nodes}
     for name, dims in s.reshapes.items():
         _rewrite_shape(by_name[name], dims.widths(sizes), dims)
-    if s.scaler and rate < 1.0 and s.scaled:
+    for name, pieces in s.splits.items():
+        _rewrite_split(by_name[name], list(pieces.widths(sizes)))
+    if s.options.scaler and rate < 1.0 and s.scaled:
         root.add_module(SCALER_NAME, Scaler(rate))
         scaled = set(s.scaled)
         for node in list(graph.nodes):
@@ -213,25 +235,44 @@ def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
                 with graph.inserting_after(node):
                     out = graph.call_module(SCALER_NAME, (node,))
                 node.replace_all_uses_with(out, delete_user_cb=lambda user: user is not out)
-    return fx.GraphModule(root, graph, s.class_name)
+    return _registration_order(fx.GraphModule(root, graph, s.class_name), root)
+
+
+def _registration_order(gm: fx.GraphModule, root: nn.Module) -> fx.GraphModule:
+    """fx installs the layers in the order the graph calls them; put them back in the order
+    the module registered them, which is the order of its parameters (what the server, the
+    strategies and the checkpoints iterate)."""
+    for name, src in root.named_modules():
+        dst = gm.get_submodule(name)
+        keys = [k for k in src._modules if k in dst._modules]
+        keys += [k for k in dst._modules if k not in keys]
+        reordered = [(k, dst._modules[k]) for k in keys]
+        dst._modules.clear()
+        dst._modules.update(reordered)
+    return gm
 
 
 def infer_spec(module: nn.Module, input_shape: tuple[int, ...], num_classes: int,
-               name: Optional[str] = None, *, scaler: bool = True, static_bn: bool = True) -> ModelSpec:
+               name: Optional[str] = None, *, scaler: bool = True, static_bn: bool = True,
+               group_names: Optional[Mapping[str, str]] = None) -> ModelSpec:
     """The width-scalable family of a plain torch module, its groups derived by tracing.
 
     `input_shape` is one sample's shape (no batch dimension); the module must map
     `(N, *input_shape)` to `(N, num_classes)`. `scaler` inserts HeteroFL's training-time
     scaler in submodels; `static_bn` rebuilds BatchNorm without running statistics (raysim
-    recomputes them before evaluation). Raises `SlicingError` (one line naming the module and
-    the op) for a model that cannot be sliced: data-dependent control flow or an unknown op.
+    recomputes them before evaluation). `group_names` names groups by a layer whose outputs
+    carry each (`{"features.0": "conv0"}`); those come first in `spec.groups`, in that order,
+    and the others are named after the module that creates them. Raises `SlicingError` (one
+    line naming the module and the op) for a model that cannot be sliced: data-dependent
+    control flow or an unknown op.
 
         >>> spec = infer_spec(MyNet(), (6, 64), num_classes=8)
         >>> plan = make_strategy("rolling").plan(spec, 0.5, round_idx, device_id, params, seed)
         >>> sub = spec.build(plan.sizes(), plan.rate)
     """
     input_shape = tuple(int(n) for n in input_shape)
-    s, param_axes, out_shape = _slicing(module, input_shape, scaler, static_bn)
+    s, param_axes, out_shape = _slicing(module, input_shape, BuildOptions(static_bn=static_bn, scaler=scaler),
+                                        group_names or {})
     if out_shape != (EXAMPLE_BATCH, num_classes):
         raise ValueError(f"model: {type(module).__name__} maps a batch of {EXAMPLE_BATCH} to shape "
                          f"{out_shape}, expected ({EXAMPLE_BATCH}, {num_classes}) for {num_classes} classes")

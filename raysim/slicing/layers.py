@@ -20,6 +20,8 @@ Choices that are not forced by the layer:
 * BatchNorm is rebuilt as static BN (`track_running_stats=False`) when asked, so raysim's
   evaluation recomputes its statistics (`raysim.models.calibrate`) instead of using running
   statistics that no single width owns.
+* raysim's own `Scaler` is a leaf: a model that places scalers itself (the built-in families)
+  keeps them where it put them, rebuilt at the submodel's rate.
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ from typing import Optional
 
 from torch import nn
 
+from raysim.models.base import Scaler
 from raysim.slicing.analysis import Analysis, LayerUse
 from raysim.slicing.layout import Dim, Layout, Seg, fixed
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How the builder treats layers whose behaviour is a choice (see the module docstring)."""
+    """How the builder treats layers whose behaviour is a choice (see the module docstring),
+    and the rate of the submodel being built (for its scalers)."""
 
     static_bn: bool = True
+    scaler: bool = True
+    rate: float = 1.0
 
 
 class LayerRule(ABC):
@@ -54,6 +60,18 @@ class LayerRule(ABC):
     def rebuild(self, m: nn.Module, widths: tuple[int, ...], opts: BuildOptions) -> nn.Module:
         """A fresh layer at `widths` (parameter-free layers are copied)."""
         return copy.deepcopy(m)
+
+
+class RateScaler(LayerRule):
+    """raysim's `Scaler` placed by the model: passes channels; rebuilt at the submodel's rate
+    (enabled only when the spec asks for scalers)."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        ctx.layers.setdefault(path, LayerUse(self, ()))
+        return x
+
+    def rebuild(self, m, widths, opts):
+        return Scaler(opts.rate, opts.scaler)
 
 
 def _name(path: str, p: str) -> str:
@@ -127,6 +145,23 @@ class Linear(LayerRule):
 
     def rebuild(self, m, widths, opts):
         return nn.Linear(widths[0], widths[1], bias=m.bias is not None)
+
+
+class Embedding(LayerRule):
+    """nn.Embedding: indices in, a new group of `embedding_dim` channels out as a last
+    dimension; the vocabulary never shrinks. Width (embedding_dim,). It sums over nothing,
+    so it gets no inserted scaler."""
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        assert isinstance(m, nn.Embedding)
+        out: Dim = (_seg(ctx, m.embedding_dim, path),)
+        ctx.param(_name(path, "weight"), (fixed(m.num_embeddings), out))
+        ctx.layers.setdefault(path, LayerUse(self, (out,)))
+        return x + (out,)
+
+    def rebuild(self, m, widths, opts):
+        return nn.Embedding(m.num_embeddings, widths[0], padding_idx=m.padding_idx, max_norm=m.max_norm,
+                            norm_type=m.norm_type, scale_grad_by_freq=m.scale_grad_by_freq, sparse=m.sparse)
 
 
 class ChannelNorm(LayerRule):
@@ -209,12 +244,14 @@ _SPATIAL = (
 _RULES: list[tuple[tuple[type, ...], LayerRule]] = [
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), Conv()),
     ((nn.Linear,), Linear()),
+    ((nn.Embedding,), Embedding()),
     ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), BatchNorm()),
     ((nn.GroupNorm,), GroupNorm()),
     ((nn.LayerNorm,), LayerNorm()),
     ((nn.Flatten,), Flatten()),
     (_ELEMENTWISE, Elementwise()),
     (_SPATIAL, Spatial()),
+    ((Scaler,), RateScaler()),
 ]
 
 

@@ -2,7 +2,9 @@
 
 Every output channel a layer creates (a conv's or a linear's outputs) is an *atom*; atoms that
 must keep the same indices (the two operands of a residual add, a norm and the conv it
-follows) are merged in a union-find. A tensor dimension is a `Dim`: segments side by side,
+follows) are merged in a union-find. A class can be *refined*: cut into consecutive parts,
+each a class of its own, when an op splits its channels (`torch.split`, `chunk`); it then
+stands for its parts wherever it appears. A tensor dimension is a `Dim`: segments side by side,
 each an atom whose channels own `block` consecutive entries (a flatten) or a fixed run that
 never shrinks (input features, classifier outputs). An atom can be *pinned*: kept whole in
 every submodel, which is how the analysis stays correct where it cannot slice consistently
@@ -14,6 +16,7 @@ group of the `ModelSpec`; `Atoms.axis` turns a `Dim` into the spec's axis.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -63,6 +66,7 @@ class Atoms:
         self._made_by_layer: list[bool] = []
         self.origin: list[str] = []
         self.names: dict[int, str] = {}
+        self._parts: dict[int, list[int]] = {}  # a refined class root -> its parts, in order
 
     # ------------------------------------------------------------------ union-find
     def new(self, width: int, origin: str, layer: bool = True) -> int:
@@ -93,7 +97,58 @@ class Atoms:
         self._made_by_layer[lo] = self._made_by_layer[lo] or self._made_by_layer[hi]
 
     def pin(self, a: int) -> None:
-        self._pinned[self.find(a)] = True
+        r = self.find(a)
+        self._pinned[r] = True
+        for c in self._parts.get(r, ()):
+            self.pin(c)
+
+    def refine(self, a: int, cuts: list[int]) -> None:
+        """Cut the class of `a` into parts at channel offsets `cuts` (each part a new class)."""
+        r = self.find(a)
+        if r in self._parts:
+            raise AssertionError("refine: a refined class is refined through its parts")
+        edges = [0, *sorted(set(cuts)), self._width[r]]
+        self._parts[r] = [self.new(hi - lo, f"{self.origin[r]}:{k}", layer=self._made_by_layer[r])
+                          for k, (lo, hi) in enumerate(zip(edges, edges[1:]))]
+        if self._pinned[r]:
+            self.pin(r)
+
+    def _leaves(self, seg: Seg) -> list[Seg]:
+        """A segment of one atom as segments of unrefined classes."""
+        r = self.find(seg.atom)  # type: ignore[arg-type]
+        if r not in self._parts:
+            return [Seg(r, seg.width, seg.block)]
+        return [s for c in self._parts[r] for s in self._leaves(Seg(c, self._width[c], seg.block))]
+
+    def cut(self, dim: Dim, sizes: list[int]) -> Optional[list[Dim]]:
+        """The dimension as consecutive pieces of `sizes` entries, refining every class a cut
+        falls inside; None when a cut falls inside one channel's block of entries."""
+        ends = list(itertools.accumulate(sizes))
+        pos = 0
+        for s in self.canonical(dim):
+            inside = [e - pos for e in ends if pos < e < pos + s.size]
+            if inside and s.atom is not None:
+                if any(c % s.block for c in inside):
+                    return None
+                self.refine(s.atom, [c // s.block for c in inside])
+            pos += s.size
+        pieces: list[list[Seg]] = [[] for _ in sizes]
+        pos, k = 0, 0
+        for s in self.canonical(dim):
+            if s.atom is not None:  # after refining, it lies inside one piece
+                while pos >= ends[k]:
+                    k += 1
+                pieces[k].append(s)
+                pos += s.size
+                continue
+            left = s.size
+            while left:
+                while pos >= ends[k]:
+                    k += 1
+                take = min(left, ends[k] - pos)
+                pieces[k].append(Seg(None, take))
+                pos, left = pos + take, left - take
+        return [tuple(p) for p in pieces]
 
     def pinned(self, a: int) -> bool:
         return self._pinned[self.find(a)]
@@ -118,7 +173,8 @@ class Atoms:
         """The dimension with atoms replaced by their class roots, pinned atoms turned into
         fixed runs, and adjacent fixed runs merged."""
         out: list[Seg] = []
-        for s in dim:
+        leaves = [t for s in dim for t in ([s] if s.atom is None or self.pinned(s.atom) else self._leaves(s))]
+        for s in leaves:
             if s.atom is None or self.pinned(s.atom):
                 seg = Seg(None, s.size)
                 if out and out[-1].atom is None:
@@ -142,6 +198,12 @@ class Atoms:
         """Make two dimensions that meet element by element (a residual add) keep the same
         entries: segment by segment when their layouts line up, else keep both whole."""
         ca, cb = self.canonical(a), self.canonical(b)
+        if len(ca) != len(cb) and self._alignable(ca, cb):
+            # A split on one side only (one operand's channels cut by a chunk): cut the other
+            # side's classes at the same places, then they meet part by part.
+            self.cut(a, [s.size for s in cb])
+            self.cut(b, [s.size for s in self.canonical(a)])
+            ca, cb = self.canonical(a), self.canonical(b)
         shape_a = [(s.atom is None, s.width, s.block) for s in ca]
         shape_b = [(s.atom is None, s.width, s.block) for s in cb]
         if [(w, k) for _, w, k in shape_a] == [(w, k) for _, w, k in shape_b]:
@@ -156,15 +218,21 @@ class Atoms:
         self.pin_dim(a)
         self.pin_dim(b)
 
+    @staticmethod
+    def _alignable(ca: Dim, cb: Dim) -> bool:
+        return sum(s.size for s in ca) == sum(s.size for s in cb) and all(s.block == 1 for s in ca + cb)
+
     # ------------------------------------------------------------------ the spec's view
-    def name_groups(self) -> dict[int, str]:
-        """A readable, unique name for every unpinned class: the path of the module that
+    def name_groups(self, given: Optional[dict[int, str]] = None) -> dict[int, str]:
+        """A readable, unique name for every unpinned class: `given[root]` where the caller
+        names it (those first, in the caller's order), else the path of the module that
         created its oldest atom."""
-        names: dict[int, str] = {}
-        used: set[str] = set()
+        given = {self.find(a): n for a, n in (given or {}).items()}
+        names: dict[int, str] = dict(given)
+        used: set[str] = set(given.values())
         for a in range(len(self._parent)):
             r = self.find(a)
-            if r != a or self._pinned[r]:
+            if r != a or self._pinned[r] or r in names or r in self._parts:
                 continue
             base = self.origin[r] or "input"
             name, k = base, 1

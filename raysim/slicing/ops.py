@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from raysim.slicing.analysis import Analysis, ReshapeUse
+from torch.fx.passes.shape_prop import TensorMetadata
+
+from raysim.slicing.analysis import Analysis, ReshapeUse, SplitUse
 from raysim.slicing.layout import Dim, Layout, Seg, dim_size, fixed
 
 
@@ -25,6 +27,14 @@ class Other:
 
 
 OTHER = Other()
+
+
+class Parts(Other):
+    """The tuple a split returns: one layout per piece (only indexing and `cat` read it)."""
+
+    def __init__(self, layouts: tuple[Layout, ...]) -> None:
+        self.layouts = layouts
+
 Value = Union[Layout, Other]
 ValueOf = Callable[[Any], Value]
 
@@ -101,7 +111,8 @@ def _norm_dim(d: int, n: int) -> int:
 def cat(ctx: Analysis, call: OpCall) -> Value:
     """Concatenation: the parts of the joined dimension side by side; the others meet."""
     seq = call.arg(0, "tensors")
-    parts = [call.value(t) for t in seq]
+    whole = call.value(seq) if isinstance(seq, fx.Node) else None
+    parts = list(whole.layouts) if isinstance(whole, Parts) else [call.value(t) for t in seq]
     if any(isinstance(p, Other) for p in parts):
         raise Unsupported("joins non-tensors")
     n = len(parts[0])
@@ -197,6 +208,37 @@ def reshape(ctx: Analysis, call: OpCall) -> Value:
     return out
 
 
+def _piece_shapes(node: fx.Node) -> Optional[list[tuple[int, ...]]]:
+    meta = node.meta.get("tensor_meta")
+    if isinstance(meta, (tuple, list)) and meta and all(isinstance(m, TensorMetadata) for m in meta):
+        return [tuple(int(n) for n in m.shape) for m in meta]
+    return None
+
+
+def split(ctx: Analysis, call: OpCall) -> Value:
+    """split / chunk: consecutive pieces of one dimension. A class of channels a cut falls
+    inside is refined into parts (a conv's outputs chunked into gates). The submodel's
+    `split` gets its pieces' widths written in; its `chunk` cuts its own width evenly, so the
+    pieces of a chunk keep the same channels (one group, appearing once per piece)."""
+    x = _first_tensor(call)
+    shapes = _piece_shapes(call.node)
+    if shapes is None:
+        raise Unsupported("returns no tensors")
+    d = _norm_dim(int(call.arg(2, "dim", 0)), len(x))
+    sizes = [s[d] for s in shapes]
+    chunk = _FUNCTIONS.get(id(call.node.target)) == "chunk" or call.node.target == "chunk"
+    pieces = ctx.atoms.cut(x[d], sizes)
+    if pieces is None or (chunk and len(set(sizes)) > 1):
+        ctx.atoms.pin_dim(x[d])  # a cut inside a flatten block, or uneven chunks: kept whole
+        pieces = [fixed(n) for n in sizes]
+    if chunk:
+        for p in pieces[1:]:
+            ctx.atoms.unify(pieces[0], p)
+    elif ctx.atoms.sliced(x[d]):
+        ctx.splits[call.node.name] = SplitUse(tuple(pieces))
+    return Parts(tuple(x[:d] + (p,) + x[d + 1:] for p in pieces))
+
+
 def permute(ctx: Analysis, call: OpCall) -> Value:
     """permute / transpose / t: dimensions move with their channels."""
     x = _first_tensor(call)
@@ -247,6 +289,11 @@ def getitem(ctx: Analysis, call: OpCall) -> Value:
     """Indexing: of a shape it is a number; of a tensor only whole-dimension slices pass
     channels, any other index keeps that dimension whole."""
     src = call.value(call.node.args[0])
+    if isinstance(src, Parts):
+        i = call.node.args[1]
+        if not isinstance(i, int):
+            raise Unsupported("indexes the pieces of a split with a slice")
+        return src.layouts[i]
     if isinstance(src, Other) or call.out_shape is None:
         return OTHER
     idx = call.node.args[1]
@@ -277,7 +324,7 @@ _ELEMENTWISE_NAMES = {
     "relu", "relu_", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "mish", "sigmoid", "tanh",
     "hardswish", "hardsigmoid", "hardtanh", "softplus", "softmax", "log_softmax", "dropout",
     "dropout1d", "dropout2d", "alpha_dropout", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "square",
-    "clamp", "clip", "contiguous", "clone", "float", "detach", "sigmoid_", "tanh_",
+    "clamp", "clip", "contiguous", "clone", "float", "detach", "sigmoid_", "tanh_", "long", "int",
 }
 _BINARY_NAMES = {"add", "sub", "mul", "div", "truediv", "pow", "iadd", "isub", "imul", "itruediv",
                  "add_", "sub_", "mul_", "div_", "maximum", "minimum", "floordiv", "rsub"}
@@ -297,6 +344,8 @@ for _names, _rule in ((_ELEMENTWISE_NAMES, elementwise), (_BINARY_NAMES, broadca
 _BY_NAME["cat"] = cat
 _BY_NAME["concat"] = cat
 _BY_NAME["getitem"] = getitem
+_BY_NAME["split"] = split
+_BY_NAME["chunk"] = split
 
 # A function is one of the ops above when it is the object of that name in one of these
 # modules (F.max_pool2d is a dispatch wrapper whose own __name__ says nothing).

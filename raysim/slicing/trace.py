@@ -16,18 +16,23 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from raysim.models.base import Scaler
 from raysim.slicing.analysis import Analysis
 from raysim.slicing.errors import SlicingError
 from raysim.slicing.layers import rule_for
 from raysim.slicing.layout import Dim, Layout, Seg, fixed, fixed_layout
-from raysim.slicing.ops import OTHER, OpCall, Other, Unsupported, Value, op_name, rule_of
+from raysim.slicing.ops import OTHER, OpCall, Other, Parts, Unsupported, Value, op_name, rule_of
 
 # An example batch of 2: one sample would make BatchNorm refuse a 1x1 map in training mode.
 EXAMPLE_BATCH = 2
 
 
 class _Tracer(fx.Tracer):
-    """fx's tracer, remembering the innermost module whose forward failed to trace."""
+    """fx's tracer, remembering the innermost module whose forward failed to trace; raysim's
+    `Scaler` stays a leaf (its forward reads `self.training`, which a trace would freeze)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, Scaler) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         try:
@@ -97,6 +102,8 @@ def _attr_layout(ctx: Analysis, name: str, t: torch.Tensor) -> Layout:
 def _tensors_in(x: Any, values: dict[fx.Node, Value]) -> list[Layout]:
     if isinstance(x, fx.Node):
         v = values[x]
+        if isinstance(v, Parts):
+            return list(v.layouts)
         return [] if isinstance(v, Other) else [v]
     if isinstance(x, (tuple, list)):
         return [t for a in x for t in _tensors_in(a, values)]

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from raysim.config import rate_sizes
 from raysim.models.base import ModelSpec
+from raysim.models.span import Fixed, Span
 from raysim.seeding import rng
 from raysim.submodel.plan import SubmodelPlan, full_plan, prefix_plan
 
@@ -131,5 +132,22 @@ def channel_l1(spec: ModelSpec, global_params: Mapping[str, torch.Tensor]) -> di
     for name, axes in spec.axes.items():
         if axes and axes[0] is not None and name.endswith("weight") and len(axes) > 1:
             t = global_params[name].detach().abs().double()
-            scores[axes[0]] += t.reshape(t.shape[0], -1).sum(dim=1).numpy()
+            rows = t.reshape(t.shape[0], -1).sum(dim=1).numpy()
+            if isinstance(axes[0], Span):
+                _add_span_rows(scores, axes[0], rows, spec.groups)
+            else:
+                scores[axes[0]] += rows
     return scores
+
+
+def _add_span_rows(scores: dict[str, np.ndarray], span: Span, rows: np.ndarray, widths: Mapping[str, int]) -> None:
+    """Row norms of a tensor whose first axis lays groups side by side (a conv whose outputs
+    a split cuts into groups), each channel's block of rows added to it."""
+    offset = 0
+    for part in span.parts:
+        if isinstance(part, Fixed):
+            offset += part.size
+            continue
+        n = widths[part.group] * part.block
+        scores[part.group] += rows[offset:offset + n].reshape(-1, part.block).sum(axis=1)
+        offset += n
