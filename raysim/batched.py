@@ -16,11 +16,14 @@ update), and its loss is the mean over its own samples: a short last minibatch i
 the full batch size and the padded samples are masked out of the loss. Results equal the
 per-device loop within float tolerance.
 
-Deterministic and independent of the company a device keeps: a group is cut into chunks of
-exactly `SLOTS` devices (the last one padded with empty slots) and every minibatch is padded
-to the batch size, so every kernel sees the same shapes whichever devices share the chunk and
-however many devices a host got, and nothing reduces across devices. A device's result is
-then the same on one host or twenty (`tests/test_batched.py` checks it bit for bit).
+Deterministic and independent of the company a device keeps: nothing reduces across
+devices, every minibatch is padded to the batch size, and a group is cut into chunks of
+`SLOTS` devices. On a GPU the last chunk is padded with empty slots too (`pad=True`), so every
+kernel sees the same shapes whichever devices share the chunk and however many devices a host
+got (GPU libraries pick kernels by shape). On the CPU a slot's arithmetic is the same for any
+chunk of two or more devices, so the last chunk is only padded to `MIN_SLOTS` and no time is
+spent on empty slots. A device's result is then the same on one host or twenty
+(`tests/test_batched.py` checks it bit for bit, for chunks of 2, 3 and 16).
 
 What batches: the built-in client algorithms (`LocalSGD`, `FedProx`; a subclass that changes
 `objective`, `train` or the update trains per device) on modules without buffers or
@@ -46,6 +49,9 @@ from raysim.client import ClientAlgorithm, FedProx, LocalData, LocalResult, Loca
 # host got (see the module docstring); 16 amortises the per-step overhead over enough devices
 # while wasting little on a host's last, partly empty chunk.
 SLOTS = 16
+# The narrowest chunk: a vmap over one slot takes other kernels than over two or more (seen
+# on the CPU), so a lone device is batched beside one empty slot.
+MIN_SLOTS = 2
 
 
 @dataclass(frozen=True)
@@ -152,21 +158,25 @@ def live_parameters(module: nn.Module, x_shape: tuple[int, ...], device: torch.d
 
 def train_group(module: nn.Module, client: ClientAlgorithm, start: Mapping[str, torch.Tensor], x: torch.Tensor,
                 y: torch.Tensor, works: Sequence[DeviceWork], epochs: int, batch_size: int, slots: int = SLOTS,
-                live: Optional[Sequence[str]] = None) -> list[LocalResult]:
+                live: Optional[Sequence[str]] = None, pad: Optional[bool] = None) -> list[LocalResult]:
     """Train every device of `works` from `start` (one submodel shape, `module`'s), `slots`
     at a time; one `LocalResult` per device, in order, as `client.train` would give it
     (its delta on the CPU).
 
     `x`, `y` are the host's whole training set (on the training device); `live`: the
-    parameters that get gradients (default: all; see `live_parameters`).
+    parameters that get gradients (default: all; see `live_parameters`); `pad`: pad the last
+    chunk to `slots` (default: on a GPU; see the module docstring).
     """
+    pad = x.device.type != "cpu" if pad is None else pad
     mu = _objective_mu(client)
     if mu is None:
         raise ValueError(f"train_group: {batchable(client, module)}")
     sgd: LocalSGD = client  # type: ignore[assignment]
     out: list[LocalResult] = []
     for c in range(0, len(works), slots):
-        out += _train_chunk(module, sgd, mu, start, x, y, works[c:c + slots], epochs, batch_size, slots, live)
+        chunk = works[c:c + slots]
+        width = slots if pad else max(MIN_SLOTS, len(chunk))
+        out += _train_chunk(module, sgd, mu, start, x, y, chunk, epochs, batch_size, width, live)
     return out
 
 
@@ -231,19 +241,21 @@ MARGIN = 0.9
 
 
 def measure(module: nn.Module, client: ClientAlgorithm, x_shape: tuple[int, ...], classes: int, batch_size: int,
-            device: torch.device, slots: int = SLOTS, steps: int = 2) -> tuple[float, float]:
-    """(loop seconds, batched seconds) for `slots` devices of `steps` minibatches each, on
-    random data of the real shapes (after one warm-up of each). The loop is timed first; when
-    one of its steps is FLOP-bound on a CPU, batched is not timed (returned as inf).
+            device: torch.device, devices: int = SLOTS // 2, steps: int = 2) -> tuple[float, float]:
+    """(loop seconds, batched seconds) for `devices` devices of `steps` minibatches each, on
+    random data of the real shapes (after one warm-up of each). Half a chunk by default: a
+    host's groups are often smaller than a chunk, and batching gains less on fewer devices.
+    The loop is timed first; when one of its steps is FLOP-bound on a CPU, batched is not
+    timed (returned as inf).
 
         >>> loop_s, batched_s = measure(cnn, LocalSGD(), (1, 12, 12), 10, 20, torch.device("cpu"))
     """
     g = torch.Generator().manual_seed(0)
     n = batch_size * steps
-    x = torch.randn((slots * n, *x_shape), generator=g).to(device)
-    y = torch.randint(0, classes, (slots * n,), generator=g).to(device)
+    x = torch.randn((devices * n, *x_shape), generator=g).to(device)
+    y = torch.randint(0, classes, (devices * n,), generator=g).to(device)
     start = {k: p.detach().clone() for k, p in module.named_parameters()}
-    works = [DeviceWork(torch.arange(s * n, (s + 1) * n), torch.Generator().manual_seed(s)) for s in range(slots)]
+    works = [DeviceWork(torch.arange(s * n, (s + 1) * n), torch.Generator().manual_seed(s)) for s in range(devices)]
 
     def loop(k: int) -> None:
         for w in works[:k]:
@@ -262,11 +274,11 @@ def measure(module: nn.Module, client: ClientAlgorithm, x_shape: tuple[int, ...]
 
     first = timed(lambda: loop(1))  # the warm-up of the loop, and the FLOP-bound check
     if device.type == "cpu" and first / steps > FLOP_BOUND_STEP_S:
-        return first * slots, math.inf
-    loop_s = timed(lambda: loop(slots))
+        return first * devices, math.inf
+    loop_s = timed(lambda: loop(devices))
     live = live_parameters(module, x_shape, device)
-    timed(lambda: train_group(module, client, start, x, y, works, 1, batch_size, slots, live))  # warm-up
-    batched_s = timed(lambda: train_group(module, client, start, x, y, works, 1, batch_size, slots, live))
+    timed(lambda: train_group(module, client, start, x, y, works, 1, batch_size, live=live))  # warm-up
+    batched_s = timed(lambda: train_group(module, client, start, x, y, works, 1, batch_size, live=live))
     with torch.no_grad():
         for name, p in module.named_parameters():
             p.copy_(start[name])

@@ -60,6 +60,7 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     directory instead of `<out_root>/<name>-<stamp>` (sweeps).
     """
     t0 = time.perf_counter()
+    check_device_here(sc.runtime.device, address or sc.runtime.address)
     if resume is None and run_dir is None:
         check_output_root(out_root or sc.output.dir)
     comps = comps or components(sc)
@@ -72,7 +73,6 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
         read_tables(resume, ("rounds", "clients", "evals"))
     eng = engine(sc, comps)
     mods = user_modules(comps)
-    check_device_here(sc.runtime.device, address or sc.runtime.address)
     started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus, mods)
     pickle_by_value(mods)
     try:
