@@ -14,7 +14,7 @@ they stand for, and derives what the round loop needs (`Setup`, `RoundConfig`, t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
 from torch import nn
@@ -252,7 +252,9 @@ def async_config(sc: Scenario, fleet_size: Optional[int] = None):
 
 def trainer(sc: Scenario, comps: Components) -> Trainer:
     """What device hosts train with: the client algorithm and the local budget."""
-    return Trainer(comps.client, sc.train.epochs, sc.train.batch_size, sc.seed, sc.runtime.torch_threads)
+    return Trainer(comps.client, sc.train.epochs, sc.train.batch_size, sc.seed, sc.runtime.torch_threads,
+                   device="cpu", gpu_share=sc.runtime.gpus_per_host,
+                   batched=sc.train.batched if sc.runtime.placement == "pooled" else "off")
 
 
 def model_factory(cfg: Any) -> ModelFactory:
@@ -326,13 +328,17 @@ def local_simulation(sc: Scenario, comps: Optional[Components] = None, hosts: in
     from raysim.runtime.local import LocalBackend  # noqa: PLC0415
     from raysim.simulation import Simulation  # noqa: PLC0415
 
+    from raysim.runtime.gpu import local_device  # noqa: PLC0415
+
     comps = comps or components(sc)
     setup = setup or build_setup(sc, comps, comps.load_dataset(sc.seed))
-    backend = LocalBackend(setup.spec, trainer(sc, comps), setup.dataset.x_train, setup.dataset.y_train,
-                           setup.shards, hosts, setup.fleet.device_id)
+    device = local_device(sc.runtime.device)
+    backend = LocalBackend(setup.spec, replace(trainer(sc, comps), device=device), setup.dataset.x_train,
+                           setup.dataset.y_train, setup.shards, hosts, setup.fleet.device_id, setup.rates)
+    cfg = replace(round_config(sc), device=device)
     acfg = async_config(sc, len(setup.fleet))
     if acfg is not None:
         from raysim.asynchronous import AsyncSimulation  # noqa: PLC0415
 
-        return AsyncSimulation(setup, comps.strategy, comps.assigner, comps.server, backend, round_config(sc), acfg)
-    return Simulation(setup, comps.strategy, comps.assigner, comps.server, backend, round_config(sc), VirtualClock())
+        return AsyncSimulation(setup, comps.strategy, comps.assigner, comps.server, backend, cfg, acfg)
+    return Simulation(setup, comps.strategy, comps.assigner, comps.server, backend, cfg, VirtualClock())

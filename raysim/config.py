@@ -249,11 +249,21 @@ class TrainConfig(_Section):
     lr: float = Field(0.05, gt=0.0, description="learning rate")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay")
+    batched: Literal["auto", "on", "off"] = Field(
+        "off", description="train the devices of a host that share a submodel shape together (torch.func vmap): "
+        "on; off: one by one; auto: per rate whichever a short measurement at start finds faster. Results "
+        "equal one by one within float tolerance; runs stay bit-identical on any number of hosts")
 
     @field_validator("algorithm")
     @classmethod
     def _algorithm(cls, v: str) -> str:
         return _check_component("train.algorithm", v)
+
+    @field_validator("batched", mode="before")
+    @classmethod
+    def _batched(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean: take it as the word that was written.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class StalenessConfig(_Section):
@@ -324,6 +334,11 @@ class RuntimeConfig(_Section):
         "virtual", description="time from the cost model, or measured (dedicated only)")
     time_scale: float = Field(0.01, gt=0.0, description="realtime: wall seconds per simulated second")
     torch_threads: int = Field(1, ge=1, description="torch threads per host (numbers depend on it)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where device hosts train and the coordinator evaluates: cuda (GPU nodes, a "
+        "fraction of a GPU per host), cpu, or auto (cuda when the cluster has GPUs and placement is pooled)")
+    gpus_per_host: float = Field(0.25, gt=0.0, le=1.0, description="cuda: the share of a GPU each device host "
+                                 "reserves (and the share of its memory it may use)")
     coordinator_restarts: int = Field(3, ge=0, description="times a lost coordinator is restarted from "
                                       "the last checkpoint before the run fails")
 
@@ -382,6 +397,9 @@ class Scenario(_Section):
             if self.deadline.policy == "partial":
                 raise ValueError(f"deadline.policy: 'partial' needs rounds with a deadline; server.mode "
                                  f"{self.server.mode!r} has none")
+        if self.runtime.device == "cuda" and self.runtime.placement != "pooled":
+            raise ValueError("runtime.device: 'cuda' needs runtime.placement 'pooled' (a dedicated device "
+                             "trains under a CPU memory cap)")
         if self.runtime.placement == "dedicated" and self.runtime.hosts_per == "node":
             raise ValueError("runtime.hosts_per: 'node' applies to placement 'pooled' only")
         if self.selection.per_round > self.fleet.devices and self.fleet.trace is None:

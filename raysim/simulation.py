@@ -97,6 +97,7 @@ class RoundConfig:
     eval_batch_size: int = 512
     eval_max_samples: Optional[int] = None
     torch_threads: int = 1
+    device: str = "cpu"             # cuda: evaluate on the GPU (where this process has one)
 
     @property
     def enforced_deadline(self) -> Optional[float]:
@@ -179,8 +180,14 @@ class Simulation:
         self.samples = setup.shards.sizes()
         ds = setup.dataset
         n_eval = len(ds.y_test) if cfg.eval_max_samples is None else min(cfg.eval_max_samples, len(ds.y_test))
-        self.x_test = torch.from_numpy(np.array(ds.x_test[:n_eval], copy=True))
-        self.y_test = torch.from_numpy(np.array(ds.y_test[:n_eval], copy=True))
+        # A GPU run evaluates on the GPU when this process has one (the test set moves there once).
+        self.eval_device = torch.device("cuda" if cfg.device == "cuda" and torch.cuda.is_available() else "cpu")
+        if self.eval_device.type == "cuda":
+            from raysim.cuda import EVAL_GPU_SHARE, cuda_host  # noqa: PLC0415
+
+            cuda_host(EVAL_GPU_SHARE)
+        self.x_test = torch.from_numpy(np.array(ds.x_test[:n_eval], copy=True)).to(self.eval_device)
+        self.y_test = torch.from_numpy(np.array(ds.y_test[:n_eval], copy=True)).to(self.eval_device)
 
     # ---------------------------------------------------------------- state (checkpoints)
     def state_dict(self) -> dict[str, Any]:
@@ -349,9 +356,10 @@ class Simulation:
         `eval_plan`). Static batch norm gets statistics recomputed on a fixed training sample."""
         cfg = self.cfg
         out = []
-        calib = calibration_sample(self.setup.dataset.x_train, cfg.seed)
-        model = self.spec.build()
-        load_params(model, self.params)
+        dev = self.eval_device
+        calib = calibration_sample(self.setup.dataset.x_train, cfg.seed).to(dev)
+        model = self.spec.build().to(dev)
+        load_params(model, {k: v.to(dev) for k, v in self.params.items()})
         recompute_bn_stats(model, calib)
         acc, loss = evaluate(model, self.x_test, self.y_test, cfg.eval_batch_size)
         out.append(EvalRecord(r, "global", 1.0, acc, loss, self.clock))
@@ -360,8 +368,9 @@ class Simulation:
                 if rt >= 1.0:
                     continue
                 plan = self.strategy.eval_plan(self.spec, rt, self.params)
-                sub = self.spec.build(plan.sizes(), rt)
-                load_params(sub, extract(self.params, plan_indices(self.spec, plan, self.shapes)))
+                sub = self.spec.build(plan.sizes(), rt).to(dev)
+                load_params(sub, {k: v.to(dev) for k, v in
+                                  extract(self.params, plan_indices(self.spec, plan, self.shapes)).items()})
                 recompute_bn_stats(sub, calib)
                 a, lo = evaluate(sub, self.x_test, self.y_test, cfg.eval_batch_size)
                 out.append(EvalRecord(r, f"rate-{rt:g}", rt, a, lo, self.clock))

@@ -26,13 +26,21 @@ from raysim.submodel.plan import Index
 
 @dataclass(frozen=True)
 class Trainer:
-    """The client algorithm and the local budget every device of a run trains with."""
+    """The client algorithm and the local budget every device of a run trains with, and how
+    hosts train: on which torch device (`cpu` or `cuda`, resolved), with which share of a GPU,
+    and whether devices that share a submodel shape are trained together (`batched`: auto,
+    on, off; `choices`: auto's measured decision per rate, once a run has one).
+    """
 
     client: ClientAlgorithm
     epochs: int
     batch_size: int
     seed: int
     torch_threads: int = 1
+    device: str = "cpu"
+    gpu_share: float = 1.0
+    batched: str = "off"
+    choices: Optional[tuple[tuple[float, bool], ...]] = None
 
     def steps_full(self, samples: int) -> int:
         """Minibatch steps of a device's full local work."""

@@ -116,6 +116,17 @@ def test_fedbuff_is_bit_identical_across_hosts_and_training_batches():
     assert weights_hash(ref.params) == weights_hash(other.params)
 
 
+def test_fedbuff_with_batched_training_matches_across_hosts_and_the_loop():
+    sc = async_scenario(**{"train.batched": "on"})
+    a, b = local_sim(sc, hosts=1), local_sim(sc, hosts=2)
+    run(a, 4)
+    run(b, 4)
+    assert weights_hash(a.params) == weights_hash(b.params)
+    loop = local_sim(async_scenario(**{"train.batched": "off"}))
+    run(loop, 4)
+    assert all(torch.allclose(a.params[k], loop.params[k], atol=1e-4) for k in a.params)
+
+
 def test_records_one_row_per_server_step_and_staleness_columns():
     sc = async_scenario(**{"server.concurrency": 16, "server.buffer": 3})
     sim = local_sim(sc)

@@ -128,6 +128,12 @@ def ckpt(run: Path) -> Path:
     return sorted((run / "checkpoints").glob("round-*.pt"))[-1]
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 # ---------------------------------------------------------------------------- the corpus
 @dataclass
 class Case:
@@ -188,6 +194,14 @@ CASES = [
     Case("set-absurd-model", lambda t, r: run_args(t, QUICK, "--set", "model.widths=[1000000,1000000]"),
          "model.widths"),
     Case("set-no-value", lambda t, r: run_args(t, QUICK, "--set", "rounds"), "KEY=VALUE"),
+    Case("set-batched-unknown", lambda t, r: run_args(t, QUICK, "--set", "train.batched=sometimes"), "train.batched"),
+    Case("set-device-unknown", lambda t, r: run_args(t, QUICK, "--set", "runtime.device=tpu"), "runtime.device"),
+    Case("set-gpu-share-zero", lambda t, r: run_args(t, QUICK, "--set", "runtime.gpus_per_host=0"),
+         "runtime.gpus_per_host"),
+    Case("set-cuda-dedicated", lambda t, r: run_args(t, QUICK, "--set", "runtime.device=cuda", "--set",
+                                                     "runtime.placement=dedicated"), "needs runtime.placement 'pooled'"),
+    Case("set-cuda-without-gpu", lambda t, r: run_args(t, QUICK, "--set", "runtime.device=cuda"), "has no CUDA GPU",
+         marks=[pytest.mark.skipif(_has_cuda(), reason="this machine has a CUDA GPU")]),
     Case("fleet-command-absurd-fleet", lambda t, r: ["fleet", QUICK, "--set", "fleet.devices=1000000000000"],
          "fleet.devices"),
     # the output directory
@@ -311,7 +325,7 @@ def _corrupt_yaml(run: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=c.marks, id=c.id) for c in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(case, complete_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RAYSIM_LOG_DIR", str(tmp_path / "logs"))
     run = tmp_path / "run"

@@ -66,9 +66,9 @@ def recompute_bn_stats(model: nn.Module, x: torch.Tensor, batch_size: int = CALI
             m.reset_running_stats()
         else:
             m.track_running_stats = True
-            m.register_buffer("running_mean", torch.zeros(m.num_features))
-            m.register_buffer("running_var", torch.ones(m.num_features))
-            m.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+            m.register_buffer("running_mean", torch.zeros(m.num_features, device=x.device))
+            m.register_buffer("running_var", torch.ones(m.num_features, device=x.device))
+            m.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=x.device))
         m.momentum = None
     model.eval()
     for m in norms:

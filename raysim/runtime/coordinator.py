@@ -17,6 +17,7 @@ from raysim.asynchronous import AsyncConfig, AsyncSimulation
 from raysim.clock import Clock, VirtualClock
 from raysim.policy import Assigner
 from raysim.records import RoundOutput
+from raysim.runtime.gpu import coordinator_gpu_options
 from raysim.runtime.placement import Placement, Pooled
 from raysim.runtime.shared import SharedData, attach, share
 from raysim.server import ServerOptimizer
@@ -78,6 +79,8 @@ class Coordinator:
             "memory_bytes": {str(r): c.memory_bytes for r, c in s.costs.items()},
             "flops_per_sample": {str(r): c.flops_per_sample for r, c in s.costs.items()},
             "hosts": len(self.pool.hosts),
+            "device": self.sim.cfg.device,
+            "batched": {str(r): bool(b) for r, b in sorted(getattr(self.pool, "choices", {}).items())},
             "host_nodes": self.pool.node_ids(),
             "train_samples": int(len(s.dataset.y_train)),
             "eval_samples": int(len(s.dataset.y_test)),
@@ -125,7 +128,9 @@ def spawn_coordinator(engine: Engine, light: Setup, data: SharedData, host_optio
     # Hard affinity: it needs no resources, so the driver's node always fits it, and a soft
     # preference was seen to land it elsewhere on a cluster. Beside the driver it shares the
     # driver's fate and no other node's: losing a worker node never costs the coordinator.
-    return Coordinator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
+    # A GPU run evaluates on the GPU where the driver's node has one (a small share of it).
+    gpu = coordinator_gpu_options(here) if engine.cfg.device == "cuda" else {}
+    return Coordinator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False), **gpu).remote(
         engine, light, data, host_options)
 
 

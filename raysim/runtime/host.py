@@ -5,23 +5,38 @@ Ray actor. A device keeps its own identity, data shard and random stream; only t
 shared. Devices that share a plan in a round share one extracted copy of their start weights
 and one index into the global tensors; per device there is one copy into the submodel, the
 training, and one remap into the host's partial sum.
+
+On a GPU host (`trainer.device == "cuda"`) the training data moves to the GPU once, when the
+host starts, and the process may use only its share of the GPU's memory; a CUDA out-of-memory
+error while training a device records that device `oom`. With `trainer.batched` the devices
+of a plan train together (`raysim.batched`); `auto` decides per rate from a short measurement.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 import warnings
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
+from raysim import batched
 from raysim.aggregate import add_weights
+from raysim.client import LocalResult
+from raysim.config import rate_sizes
+from raysim.cuda import cuda_host, release as _release
 from raysim.models import ModelSpec
-from raysim.records import FAILED, OK, GroupResult, HostResult, PartialSum, TrainReport, TrainTask
+from raysim.records import FAILED, OK, OOM, GroupResult, HostResult, PartialSum, TrainReport, TrainTask
+from raysim.seeding import torch_generator
 from raysim.submodel import SubmodelPlan, extract, plan_indices
 from raysim.train import load_params
 from raysim.trainer import Trainer, contribute
+
+log = logging.getLogger(__name__)
+OOM_REASON = "CUDA out of memory"
 
 
 class HostCore:
@@ -33,12 +48,16 @@ class HostCore:
         torch.set_num_threads(trainer.torch_threads)
         self.spec = spec
         self.trainer = trainer
+        self.device = torch.device(trainer.device)
+        if self.device.type == "cuda":
+            cuda_host(trainer.gpu_share)
         # from_numpy shares memory with the read-only, object-store backed arrays; they are
-        # only ever indexed (copied), never written, so torch's warning does not apply.
+        # only ever indexed (copied), never written, so torch's warning does not apply. On a
+        # GPU the whole set is copied there once.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            self.x = torch.from_numpy(np.asarray(x))
-            self.y = torch.from_numpy(np.asarray(y))
+            self.x = torch.from_numpy(np.asarray(x)).to(self.device)
+            self.y = torch.from_numpy(np.asarray(y)).to(self.device)
         self.flat = np.asarray(shard_flat)
         self.offsets = np.asarray(shard_offsets)
         self.host_id = host_id
@@ -47,6 +66,8 @@ class HostCore:
         self.ids = None if ids is None else np.asarray(ids)
         self.shapes = spec.global_shapes()
         self._modules: dict[tuple, torch.nn.Module] = {}
+        self._live: dict[tuple, Optional[list[str]]] = {}   # per shape: batchable (live params) or None
+        self.choices: dict[float, bool] = dict(trainer.choices or ())  # auto: batched per rate
 
     def shard(self, device_id: int) -> np.ndarray:
         """Indices of the device's training samples."""
@@ -55,17 +76,113 @@ class HostCore:
 
     def data(self, device_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The device's training samples and labels (a copy: the stored set stays read-only)."""
-        ix = torch.from_numpy(self.shard(device_id))
+        ix = torch.from_numpy(self.shard(device_id)).to(self.device)
         return self.x[ix], self.y[ix]
 
     def module(self, plan: SubmodelPlan) -> torch.nn.Module:
         """The submodel module of a plan's shape (built once per shape, reloaded per device)."""
-        key = (tuple(sorted(plan.sizes().items())), plan.rate)
+        return self._module(plan.sizes(), plan.rate)
+
+    def _module(self, sizes: Mapping[str, int], rate: float) -> torch.nn.Module:
+        key = (tuple(sorted(sizes.items())), rate)
         m = self._modules.get(key)
         if m is None:
-            m = self.spec.build(plan.sizes(), plan.rate)
+            m = self.spec.build(sizes, rate).to(self.device)
             self._modules[key] = m
         return m
+
+    # ---------------------------------------------------------------- batched or per device
+    def choose_batching(self, rates: Sequence[float]) -> dict[float, bool]:
+        """`auto`: measure loop against batched once per rate (a typical submodel of the rate)
+        and keep the faster; returns the choices (the pool hands host 0's to every host, so
+        that all hosts of a run train alike)."""
+        for rate in rates:
+            if rate in self.choices:
+                continue
+            sizes = {g: rate_sizes(w, rate) for g, w in self.spec.groups.items()}
+            m = self._module(sizes, rate)
+            if self._batchable(m, sizes, rate) is None:
+                self.choices[rate] = False
+                continue
+            loop_s, batched_s = batched.measure(m, self.trainer.client, tuple(self.spec.input_shape),
+                                                self.spec.num_classes, self.trainer.batch_size, self.device)
+            self.choices[rate] = batched.prefer_batched(loop_s, batched_s)
+            log.info("host %d, rate %g: loop %.4fs, batched %.4fs -> %s", self.host_id, rate, loop_s, batched_s,
+                     "batched" if self.choices[rate] else "loop")
+        return dict(self.choices)
+
+    def set_batching(self, choices: Mapping[float, bool]) -> None:
+        """Adopt `auto` decisions measured elsewhere (host 0's, or a resumed run's)."""
+        self.choices = dict(choices)
+
+    def _batchable(self, module: torch.nn.Module, sizes: Mapping[str, int], rate: float) -> Optional[list[str]]:
+        """The live parameters of a batchable shape, else None (checked once per shape)."""
+        key = (tuple(sorted(sizes.items())), rate)
+        if key not in self._live:
+            why = batched.batchable(self.trainer.client, module)
+            if why is not None:
+                log.info("host %d: devices at rate %g train one by one: %s", self.host_id, rate, why)
+            self._live[key] = None if why else batched.live_parameters(module, tuple(self.spec.input_shape),
+                                                                        self.device)
+        return self._live[key]
+
+    def _use_batched(self, plan: SubmodelPlan, module: torch.nn.Module) -> Optional[list[str]]:
+        mode = self.trainer.batched
+        if mode == "off":
+            return None
+        live = self._batchable(module, plan.sizes(), plan.rate)
+        if live is None or mode == "on":
+            return live
+        if plan.rate not in self.choices:
+            self.choose_batching([plan.rate])
+        return live if self.choices[plan.rate] else None
+
+    def train_plan(self, round_idx: int, plan: SubmodelPlan, start: Mapping[str, torch.Tensor],
+                   tasks: Sequence[TrainTask]) -> list[tuple[Optional[LocalResult], float]]:
+        """Train the tasks that share `plan` from `start` (on the host's device): per task, its
+        result (None: it ran out of GPU memory) and wall seconds (a batched chunk's split evenly).
+
+        Deltas come back on the CPU, where they are folded.
+        """
+        model = self.module(plan)
+        live = self._use_batched(plan, model)
+        if live is None:
+            return [self._train_one(round_idx, model, start, t) for t in tasks]
+        out: list[tuple[Optional[LocalResult], float]] = []
+        tr = self.trainer
+        for c in range(0, len(tasks), batched.SLOTS):
+            chunk = tasks[c:c + batched.SLOTS]
+            ts = time.perf_counter()
+            works = [batched.DeviceWork(torch.from_numpy(self.shard(t.device_id)),
+                                        torch_generator(tr.seed, "train", _stream(round_idx, t), t.device_id),
+                                        t.max_steps)
+                     for t in chunk]
+            try:
+                res = batched.train_group(model, tr.client, start, self.x, self.y, works, tr.epochs, tr.batch_size,
+                                          live=live)
+            except torch.cuda.OutOfMemoryError:
+                # The chunk does not fit this host's share: its devices train one by one, and
+                # only those that do not fit even alone are out of memory.
+                _release()
+                out += [self._train_one(round_idx, model, start, t) for t in chunk]
+                continue
+            wall = (time.perf_counter() - ts) / len(chunk)
+            out += [(r, wall) for r in res]
+        return out
+
+    def _train_one(self, round_idx: int, model: torch.nn.Module, start: Mapping[str, torch.Tensor],
+                   task: TrainTask) -> tuple[Optional[LocalResult], float]:
+        ts = time.perf_counter()
+        try:
+            load_params(model, start)
+            x, y = self.data(task.device_id)
+            res = self.trainer.train(model, start, x, y, _stream(round_idx, task), task.device_id, task.max_steps)
+        except torch.cuda.OutOfMemoryError:
+            _release(model)
+            return None, time.perf_counter() - ts
+        if self.device.type != "cpu":
+            res = LocalResult({k: v.cpu() for k, v in res.delta.items()}, res.samples, res.steps, res.loss, res.finite)
+        return res, time.perf_counter() - ts
 
     def train(self, round_idx: int, params: Mapping[str, torch.Tensor], plans: Mapping[int, SubmodelPlan],
               tasks: list[TrainTask]) -> HostResult:
@@ -86,24 +203,25 @@ class HostCore:
     def fold_tasks(self, round_idx: int, versions: Mapping[int, Mapping[str, torch.Tensor]],
                    plans: Mapping[int, SubmodelPlan], tasks: list[TrainTask]
                    ) -> tuple[dict[int, PartialSum], list[TrainReport]]:
-        """Train the tasks and fold each device's delta into its group's partial sum."""
+        """Train the tasks, plan by plan, and fold each device's delta into its group's partial sum."""
         partials: dict[int, PartialSum] = {}
         reports = []
         version_of = {t.plan_id: t.version for t in tasks}
         used = sorted(version_of)
         indices = {pid: plan_indices(self.spec, plans[pid], self.shapes) for pid in used}
-        # One extracted start per plan, shared by the plan's devices.
-        starts = {pid: extract(versions[version_of[pid]], indices[pid]) for pid in used}
+        # One extracted start per plan, on the host's device, shared by the plan's devices.
+        starts = {pid: {k: v.to(self.device) for k, v in extract(versions[version_of[pid]], indices[pid]).items()}
+                  for pid in used}
         plan_weight: dict[tuple[int, int], int] = {}  # element weights: once per (group, plan), not per device
-        for task in tasks:
-            ts = time.perf_counter()
-            model = self.module(plans[task.plan_id])
-            start = starts[task.plan_id]
-            load_params(model, start)
-            x, y = self.data(task.device_id)
-            stream = round_idx if task.stream < 0 else task.stream
-            res = self.trainer.train(model, start, x, y, stream, task.device_id, task.max_steps)
-            wall = time.perf_counter() - ts
+        trained = []
+        for pid in used:
+            share = [t for t in tasks if t.plan_id == pid]
+            trained += zip(share, self.train_plan(round_idx, plans[pid], starts[pid], share))
+        for task, (res, wall) in trained:
+            if res is None:
+                reports.append(TrainReport(task.device_id, OOM, 0, 0, math.nan, wall, self.host_id, OOM_REASON,
+                                           job=task.stream))
+                continue
             if not res.finite:
                 reports.append(TrainReport(task.device_id, FAILED, res.samples, res.steps, res.loss, wall,
                                            self.host_id, "non-finite update", job=task.stream))
@@ -119,3 +237,8 @@ class HostCore:
         for group, pid in sorted(plan_weight):
             add_weights(partials[group], indices[pid], plan_weight[(group, pid)])
         return partials, reports
+
+
+def _stream(round_idx: int, task: TrainTask) -> int:
+    """The key of a device's random stream: its round, or (asynchronous modes) its dispatch."""
+    return round_idx if task.stream < 0 else task.stream

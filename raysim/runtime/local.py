@@ -32,9 +32,16 @@ class LocalBackend:
     """Backend that trains in the calling process (tests, debugging); no Ray."""
 
     def __init__(self, spec: ModelSpec, trainer: Trainer, x: np.ndarray, y: np.ndarray,
-                 shards: Sequence[np.ndarray], hosts: int = 1, ids: Optional[np.ndarray] = None) -> None:
+                 shards: Sequence[np.ndarray], hosts: int = 1, ids: Optional[np.ndarray] = None,
+                 rates: Sequence[float] = ()) -> None:
         s = Shards.from_list(shards)
         self.cores = [HostCore(spec, trainer, x, y, s.flat, s.offsets, h, ids) for h in range(hosts)]
+        self.choices: dict[float, bool] = dict(trainer.choices or ())
+        if trainer.batched == "auto" and rates and not self.choices:
+            # As the Ray pool does: measured once, by host 0, and adopted by every host.
+            self.choices = self.cores[0].choose_batching(rates)
+            for c in self.cores[1:]:
+                c.set_batching(self.choices)
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> list[HostResult]:

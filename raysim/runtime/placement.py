@@ -43,7 +43,7 @@ class Pooled(Placement):
     def start(self, setup, trainer, data, options=None):
         from raysim.runtime.pool import RayPool  # noqa: PLC0415
 
-        return RayPool(setup.spec, trainer, data, self.hosts, self.hosts_per, options)
+        return RayPool(setup.spec, trainer, data, self.hosts, self.hosts_per, options, setup.rates)
 
 
 @dataclass(frozen=True)

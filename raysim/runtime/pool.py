@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import ray
@@ -64,6 +64,12 @@ class DeviceHost:
                 self._versions[v] = {k: torch.from_numpy(np.array(a)) for k, a in ray.get(ref).items()}
         return self.core.train_groups({v: self._versions[v] for v in refs}, plans, tasks)
 
+    def choose_batching(self, rates: list[float]) -> dict[float, bool]:
+        return self.core.choose_batching(rates)
+
+    def set_batching(self, choices: dict[float, bool]) -> None:
+        self.core.set_batching(choices)
+
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
@@ -79,15 +85,22 @@ class RayPool:
     """Backend that trains a round's tasks on a pool of `DeviceHost` actors."""
 
     def __init__(self, spec: ModelSpec, trainer: Trainer, data: SharedData, hosts: Optional[int],
-                 hosts_per: str = "cpu", host_options: Optional[dict[str, Any]] = None) -> None:
+                 hosts_per: str = "cpu", host_options: Optional[dict[str, Any]] = None,
+                 rates: Sequence[float] = ()) -> None:
         # The driver put the data once; every host on a node maps the same stored copy, and a
         # replacement host reads it again from the same refs.
         self._args = (spec, trainer, data)
+        gpu_share = trainer.gpu_share if trainer.device == "cuda" else None
         self._opts = [{**o, **(host_options or {})}
-                      for o in host_placements(hosts_per, hosts, trainer.torch_threads)]
+                      for o in host_placements(hosts_per, hosts, trainer.torch_threads, gpu_share)]
         self.hosts = [self._spawn(h) for h in range(len(self._opts))]
         self.restarts = 0
         self._version_refs: dict[int, Any] = {}  # asynchronous modes: live versions in the object store
+        self.choices: dict[float, bool] = dict(trainer.choices or ())
+        if trainer.batched == "auto" and rates and not self.choices:
+            # Measured once, by host 0, and adopted by all: every host of a run trains alike.
+            self.choices = ray.get(self.hosts[0].choose_batching.remote(list(rates)))
+            ray.get([h.set_batching.remote(self.choices) for h in self.hosts[1:]])
 
     def _spawn(self, h: int):
         # Restarts are ours, not Ray's: a replacement host is built from the same shared refs,
@@ -96,7 +109,10 @@ class RayPool:
         node = getattr(opts.get("scheduling_strategy"), "node_id", None)
         if node is not None and not node_alive(node):
             opts = {**opts, "scheduling_strategy": "SPREAD"}
-        return DeviceHost.options(**opts).remote(*self._args, h)
+        host = DeviceHost.options(**opts).remote(*self._args, h)
+        if getattr(self, "choices", None):
+            host.set_batching.remote(self.choices)  # a replacement trains as its predecessor did
+        return host
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
               tasks: list[TrainTask]) -> list[HostResult]:

@@ -6,9 +6,10 @@ directory exists, as one-line exceptions; the CLI turns them into exit code 2.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -21,6 +22,7 @@ from raysim.config import Scenario
 from raysim.errors import RunFailed
 from raysim.records import RoundOutput
 from raysim.results import RunWriter, check_output_root, latest_checkpoint, load_checkpoint, new_run_dir, read_tables
+from raysim.runtime.gpu import check_device_here, resolve_device, with_device
 from raysim.runtime.session import pickle_by_value, start_ray, stop_ray, user_modules
 from raysim.simulation import Setup
 
@@ -58,6 +60,7 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     directory instead of `<out_root>/<name>-<stamp>` (sweeps).
     """
     t0 = time.perf_counter()
+    check_device_here(sc.runtime.device, address or sc.runtime.address)
     if resume is None and run_dir is None:
         check_output_root(out_root or sc.output.dir)
     comps = comps or components(sc)
@@ -73,6 +76,9 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus, mods)
     pickle_by_value(mods)
     try:
+        eng = with_device(eng, resolve_device(sc.runtime.device, sc.runtime.placement))
+        if resume is not None:
+            eng = with_choices(eng, _manifest_info(resume).get("batched"))
         if sc.runtime.placement == "dedicated":
             from raysim.runtime.capacity import check_dedicated_fits  # noqa: PLC0415
 
@@ -89,6 +95,9 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
         coord = spawn()
         info = ray.get(coord.info.remote())
         info["components"] = dict(comps.sources)
+        # `train.batched: auto` measured once: a restarted coordinator (spawn reads `eng`
+        # when called) and a resumed run train as this one decided, so they stay identical.
+        eng = with_choices(eng, info.get("batched"))
         first = 1
         if resume is not None:
             upto = _restore(coord, resume)
@@ -128,6 +137,21 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     finally:
         if started:
             stop_ray()
+
+
+def with_choices(eng: Any, choices: Optional[dict[str, bool]]) -> Any:
+    """The engine with `train.batched: auto`'s decisions (rate -> batched) fixed, if any."""
+    if not choices or eng.trainer.batched != "auto":
+        return eng
+    fixed = tuple(sorted((float(r), bool(b)) for r, b in choices.items()))
+    return replace(eng, trainer=replace(eng.trainer, choices=fixed))
+
+
+def _manifest_info(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((path / "manifest.json").read_text()).get("info") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 class _OnRound(Callback):

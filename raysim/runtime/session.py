@@ -235,22 +235,31 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def host_placements(hosts_per: str, hosts: Optional[int], torch_threads: int = 1) -> list[dict[str, Any]]:
+def host_placements(hosts_per: str, hosts: Optional[int], torch_threads: int = 1,
+                    gpu_share: Optional[float] = None) -> list[dict[str, Any]]:
     """Ray options of every device host, in host order.
 
     `cpu`: `hosts` hosts (default: one per CPU of the cluster) of one CPU each, SPREAD so that
     they fill different nodes before doubling up. `node`: one host on each alive node with
     CPUs (the first `hosts` by node id, if set), pinned to it and reserving as many CPUs as
     it runs torch threads: fewer processes (one torch runtime per node) for less parallelism.
+    `gpu_share` (GPU hosts): every host also reserves that share of a GPU; `cpu` starts as many
+    as the free GPUs hold by default, `node` uses only nodes with that much GPU.
     """
+    gpu = {"num_gpus": gpu_share} if gpu_share else {}
     if hosts_per == "node":
-        nodes = sorted((n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1),
+        nodes = sorted((n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1
+                        and (not gpu_share or n["Resources"].get("GPU", 0) >= gpu_share)),
                        key=lambda n: n["NodeID"])
         if hosts:
             nodes = nodes[:hosts]
-        return [{"num_cpus": min(torch_threads, int(n["Resources"]["CPU"])),
+        return [{"num_cpus": min(torch_threads, int(n["Resources"]["CPU"])), **gpu,
                  "scheduling_strategy": NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)} for n in nodes]
-    return [{"scheduling_strategy": "SPREAD"} for _ in range(hosts or cluster_cpus())]
+    if gpu_share:
+        from raysim.runtime.gpu import gpu_hosts  # noqa: PLC0415
+
+        hosts = gpu_hosts(gpu_share, hosts, cluster_cpus())
+    return [{"scheduling_strategy": "SPREAD", **gpu} for _ in range(hosts or cluster_cpus())]
 
 
 def node_alive(node_id: str) -> bool:

@@ -1,0 +1,295 @@
+"""Batched local training: the devices that share a submodel shape trained in one pass.
+
+IoT-size submodels are bound by per-step overhead (Python, autograd, one small kernel per
+layer), not by FLOPs. Devices that share a plan in a round have the same submodel and start
+weights; `train_group` stacks their weights and trains them together with `torch.func`
+(`functional_call` under `vmap`, which turns every layer into one batched or grouped kernel).
+Pure torch, no Ray:
+
+    >>> works = [DeviceWork(shard_indices, torch_generator(seed, "train", r, dev), None) for ...]
+    >>> results = train_group(module, LocalSGD(lr=0.05), start, x, y, works, epochs=1, batch_size=20)
+
+Each device keeps its own math. Its minibatches are drawn from its own stream in the same
+order as `LocalSGD.train` draws them (one `randperm` per epoch), its step count is its own
+(`max_steps` for partial work; a device that is done, or a padding slot, is masked out of the
+update), and its loss is the mean over its own samples: a short last minibatch is padded to
+the full batch size and the padded samples are masked out of the loss. Results equal the
+per-device loop within float tolerance.
+
+Deterministic and independent of the company a device keeps: nothing reduces across
+devices, every minibatch is padded to the batch size, and a group is cut into chunks of
+`SLOTS` devices. On a GPU the last chunk is padded with empty slots too (`pad=True`), so every
+kernel sees the same shapes whichever devices share the chunk and however many devices a host
+got (GPU libraries pick kernels by shape). On the CPU a slot's arithmetic is the same for any
+chunk of two or more devices, so the last chunk is only padded to `MIN_SLOTS` and no time is
+spent on empty slots. A device's result is then the same on one host or twenty
+(`tests/test_batched.py` checks it bit for bit, for chunks of 2, 3 and 16).
+
+What batches: the built-in client algorithms (`LocalSGD`, `FedProx`; a subclass that changes
+`objective`, `train` or the update trains per device) on modules without buffers or
+batch-statistics layers (BatchNorm would see the padded samples) or random layers (dropout
+would not draw from the device's own stream). `batchable` says why not.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn import functional as F
+
+from raysim.client import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD, finite
+
+# Devices per batched call. Fixed, so that kernel shapes never depend on how many devices a
+# host got (see the module docstring); 16 amortises the per-step overhead over enough devices
+# while wasting little on a host's last, partly empty chunk.
+SLOTS = 16
+# The narrowest chunk: a vmap over one slot takes other kernels than over two or more (seen
+# on the CPU), so a lone device is batched beside one empty slot.
+MIN_SLOTS = 2
+
+
+@dataclass(frozen=True)
+class DeviceWork:
+    """One device's part of a group: its sample indices (into the host's x, y), its own
+    random stream for this round, and its step cap (None = all epochs)."""
+
+    indices: torch.Tensor
+    generator: torch.Generator
+    max_steps: Optional[int] = None
+
+
+def _objective_mu(client: ClientAlgorithm) -> Optional[float]:
+    """The proximal weight of a client whose objective this module knows (0 for plain SGD),
+    or None when it does not know it."""
+    cls = type(client)
+    if not isinstance(client, LocalSGD) or cls.train is not LocalSGD.train or cls._update is not LocalSGD._update:
+        return None
+    if cls.objective is LocalSGD.objective:
+        return 0.0
+    if cls.objective is FedProx.objective:
+        return float(client.mu)  # type: ignore[attr-defined]
+    return None
+
+
+def batchable(client: ClientAlgorithm, module: nn.Module) -> Optional[str]:
+    """None when devices training `module` with `client` can be batched, else why not.
+
+        >>> batchable(LocalSGD(), cnn)       # None
+        >>> batchable(MyAlgorithm(), cnn)    # 'the client algorithm MyAlgorithm ...'
+    """
+    if _objective_mu(client) is None:
+        return f"the client algorithm {type(client).__name__} is not LocalSGD or FedProx as built in"
+    if any(True for _ in module.buffers()):
+        return "the model has buffers (running statistics) that training updates"
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return "the model has batch-statistics layers, which would see the padded samples"
+        if isinstance(m, nn.modules.dropout._DropoutNd) or isinstance(m, nn.Dropout):
+            return "the model has random layers, which would not draw from each device's stream"
+    return None
+
+
+def _schedule(work: DeviceWork, epochs: int, batch_size: int) -> list[torch.Tensor]:
+    """The device's minibatches (indices into the host's data), drawn exactly as
+    `LocalSGD.train` draws them: a fresh permutation per epoch from its own stream."""
+    n = int(work.indices.shape[0])
+    per_epoch = max(1, math.ceil(n / batch_size))
+    total = epochs * per_epoch if work.max_steps is None else min(work.max_steps, epochs * per_epoch)
+    out: list[torch.Tensor] = []
+    while len(out) < total:
+        order = torch.randperm(n, generator=work.generator)
+        for b in range(per_epoch):
+            if len(out) >= total:
+                break
+            out.append(work.indices[order[b * batch_size:(b + 1) * batch_size]])
+    return out
+
+
+def _plan_steps(works: Sequence[DeviceWork], slots: int, epochs: int, batch_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per step and slot: sample indices padded to the batch size (T, S, B), which of them are
+    real (T, S, B) and how many (T, S); a slot past its device's last step has none."""
+    sched = [_schedule(w, epochs, batch_size) for w in works]
+    steps = max((len(s) for s in sched), default=0)
+    idx = torch.zeros((steps, slots, batch_size), dtype=torch.long)
+    valid = torch.zeros((steps, slots, batch_size), dtype=torch.bool)
+    for s, batches in enumerate(sched):
+        for t, ix in enumerate(batches):
+            idx[t, s, :len(ix)] = ix
+            valid[t, s, :len(ix)] = True
+    return idx, valid, valid.sum(dim=2)
+
+
+def _loss_fn(module: nn.Module, names: list[str], mu: float, start: Mapping[str, torch.Tensor]) -> Callable:
+    """One device's minibatch loss as a function of its weights: mean cross-entropy over its
+    real samples (plus FedProx's proximal term), for `grad_and_value` under `vmap`."""
+
+    def loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,
+             count: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(functional_call(module, params, (x,)), y, reduction="none")
+        # where, not a multiply: a padded sample's loss never reaches the sum (not even a NaN)
+        value = torch.where(valid, ce, torch.zeros_like(ce)).sum() / count.clamp(min=1)
+        if mu:
+            value = value + 0.5 * mu * sum(((params[k] - start[k]) ** 2).sum() for k in names)
+        return value
+
+    return loss
+
+
+def live_parameters(module: nn.Module, x_shape: tuple[int, ...], device: torch.device) -> list[str]:
+    """Names of the parameters that get a gradient (`LocalSGD` leaves the others untouched:
+    not even weight decay moves them). One backward pass on one zero sample."""
+    for p in module.parameters():
+        p.grad = None
+    module.train()
+    out = module(torch.zeros((1, *x_shape), device=device))
+    out.sum().backward()
+    names = [k for k, p in module.named_parameters() if p.grad is not None]
+    for p in module.parameters():
+        p.grad = None
+    return names
+
+
+def train_group(module: nn.Module, client: ClientAlgorithm, start: Mapping[str, torch.Tensor], x: torch.Tensor,
+                y: torch.Tensor, works: Sequence[DeviceWork], epochs: int, batch_size: int, slots: int = SLOTS,
+                live: Optional[Sequence[str]] = None, pad: Optional[bool] = None) -> list[LocalResult]:
+    """Train every device of `works` from `start` (one submodel shape, `module`'s), `slots`
+    at a time; one `LocalResult` per device, in order, as `client.train` would give it
+    (its delta on the CPU).
+
+    `x`, `y` are the host's whole training set (on the training device); `live`: the
+    parameters that get gradients (default: all; see `live_parameters`); `pad`: pad the last
+    chunk to `slots` (default: on a GPU; see the module docstring).
+    """
+    pad = x.device.type != "cpu" if pad is None else pad
+    mu = _objective_mu(client)
+    if mu is None:
+        raise ValueError(f"train_group: {batchable(client, module)}")
+    sgd: LocalSGD = client  # type: ignore[assignment]
+    out: list[LocalResult] = []
+    for c in range(0, len(works), slots):
+        chunk = works[c:c + slots]
+        width = slots if pad else max(MIN_SLOTS, len(chunk))
+        out += _train_chunk(module, sgd, mu, start, x, y, chunk, epochs, batch_size, width, live)
+    return out
+
+
+def _train_chunk(module: nn.Module, sgd: LocalSGD, mu: float, start: Mapping[str, torch.Tensor], x: torch.Tensor,
+                 y: torch.Tensor, works: Sequence[DeviceWork], epochs: int, batch_size: int, slots: int,
+                 live: Optional[Sequence[str]]) -> list[LocalResult]:
+    dev = x.device
+    names = [k for k, _ in module.named_parameters()]
+    moving = [k for k in names if live is None or k in set(live)]
+    idx, valid, count = _plan_steps(works, slots, epochs, batch_size)
+    idx, valid, count = idx.to(dev), valid.to(dev), count.to(dev)
+    active = count > 0                                                   # (T, S): the slot steps
+    params = {k: start[k].unsqueeze(0).repeat(slots, *([1] * start[k].dim())) for k in names}
+    bufs = [torch.zeros_like(params[k]) for k in moving] if sgd.momentum else []
+    step_fn = vmap(grad_and_value(_loss_fn(module, names, mu, start)))
+    loss_sum = torch.zeros(slots, dtype=torch.float64, device=dev)
+    module.train()
+    for t in range(idx.shape[0]):
+        flat = idx[t].reshape(-1)
+        xb = x[flat].reshape(slots, batch_size, *x.shape[1:])
+        yb = y[flat].reshape(slots, batch_size)
+        grads, loss = step_fn(params, xb, yb, valid[t], count[t])
+        with torch.no_grad():
+            ps = [params[k] for k in moving]
+            gs = [grads[k] for k in moving]
+            # The update of LocalSGD._update, term for term, on all slots at once; a slot that
+            # has no step now keeps its weights and momentum (where, so a NaN stays in its slot).
+            if sgd.weight_decay:
+                gs = torch._foreach_add(gs, ps, alpha=sgd.weight_decay)
+            on = active[t]
+            if sgd.momentum:
+                new_bufs = torch._foreach_add(torch._foreach_mul(bufs, sgd.momentum), gs)
+                bufs = [torch.where(_expand(on, b), nb, b) for b, nb in zip(bufs, new_bufs)]
+                gs = bufs
+            stepped = torch._foreach_add(ps, gs, alpha=-sgd.lr)
+            for k, p, q in zip(moving, ps, stepped):
+                params[k] = torch.where(_expand(on, p), q, p)
+            loss_sum += torch.where(on, loss.detach().double() * count[t], torch.zeros_like(loss_sum))
+    steps = active.sum(dim=0).tolist() if idx.shape[0] else [0] * slots
+    seen = count.sum(dim=0).tolist() if idx.shape[0] else [0] * slots
+    losses = loss_sum.tolist()
+    # One copy per tensor to the CPU (where deltas are folded), not one per device.
+    deltas = {k: (params[k][:len(works)] - start[k]).detach().cpu() for k in names}
+    results = []
+    for s in range(len(works)):
+        delta = {k: deltas[k][s] for k in names}
+        results.append(LocalResult(delta, int(seen[s]), int(steps[s]), losses[s] / max(int(seen[s]), 1), finite(delta)))
+    return results
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-slot mask shaped to broadcast over a stacked tensor."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+# ---------------------------------------------------------------------------- auto: measure once
+# Loop steps slower than this are FLOP-bound: batching only saves per-step overhead (~2 ms a
+# step on a CPU core), so on the CPU such a shape trains per device without a measurement.
+FLOP_BOUND_STEP_S = 0.05
+# Batched must beat the loop by this margin to be chosen, so that a noisy tie keeps the loop.
+MARGIN = 0.9
+
+
+def measure(module: nn.Module, client: ClientAlgorithm, x_shape: tuple[int, ...], classes: int, batch_size: int,
+            device: torch.device, devices: int = SLOTS // 2, steps: int = 2) -> tuple[float, float]:
+    """(loop seconds, batched seconds) for `devices` devices of `steps` minibatches each, on
+    random data of the real shapes (after one warm-up of each). Half a chunk by default: a
+    host's groups are often smaller than a chunk, and batching gains less on fewer devices.
+    The loop is timed first; when one of its steps is FLOP-bound on a CPU, batched is not
+    timed (returned as inf).
+
+        >>> loop_s, batched_s = measure(cnn, LocalSGD(), (1, 12, 12), 10, 20, torch.device("cpu"))
+    """
+    g = torch.Generator().manual_seed(0)
+    n = batch_size * steps
+    x = torch.randn((devices * n, *x_shape), generator=g).to(device)
+    y = torch.randint(0, classes, (devices * n,), generator=g).to(device)
+    start = {k: p.detach().clone() for k, p in module.named_parameters()}
+    works = [DeviceWork(torch.arange(s * n, (s + 1) * n), torch.Generator().manual_seed(s)) for s in range(devices)]
+
+    def loop(k: int) -> None:
+        for w in works[:k]:
+            with torch.no_grad():
+                for name, p in module.named_parameters():
+                    p.copy_(start[name])
+            ix = w.indices.to(device)
+            client.train(module, LocalData(x[ix], y[ix], 1, batch_size, None, torch.Generator().manual_seed(0)), start)
+
+    def timed(fn: Callable[[], None]) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    first = timed(lambda: loop(1))  # the warm-up of the loop, and the FLOP-bound check
+    if device.type == "cpu" and first / steps > FLOP_BOUND_STEP_S:
+        return first * devices, math.inf
+    loop_s = timed(lambda: loop(devices))
+    live = live_parameters(module, x_shape, device)
+    timed(lambda: train_group(module, client, start, x, y, works, 1, batch_size, live=live))  # warm-up
+    batched_s = timed(lambda: train_group(module, client, start, x, y, works, 1, batch_size, live=live))
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(start[name])
+    return loop_s, batched_s
+
+
+def prefer_batched(loop_s: float, batched_s: float) -> bool:
+    """Whether a measurement favours batching (by `MARGIN`, so a tie keeps the loop)."""
+    return batched_s < MARGIN * loop_s
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,249 @@
+"""Batched training of devices that share a submodel shape, and the GPU device path.
+
+Batched results equal the per-device loop within float tolerance, and are bit-identical
+whichever devices share a chunk and on any number of hosts. What needs a CUDA GPU says so
+and is skipped without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import local_sim, tiny_overrides
+from raysim.batched import SLOTS, DeviceWork, batchable, live_parameters, train_group
+from raysim.client import FedProx, LocalData, LocalSGD
+from raysim.config import load_scenario, rate_sizes
+from raysim.models.cnn import cnn_spec
+from raysim.records import OOM, TrainTask
+from raysim.runtime.host import HostCore
+from raysim.seeding import torch_generator
+from raysim.submodel.plan import SubmodelPlan
+from raysim.trainer import Trainer
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+SIZES = [35, 20, 7, 41, 1, 13]      # unequal shards: short last minibatches, 1 to 3 per epoch
+SPEC = cnn_spec((1, 8, 8), 4, [4, 8], 8)
+
+
+def _data(n: int = 200):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def _module(rate: float = 0.5):
+    torch.manual_seed(0)
+    return SPEC.build({k: rate_sizes(w, rate) for k, w in SPEC.groups.items()}, rate)
+
+
+def _works(devs, max_steps=None):
+    offs = np.concatenate([[0], np.cumsum(SIZES)])
+    return [DeviceWork(torch.arange(offs[d], offs[d + 1]), torch_generator(0, "train", 1, d),
+                       None if max_steps is None else max_steps[d]) for d in devs]
+
+
+def _loop(module, client, start, x, y, work, epochs):
+    with torch.no_grad():
+        for k, p in module.named_parameters():
+            p.copy_(start[k])
+    ix = work.indices
+    return client.train(module, LocalData(x[ix], y[ix], epochs, 20, work.max_steps, work.generator), start)
+
+
+@pytest.mark.parametrize("client", [LocalSGD(lr=0.1, momentum=0.9, weight_decay=1e-3), FedProx(lr=0.1, mu=0.1)],
+                         ids=["sgd-momentum-decay", "fedprox"])
+def test_batched_equals_the_loop_per_device(client):
+    x, y = _data()
+    m = _module()
+    start = {k: p.detach().clone() for k, p in m.named_parameters()}
+    caps = [None, 1, None, 3, None, 2]   # partial work: a step cap per device
+    got = train_group(m, client, start, x, y, _works(range(6), caps), 2, 20)
+    for d, (b, w) in enumerate(zip(got, _works(range(6), caps))):
+        r = _loop(m, client, start, x, y, w, 2)
+        assert (b.steps, b.samples) == (r.steps, r.samples), d
+        assert b.finite and abs(b.loss - r.loss) < 1e-5
+        for k in r.delta:
+            torch.testing.assert_close(b.delta[k], r.delta[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_device_result_does_not_depend_on_its_company():
+    x, y = _data()
+    m = _module()
+    start = {k: p.detach().clone() for k, p in m.named_parameters()}
+    client = LocalSGD(lr=0.1, momentum=0.5)
+    alone = train_group(m, client, start, x, y, _works([3]), 2, 20)[0]               # beside an empty slot
+    for crowd in (train_group(m, client, start, x, y, _works([5, 0, 4, 3, 1]), 2, 20)[3],  # another slot
+                  train_group(m, client, start, x, y, _works([3, 2, 1]), 2, 20, pad=True)[0],  # 16 slots
+                  train_group(m, client, start, x, y, _works([0, 1, 3]), 2, 20, slots=2)[2]):  # second chunk
+        assert alone.loss == crowd.loss
+        assert all(torch.equal(alone.delta[k], crowd.delta[k]) for k in alone.delta)
+
+
+def test_a_non_finite_device_stays_in_its_slot():
+    x, y = _data()
+    x[0] = float("nan")                   # device 0's first sample
+    m = _module()
+    start = {k: p.detach().clone() for k, p in m.named_parameters()}
+    res = train_group(m, LocalSGD(), start, x, y, _works([0, 1]), 1, 20)
+    assert not res[0].finite and res[1].finite
+
+
+def test_what_cannot_batch_says_why():
+    class Custom(LocalSGD):
+        def objective(self, model, x, y, start):
+            return super().objective(model, x, y, start) * 2
+
+    m = _module()
+    assert batchable(LocalSGD(), m) is None and batchable(FedProx(), m) is None
+    assert "Custom" in batchable(Custom(), m)
+    assert "batch-statistics" in batchable(LocalSGD(), nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64, track_running_stats=False)))
+    assert "random" in batchable(LocalSGD(), nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 4)))
+    assert "buffers" in batchable(LocalSGD(), nn.BatchNorm1d(4))
+
+
+def test_unused_parameters_are_left_alone():
+    class Spare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 4)
+            self.unused = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    x, y = _data()
+    m = Spare()
+    live = live_parameters(m, (1, 8, 8), torch.device("cpu"))
+    assert live == ["fc.weight", "fc.bias"]
+    start = {k: p.detach().clone() for k, p in m.named_parameters()}
+    res = train_group(m, LocalSGD(weight_decay=0.1), start, x, y, _works([0]), 1, 20, live=live)[0]
+    assert not res.delta["unused.weight"].any()   # the loop applies no weight decay without a gradient
+
+
+def _hash(sim) -> str:
+    return hashlib.sha256(b"".join(v.numpy().tobytes() for v in sim.params.values())).hexdigest()
+
+
+def test_batched_runs_are_identical_on_any_number_of_hosts_and_close_to_the_loop():
+    over = tiny_overrides(rounds=2, **{"selection.per_round": SLOTS + 4, "deadline.policy": "partial"})
+    runs = {}
+    for mode, hosts in (("on", 1), ("on", 3), ("off", 1)):
+        sim = local_sim(load_scenario("scenarios/quickstart.yaml", over + [f"train.batched={mode}"]), hosts=hosts)
+        outs = [sim.step() for _ in range(2)]
+        runs[mode, hosts] = (_hash(sim), sim.params, outs)
+    assert runs["on", 1][0] == runs["on", 3][0]
+    for k, v in runs["off", 1][1].items():
+        torch.testing.assert_close(runs["on", 1][1][k], v, rtol=1e-3, atol=1e-5)
+    a, b = runs["on", 1][2][-1].clients, runs["off", 1][2][-1].clients
+    assert list(a.status) == list(b.status) and list(a.steps) == list(b.steps)
+    assert np.allclose(np.array(a.loss, float), np.array(b.loss, float), rtol=1e-4, equal_nan=True)
+
+
+def test_auto_measures_once_and_every_host_adopts_it():
+    sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(rounds=1, **{"train.batched": "auto"}))
+    sim = local_sim(sc, hosts=2)
+    choices = sim.backend.choices
+    assert set(choices) == set(sim.setup.rates)
+    assert all(c.choices == choices for c in sim.backend.cores)
+
+
+def test_yaml_on_and_off_are_words():
+    sc = load_scenario("scenarios/quickstart.yaml", ["train.batched=on"])
+    assert sc.train.batched == "on"
+    assert load_scenario("scenarios/quickstart.yaml", ["train.batched=off"]).train.batched == "off"
+
+
+def _host(batched: str = "off") -> HostCore:
+    x, y = _data()
+    offs = np.concatenate([[0], np.cumsum(SIZES)])
+    trainer = Trainer(LocalSGD(), 1, 20, 0, batched=batched)
+    return HostCore(SPEC, trainer, x.numpy(), y.numpy(), np.arange(offs[-1]), offs)
+
+
+def _plan(rate: float = 0.5) -> SubmodelPlan:
+    from raysim.submodel.strategies import Static
+
+    return Static().plan(SPEC, rate, 1, -1, None, 0)
+
+
+@pytest.mark.parametrize("batched", ["off", "on"])
+def test_cuda_out_of_memory_is_recorded_oom_not_a_crash(batched, monkeypatch):
+    host = _host(batched)
+    real = Trainer.train
+
+    def tight(self, model, start, x, y, round_idx, device_id, max_steps):
+        if device_id == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, model, start, x, y, round_idx, device_id, max_steps)
+
+    def no_room(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Trainer, "train", tight)
+    monkeypatch.setattr("raysim.batched.train_group", no_room)  # a chunk that does not fit trains one by one
+    params = {k: p.detach().clone() for k, p in SPEC.build().named_parameters()}
+    tasks = [TrainTask(d, 0.5, 0, None, "uniform") for d in range(4)]
+    res = host.train(1, params, {0: _plan()}, tasks)
+    status = {r.device_id: r.status for r in res.reports}
+    assert status == {0: "ok", 1: "ok", 2: OOM, 3: "ok"} and res.partial.devices == 3
+
+
+def test_cuda_without_a_gpu_is_one_line(monkeypatch):
+    from raysim.runtime import gpu
+
+    monkeypatch.setattr(gpu, "_cuda_here", lambda: False)
+    with pytest.raises(gpu.DeviceError, match="has no CUDA GPU"):
+        gpu.check_device_here("cuda", None)
+    gpu.check_device_here("cuda", "10.0.0.1:6379")  # a cluster is asked once Ray is up
+    assert gpu.local_device("auto") == "cpu" and gpu.local_device("cpu") == "cpu"
+    monkeypatch.setattr(gpu, "cluster_gpus", lambda: 0.0)
+    assert gpu.resolve_device("auto", "pooled") == "cpu"
+    with pytest.raises(gpu.DeviceError, match="the Ray cluster has no CUDA GPU"):
+        gpu.resolve_device("cuda", "pooled")
+    monkeypatch.setattr(gpu, "cluster_gpus", lambda: 2.0)
+    assert gpu.resolve_device("auto", "pooled") == "cuda" and gpu.resolve_device("auto", "dedicated") == "cpu"
+
+
+def test_gpu_hosts_take_fractional_gpus(monkeypatch):
+    import ray
+
+    from raysim.runtime import gpu, session
+
+    monkeypatch.setattr(ray, "available_resources", lambda: {"GPU": 0.95, "CPU": 16})
+    monkeypatch.setattr(session, "cluster_cpus", lambda: 16)
+    opts = session.host_placements("cpu", None, 1, gpu_share=0.2)
+    assert len(opts) == 4 and all(o["num_gpus"] == 0.2 for o in opts)   # beside the coordinator's 0.05
+    with pytest.raises(gpu.DeviceError, match="runtime.hosts: 5 hosts"):
+        session.host_placements("cpu", 5, 1, gpu_share=0.2)
+    assert "num_gpus" not in session.host_placements("cpu", 2, 1)[0]
+
+
+@CUDA
+def test_batched_on_the_gpu_equals_the_cpu_loop():
+    x, y = _data()
+    m = _module()
+    start = {k: p.detach().clone() for k, p in m.named_parameters()}
+    client = LocalSGD(lr=0.1, momentum=0.9)
+    cuda = torch.device("cuda")
+    mg = _module().to(cuda)
+    got = train_group(mg, client, {k: v.to(cuda) for k, v in start.items()}, x.to(cuda), y.to(cuda),
+                      _works(range(6)), 2, 20)
+    for b, w in zip(got, _works(range(6))):
+        r = _loop(m, client, start, x, y, w, 2)
+        assert b.steps == r.steps and b.delta["classifier.bias"].device.type == "cpu"
+        for k in r.delta:
+            torch.testing.assert_close(b.delta[k], r.delta[k], rtol=1e-3, atol=1e-5)
+
+
+@CUDA
+def test_a_gpu_host_trains_and_evaluates_on_the_gpu():
+    sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(rounds=1, **{"runtime.device": "cuda",
+                                                                                "train.batched": "on"}))
+    sim = local_sim(sc, hosts=1)
+    assert sim.backend.cores[0].x.device.type == "cuda" and sim.eval_device.type == "cuda"
+    out = sim.step()
+    assert out.record.trained > 0 and out.evals
