@@ -206,15 +206,19 @@ def build_setup(sc: Scenario, comps: Components, dataset: Dataset) -> Setup:
     from raysim.data import partition  # noqa: PLC0415
     from raysim.fleet import Availability, make_fleet  # noqa: PLC0415
 
-    spec = model_spec(comps, dataset.input_shape, dataset.num_classes)
-    rates = ladder(sc, comps, spec)
-    copies = comps.client.state_copies
-    costs = profile_ladder(spec, rates, sc.train.batch_size, momentum=copies > 0)
-    # A FedScale-style trace gives ms per sample of a reference model: the global model at rate 1
-    # (before fedavg-smallest narrows it).
-    ref_spec = spec if comps.smallest is None else model_spec(
-        Components(**{**comps.__dict__, "smallest": None, "narrow": False}), dataset.input_shape, dataset.num_classes)
-    ref = profile_ladder(ref_spec, [1.0], sc.train.batch_size)[1.0]
+    from raysim.slicing.trace import TRACE_LOCK  # noqa: PLC0415
+
+    with TRACE_LOCK:  # tracing and the cost model's forward passes: one thread at a time (sweeps)
+        spec = model_spec(comps, dataset.input_shape, dataset.num_classes)
+        rates = ladder(sc, comps, spec)
+        copies = comps.client.state_copies
+        costs = profile_ladder(spec, rates, sc.train.batch_size, momentum=copies > 0)
+        # A FedScale-style trace gives ms per sample of a reference model: the global model at
+        # rate 1 (before fedavg-smallest narrows it).
+        ref_spec = spec if comps.smallest is None else model_spec(
+            Components(**{**comps.__dict__, "smallest": None, "narrow": False}), dataset.input_shape,
+            dataset.num_classes)
+        ref = profile_ladder(ref_spec, [1.0], sc.train.batch_size)[1.0]
     fleet = make_fleet(sc.fleet, sc.seed, reference_flops=ref.forward_flops_per_sample)
     if sc.selection.per_round > len(fleet):
         raise ScenarioError(f"selection.per_round: {sc.selection.per_round} exceeds the fleet's {len(fleet)} devices")

@@ -20,6 +20,8 @@ import heapq
 from dataclasses import astuple, dataclass
 from typing import Any, Callable, Optional
 
+from raysim.errors import RunFailed
+
 FINISH, RETRY = 0, 1
 
 
@@ -108,7 +110,7 @@ class Snapshot:
                 "idle_polls": self.idle_polls, "started": self.started}
 
 
-class NoDevices(RuntimeError):
+class NoDevices(RunFailed):
     """No device could be dispatched for too long (an availability trace that ended)."""
 
 

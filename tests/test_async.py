@@ -93,6 +93,15 @@ def test_timeline_lost_update_frees_the_slot_and_is_reported():
     assert all(j.device != 1 for w in wins for j in w.arrivals)
 
 
+def test_timeline_without_any_available_device_fails_in_one_line():
+    from raysim.errors import RunFailed
+
+    tl = Timeline(lambda n, t, v, j, busy: Dispatched([], [], 0), concurrency=2, buffer=1, poll_s=5.0,
+                  max_idle_polls=50)
+    with pytest.raises(RunFailed, match="no device could be dispatched"):
+        tl.next_window()
+
+
 def test_timeline_state_round_trips_to_the_same_future():
     disp = fixed_dispatch([1.0, 1.7, 2.3, 4.1])
     a = Timeline(disp, 3, 2)

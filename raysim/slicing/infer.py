@@ -134,7 +134,13 @@ def _slicing(module: nn.Module, input_shape: tuple[int, ...], opts: BuildOptions
         if use.io is not None and ctx.atoms.sliced(use.io[0]) and ctx.atoms.sliced(use.io[1]))
     params = dict(w.gm.named_parameters())
     values = {k: (params[k] if k in params else w.gm.get_buffer(k)).detach().clone() for k in attrs}
-    sl = Slicing(copy.deepcopy(w.gm.graph), w.gm.__class__.__name__, leaves, ctx.atoms.groups_used(),
+    graph = copy.deepcopy(w.gm.graph)
+    for node in graph.nodes:
+        # The analysis is done with the shapes and module stacks in the meta. Dropped: the spec
+        # travels to every worker, and a pickled memory format names the driver's own module
+        # (`__main__` of a script that imports torch), which no worker can import.
+        node.meta = {}
+    sl = Slicing(graph, w.gm.__class__.__name__, leaves, ctx.atoms.groups_used(),
                  layers, attrs, values, frozenset(k for k in attrs if k in params), reshapes, splits, scaled, opts)
     return sl, {k: _dims(ctx, v).axes for k, v in ctx.params.items()}, tuple(w.output_shape)
 

@@ -9,6 +9,7 @@ every tensor's shape; the walk then applies a rule per node (`raysim.slicing.lay
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -43,11 +44,18 @@ class _Tracer(fx.Tracer):
             raise
 
 
+# torch.fx patches nn.Module.__call__ for the whole process while it traces, so a module run
+# by another thread meanwhile would be traced instead (sweeps build their points in threads).
+# Tracing, and whatever runs modules beside it at set-up (the cost model), hold this lock.
+TRACE_LOCK = threading.RLock()
+
+
 def trace(module: nn.Module) -> fx.GraphModule:
     """The module's graph; Python control flow on tensor values is a `SlicingError`."""
     tracer = _Tracer()
     try:
-        graph = tracer.trace(module)
+        with TRACE_LOCK:
+            graph = tracer.trace(module)
     except fx.proxy.TraceError as e:
         raise SlicingError(getattr(e, "slicing_path", ""), "Python control flow on a tensor",
                            "data-dependent") from None
@@ -114,8 +122,9 @@ def _tensors_in(x: Any, values: dict[fx.Node, Value]) -> list[Layout]:
 
 def walk(module: nn.Module, input_shape: tuple[int, ...]) -> Walk:
     """Trace `module` and follow its channels from an input of shape `(N, *input_shape)`."""
-    gm = trace(module)
-    _shapes(gm, input_shape)
+    with TRACE_LOCK:
+        gm = trace(module)
+        _shapes(gm, input_shape)
     ctx = Analysis()
     values: dict[fx.Node, Value] = {}
 
