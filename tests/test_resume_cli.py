@@ -76,12 +76,15 @@ def kill_coordinator_mid_run(args: list[str], root: Path) -> tuple[Path, subproc
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory) -> Path:
+def full(tmp_path_factory, ray_local) -> Path:
     """The uninterrupted run every interrupted one must match."""
+    from raysim.config import load_scenario
+    from raysim.runtime.runner import run as run_scenario
+
     root = tmp_path_factory.mktemp("full")
-    subprocess.run(cli("scenarios/quickstart.yaml", *SETS, "--out", str(root)), check=True, capture_output=True,
-                   timeout=300)
-    return next(root.iterdir())
+    sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"rounds": ROUNDS, "output.checkpoint_every": 2,
+                                                                      "eval.every": 50}))
+    return run_scenario(sc, out_root=str(root), progress=False).path
 
 
 @pytest.mark.slow
@@ -103,10 +106,21 @@ def test_killed_driver_resumes_to_the_same_numbers(full, tmp_path, sig):
     assert manifest["status"] == ("running" if sig == signal.SIGKILL else "interrupted")
     assert manifest["completed_rounds"] < ROUNDS
 
-    r = subprocess.run(cli("--resume", str(cut)), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    if sig == signal.SIGKILL:
+        r = subprocess.run(cli("--resume", str(cut)), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    else:  # the same resume in this process, on the session's Ray (the CLI path is the SIGKILL case's)
+        resume_here(cut)
     assert json.loads((cut / "manifest.json").read_text())["status"] == "complete"
     assert same_params(full, cut)
+
+
+def resume_here(run: Path) -> None:
+    """What `raysim run --resume RUN` does, on the test session's Ray instance."""
+    from raysim.resume import resume_scenario
+    from raysim.runtime.runner import run as run_scenario
+
+    run_scenario(resume_scenario(run, []), progress=False, resume=run)
 
 
 @pytest.mark.slow
@@ -129,6 +143,5 @@ def test_coordinator_lost_past_its_restarts_fails_in_one_line_and_resumes(full, 
     last = [line for line in err.splitlines() if line.strip()][-1]
     assert last.startswith("raysim: error: coordinator lost in round") and "--resume" in last
     assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
-    r = subprocess.run(cli("--resume", str(run)), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    resume_here(run)
     assert same_params(full, run)
