@@ -151,6 +151,10 @@ def test_records_one_row_per_server_step_and_staleness_columns():
             assert c["version_applied"][i] == o.record.round
             assert c["staleness"][i] == c["version_applied"][i] - 1 - c["version_start"][i] >= 0
     assert max(s for o in outs for s in o.clients["staleness"]) > 0  # C > K: some updates arrive stale
+    # Only versions some device still trains from (or will arrive from) are kept.
+    in_flight = {j.version for j in sim.timeline.in_flight()}
+    assert in_flight <= set(sim.versions) <= in_flight | {sim.round} | {
+        j.version for w in sim.windows.values() for j in w.arrivals}
 
 
 def test_elements_no_update_held_do_not_move():

@@ -186,7 +186,8 @@ def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, firs
     """
     from tqdm import tqdm  # noqa: PLC0415
 
-    bar = tqdm(total=sc.rounds, initial=first - 1, desc=sc.name, unit="round", file=sys.stderr,
+    unit = "round" if sc.server.mode == "sync" else "step"  # asynchronous modes count server steps
+    bar = tqdm(total=sc.rounds, initial=first - 1, desc=sc.name, unit=unit, file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     restarts = 0
     r = first
