@@ -194,16 +194,19 @@ def plot(runs: dict[Key, Run], arms: list[Arm], seeds: list[int], target: float,
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
-    right = 0.0
+    left, right = math.inf, 0.0
     for i, arm in enumerate(arms):
         c = curve(runs[(arm.name, seeds[0])])
         right = max(right, float(c["sim_time"].max()))
+        left = min(left, float(c["sim_time"].min()))
         ax.plot(c["sim_time"], c["accuracy"], "--" if arm.mode == "sync" else "-", color=f"C{i}", lw=1.6,
                 label=arm.name)
     ax.axhline(target, color="0.6", lw=0.8, ls=":")
-    ax.set_xlim(0, right)
+    # Log time: the arms differ by more than an order of magnitude in how long they take.
+    ax.set_xscale("log")
+    ax.set_xlim(left=max(0.5, left), right=right)
     ax.set_ylim(0, 1)
-    ax.set(xlabel="simulated time (s)", ylabel="global test accuracy")
+    ax.set(xlabel="simulated time (s, log scale)", ylabel="global test accuracy")
     ax.set_title(f"Synchronous rounds (dashed) vs asynchronous FedBuff / FedAsync (seed {seeds[0]})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right", ncol=2)
