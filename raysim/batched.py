@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -44,6 +45,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from raysim.client import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD, finite
+from raysim.grouped import GroupedProgram, compile_grouped, stack_input
 
 # Devices per batched call. Fixed, so that kernel shapes never depend on how many devices a
 # host got (see the module docstring); 16 amortises the per-step overhead over enough devices
@@ -114,13 +116,21 @@ def _schedule(work: DeviceWork, epochs: int, batch_size: int) -> list[torch.Tens
 def _plan_steps(works: Sequence[DeviceWork], slots: int, epochs: int, batch_size: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per step and slot: sample indices padded to the batch size (T, S, B), which of them are
-    real (T, S, B) and how many (T, S); a slot past its device's last step has none."""
+    real (T, S, B) and how many (T, S); a slot past its device's last step has none.
+
+    Padding repeats one of the device's own samples (its minibatch's first, or its shard's
+    first once it is done): a padded sample adds exact zeros to the gradient, except where its
+    activations are not finite (0 * NaN), and then only in its own device's slot.
+    """
     sched = [_schedule(w, epochs, batch_size) for w in works]
     steps = max((len(s) for s in sched), default=0)
     idx = torch.zeros((steps, slots, batch_size), dtype=torch.long)
     valid = torch.zeros((steps, slots, batch_size), dtype=torch.bool)
-    for s, batches in enumerate(sched):
+    for s, (w, batches) in enumerate(zip(works, sched)):
+        if len(w.indices):
+            idx[:, s] = w.indices[0]
         for t, ix in enumerate(batches):
+            idx[t, s] = ix[0]
             idx[t, s, :len(ix)] = ix
             valid[t, s, :len(ix)] = True
     return idx, valid, valid.sum(dim=2)
@@ -158,73 +168,157 @@ def live_parameters(module: nn.Module, x_shape: tuple[int, ...], device: torch.d
 
 def train_group(module: nn.Module, client: ClientAlgorithm, start: Mapping[str, torch.Tensor], x: torch.Tensor,
                 y: torch.Tensor, works: Sequence[DeviceWork], epochs: int, batch_size: int, slots: int = SLOTS,
-                live: Optional[Sequence[str]] = None, pad: Optional[bool] = None) -> list[LocalResult]:
+                live: Optional[Sequence[str]] = None, pad: Optional[bool] = None,
+                grouped: Optional[bool] = None) -> list[LocalResult]:
     """Train every device of `works` from `start` (one submodel shape, `module`'s), `slots`
     at a time; one `LocalResult` per device, in order, as `client.train` would give it
     (its delta on the CPU).
 
     `x`, `y` are the host's whole training set (on the training device); `live`: the
     parameters that get gradients (default: all; see `live_parameters`); `pad`: pad the last
-    chunk to `slots` (default: on a GPU; see the module docstring).
+    chunk to `slots` (default: on a GPU; see the module docstring); `grouped`: train through
+    the module's grouped program (`raysim.grouped`; default: when it has one), else `vmap`.
     """
     pad = x.device.type != "cpu" if pad is None else pad
     mu = _objective_mu(client)
     if mu is None:
         raise ValueError(f"train_group: {batchable(client, module)}")
+    program = grouped_program(module, x.dim()) if grouped is not False else None
+    if grouped and program is None:
+        raise ValueError(f"train_group: {_PROGRAMS[module][1]}")
     sgd: LocalSGD = client  # type: ignore[assignment]
     out: list[LocalResult] = []
     for c in range(0, len(works), slots):
         chunk = works[c:c + slots]
         width = slots if pad else max(MIN_SLOTS, len(chunk))
-        out += _train_chunk(module, sgd, mu, start, x, y, chunk, epochs, batch_size, width, live)
+        out += _train_chunk(module, program, sgd, mu, start, x, y, chunk, epochs, batch_size, width, live)
     return out
 
 
-def _train_chunk(module: nn.Module, sgd: LocalSGD, mu: float, start: Mapping[str, torch.Tensor], x: torch.Tensor,
-                 y: torch.Tensor, works: Sequence[DeviceWork], epochs: int, batch_size: int, slots: int,
-                 live: Optional[Sequence[str]]) -> list[LocalResult]:
+# Grouped programs per module (a host builds one module per submodel shape and keeps it).
+_PROGRAMS: "weakref.WeakKeyDictionary[nn.Module, tuple[Optional[GroupedProgram], Optional[str]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def grouped_program(module: nn.Module, input_rank: int) -> Optional[GroupedProgram]:
+    """The module's grouped program (compiled once per module), or None: it trains under `vmap`."""
+    if module not in _PROGRAMS:
+        _PROGRAMS[module] = compile_grouped(module, input_rank)
+    return _PROGRAMS[module][0]
+
+
+# One step of a chunk: (stacked params, sample indices (S, B), real (S, B), count (S,)) ->
+# (gradients of the moving parameters, None where one got none; per-slot objective (S,)).
+Stepper = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor],
+                   tuple[list[Optional[torch.Tensor]], torch.Tensor]]
+
+
+def _vmap_stepper(module: nn.Module, names: list[str], moving: list[str], mu: float,
+                  start: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> Stepper:
+    step_fn = vmap(grad_and_value(_loss_fn(module, names, mu, start)))
+
+    def step(params: dict[str, torch.Tensor], idx: torch.Tensor, valid: torch.Tensor, count: torch.Tensor
+             ) -> tuple[list[Optional[torch.Tensor]], torch.Tensor]:
+        s, b = idx.shape
+        flat = idx.reshape(-1)
+        grads, loss = step_fn(params, x[flat].reshape(s, b, *x.shape[1:]), y[flat].reshape(s, b), valid, count)
+        return [grads[k] for k in moving], loss
+    return step
+
+
+def _grouped_stepper(program: GroupedProgram, names: list[str], moving: list[str], mu: float,
+                     start: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> Stepper:
+    def step(params: dict[str, torch.Tensor], idx: torch.Tensor, valid: torch.Tensor, count: torch.Tensor
+             ) -> tuple[list[Optional[torch.Tensor]], torch.Tensor]:
+        s, b = idx.shape
+        xb = stack_input(x, idx)
+        logits = program(params, xb, s)                                   # (S, B, classes)
+        ce = F.cross_entropy(logits.reshape(s * b, -1), y[idx.reshape(-1)], reduction="none").view(s, b)
+        # where, not a multiply: a padded sample's loss never reaches the sum (not even a NaN)
+        value = torch.where(valid, ce, torch.zeros_like(ce)).sum(dim=1) / count.clamp(min=1)
+        if mu:
+            value = value + 0.5 * mu * sum(((params[k] - _stack_like(start[k], params[k])) ** 2)
+                                           .flatten(1).sum(dim=1) for k in names)
+        # The sum of the devices' objectives: each device's gradient is exactly its own.
+        grads = torch.autograd.grad(value.sum(), [params[k] for k in moving], allow_unused=True)
+        return list(grads), value.detach()
+    return step
+
+
+def _stack_like(t: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+    """One device's tensor broadcast over the slots of a stacked one."""
+    return t.unsqueeze(0).expand_as(stacked)
+
+
+def _train_chunk(module: nn.Module, program: Optional[GroupedProgram], sgd: LocalSGD, mu: float,
+                 start: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, works: Sequence[DeviceWork],
+                 epochs: int, batch_size: int, slots: int, live: Optional[Sequence[str]]) -> list[LocalResult]:
     dev = x.device
     names = [k for k, _ in module.named_parameters()]
     moving = [k for k in names if live is None or k in set(live)]
     idx, valid, count = _plan_steps(works, slots, epochs, batch_size)
     idx, valid, count = idx.to(dev), valid.to(dev), count.to(dev)
     active = count > 0                                                   # (T, S): the slot steps
+    every = active.all(dim=1).tolist()                                   # per step: no slot idles
     params = {k: start[k].unsqueeze(0).repeat(slots, *([1] * start[k].dim())) for k in names}
-    bufs = [torch.zeros_like(params[k]) for k in moving] if sgd.momentum else []
-    step_fn = vmap(grad_and_value(_loss_fn(module, names, mu, start)))
+    if program is not None:
+        for k in moving:
+            params[k].requires_grad_(True)
+        stepper = _grouped_stepper(program, names, moving, mu, start, x, y)
+    else:
+        stepper = _vmap_stepper(module, names, moving, mu, start, x, y)
+    bufs: list[Optional[torch.Tensor]] = [None] * len(moving)
     loss_sum = torch.zeros(slots, dtype=torch.float64, device=dev)
     module.train()
     for t in range(idx.shape[0]):
-        flat = idx[t].reshape(-1)
-        xb = x[flat].reshape(slots, batch_size, *x.shape[1:])
-        yb = y[flat].reshape(slots, batch_size)
-        grads, loss = step_fn(params, xb, yb, valid[t], count[t])
+        grads, loss = stepper(params, idx[t], valid[t], count[t])
         with torch.no_grad():
-            ps = [params[k] for k in moving]
-            gs = [grads[k] for k in moving]
-            # The update of LocalSGD._update, term for term, on all slots at once; a slot that
-            # has no step now keeps its weights and momentum (where, so a NaN stays in its slot).
-            if sgd.weight_decay:
-                gs = torch._foreach_add(gs, ps, alpha=sgd.weight_decay)
-            on = active[t]
-            if sgd.momentum:
-                new_bufs = torch._foreach_add(torch._foreach_mul(bufs, sgd.momentum), gs)
-                bufs = [torch.where(_expand(on, b), nb, b) for b, nb in zip(bufs, new_bufs)]
-                gs = bufs
-            stepped = torch._foreach_add(ps, gs, alpha=-sgd.lr)
-            for k, p, q in zip(moving, ps, stepped):
-                params[k] = torch.where(_expand(on, p), q, p)
-            loss_sum += torch.where(on, loss.detach().double() * count[t], torch.zeros_like(loss_sum))
+            _sgd_step(sgd, [params[k] for k in moving], grads, bufs, None if every[t] else active[t])
+            loss_sum += torch.where(active[t], loss.double() * count[t], torch.zeros_like(loss_sum))
     steps = active.sum(dim=0).tolist() if idx.shape[0] else [0] * slots
     seen = count.sum(dim=0).tolist() if idx.shape[0] else [0] * slots
     losses = loss_sum.tolist()
     # One copy per tensor to the CPU (where deltas are folded), not one per device.
-    deltas = {k: (params[k][:len(works)] - start[k]).detach().cpu() for k in names}
+    with torch.no_grad():
+        deltas = {k: (params[k][:len(works)] - start[k]).cpu() for k in names}
     results = []
     for s in range(len(works)):
         delta = {k: deltas[k][s] for k in names}
         results.append(LocalResult(delta, int(seen[s]), int(steps[s]), losses[s] / max(int(seen[s]), 1), finite(delta)))
     return results
+
+
+def _sgd_step(sgd: LocalSGD, params: list[torch.Tensor], grads: list[Optional[torch.Tensor]],
+              bufs: list[Optional[torch.Tensor]], on: Optional[torch.Tensor]) -> None:
+    """The update of `LocalSGD._update`, term for term, on all slots at once, in place.
+
+    `on` (per slot) masks the slots that have no step now (None: every slot has one): they
+    keep their weights and momentum (where, so a NaN stays in its slot). A parameter without
+    a gradient is left alone, as the loop leaves it. `bufs` (momentum, per parameter) is
+    updated in place.
+    """
+    live = [i for i, g in enumerate(grads) if g is not None]
+    ps = [params[i] for i in live]
+    gs = [grads[i] for i in live]  # type: ignore[misc]
+    if not ps:
+        return
+    if sgd.weight_decay:
+        gs = torch._foreach_add(gs, ps, alpha=sgd.weight_decay)
+    if sgd.momentum:
+        # A buffer starts as the gradient, as in the loop (0 * momentum + g is g exactly).
+        old = [bufs[i] if bufs[i] is not None else torch.zeros_like(ps[j]) for j, i in enumerate(live)]
+        new = torch._foreach_add(torch._foreach_mul(old, sgd.momentum), gs)
+        if on is not None:
+            new = [torch.where(_expand(on, b), nb, b) for b, nb in zip(old, new)]
+        for j, i in enumerate(live):
+            bufs[i] = new[j]
+        gs = new
+    if on is None:
+        torch._foreach_add_(ps, gs, alpha=-sgd.lr)
+        return
+    stepped = torch._foreach_add(ps, gs, alpha=-sgd.lr)
+    for p, q in zip(ps, stepped):
+        p.copy_(torch.where(_expand(on, p), q, p))
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
