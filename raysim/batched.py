@@ -34,7 +34,6 @@ would not draw from the device's own stream). `batchable` says why not.
 from __future__ import annotations
 
 import math
-import time
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
@@ -44,7 +43,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
-from raysim.client import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD, finite
+from raysim.client import ClientAlgorithm, FedProx, LocalResult, LocalSGD, finite
 from raysim.grouped import GroupedProgram, compile_grouped, stack_input
 
 # Devices per batched call. Fixed, so that kernel shapes never depend on how many devices a
@@ -324,66 +323,3 @@ def _sgd_step(sgd: LocalSGD, params: list[torch.Tensor], grads: list[Optional[to
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-slot mask shaped to broadcast over a stacked tensor."""
     return mask.view(-1, *([1] * (like.dim() - 1)))
-
-
-# ---------------------------------------------------------------------------- auto: measure once
-# Loop steps slower than this are FLOP-bound: batching only saves per-step overhead (~2 ms a
-# step on a CPU core), so on the CPU such a shape trains per device without a measurement.
-FLOP_BOUND_STEP_S = 0.05
-# Batched must beat the loop by this margin to be chosen, so that a noisy tie keeps the loop.
-MARGIN = 0.9
-
-
-def measure(module: nn.Module, client: ClientAlgorithm, x_shape: tuple[int, ...], classes: int, batch_size: int,
-            device: torch.device, devices: int = SLOTS // 2, steps: int = 2) -> tuple[float, float]:
-    """(loop seconds, batched seconds) for `devices` devices of `steps` minibatches each, on
-    random data of the real shapes (after one warm-up of each). Half a chunk by default: a
-    host's groups are often smaller than a chunk, and batching gains less on fewer devices.
-    The loop is timed first; when one of its steps is FLOP-bound on a CPU, batched is not
-    timed (returned as inf).
-
-        >>> loop_s, batched_s = measure(cnn, LocalSGD(), (1, 12, 12), 10, 20, torch.device("cpu"))
-    """
-    g = torch.Generator().manual_seed(0)
-    n = batch_size * steps
-    x = torch.randn((devices * n, *x_shape), generator=g).to(device)
-    y = torch.randint(0, classes, (devices * n,), generator=g).to(device)
-    start = {k: p.detach().clone() for k, p in module.named_parameters()}
-    works = [DeviceWork(torch.arange(s * n, (s + 1) * n), torch.Generator().manual_seed(s)) for s in range(devices)]
-
-    def loop(k: int) -> None:
-        for w in works[:k]:
-            with torch.no_grad():
-                for name, p in module.named_parameters():
-                    p.copy_(start[name])
-            ix = w.indices.to(device)
-            client.train(module, LocalData(x[ix], y[ix], 1, batch_size, None, torch.Generator().manual_seed(0)), start)
-
-    def timed(fn: Callable[[], None]) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - t0
-
-    first = timed(lambda: loop(1))  # the warm-up of the loop, and the FLOP-bound check
-    if device.type == "cpu" and first / steps > FLOP_BOUND_STEP_S:
-        return first * devices, math.inf
-    loop_s = timed(lambda: loop(devices))
-    live = live_parameters(module, x_shape, device)
-    timed(lambda: train_group(module, client, start, x, y, works, 1, batch_size, live=live))  # warm-up
-    batched_s = timed(lambda: train_group(module, client, start, x, y, works, 1, batch_size, live=live))
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.copy_(start[name])
-    return loop_s, batched_s
-
-
-def prefer_batched(loop_s: float, batched_s: float) -> bool:
-    """Whether a measurement favours batching (by `MARGIN`, so a tie keeps the loop)."""
-    return batched_s < MARGIN * loop_s
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

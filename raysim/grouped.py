@@ -230,26 +230,47 @@ def _conv(name: str, m: nn.Module) -> Step:
             raise Unsupported(f"module {name} (asymmetric 'same' padding)")
         padding = tuple(pads)
     native = m.in_channels // m.groups < NATIVE_BELOW
+    unfold = isinstance(m, nn.Conv2d) and m.groups == 1
 
     def step(a: Sequence[Act], p: Params, s: int) -> Act:
         w = p[w_key]
         b = None if b_key is None else p[b_key].reshape(-1)
         x, w = to_channels(a[0], s), w.reshape(s * w.shape[1], *w.shape[2:])
         if native and x.device.type == "cpu":
-            out = _NativeConv.apply(x, w, b, stride, padding, dilation, groups * s)
+            if unfold:
+                out = _conv2d_unfolded(x, w, b, s, m.kernel_size, stride, padding, dilation)
+            else:
+                out = _NativeConv.apply(x, w, b, stride, padding, dilation, groups * s)
         else:
             out = conv(x, w, b, stride, padding, dilation, groups * s)
         return Act(out, False, a[0].rank)
     return step
 
 
-# Grouped convolutions with fewer input channels per group than this run in torch's own
-# kernels on the CPU (see `_NativeConv`).
+# Grouped convolutions with fewer input channels per group than this do not run in oneDNN
+# on the CPU (see `_NativeConv`), but as patches times weights (2-D) or torch's own kernels.
 NATIVE_BELOW = 4
 
 
+def _conv2d_unfolded(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], s: int, kernel: Any, stride: Any,
+                     padding: Any, dilation: Any) -> torch.Tensor:
+    """S devices' 2-D convolutions (one group each) as patches times weights: one `unfold`
+    and one batched matrix product, each slot's product of the same shape whatever S."""
+    bsz, h, wd = x.shape[0], x.shape[2], x.shape[3]
+    cols = F.unfold(x, kernel, dilation, padding, stride)               # (B, S*Ci*K, L)
+    oh = (h + 2 * _tuple(padding, 2)[0] - _tuple(dilation, 2)[0] * (_tuple(kernel, 2)[0] - 1) - 1) \
+        // _tuple(stride, 2)[0] + 1
+    ow = cols.shape[2] // oh
+    cols = cols.view(bsz, s, -1, oh * ow).permute(1, 2, 0, 3).reshape(s, -1, bsz * oh * ow)
+    co = w.shape[0] // s
+    wm = w.reshape(s, co, -1)
+    out = torch.bmm(wm, cols) if b is None else torch.baddbmm(b.view(s, co, 1), wm, cols)   # (S, Co, B*L)
+    return out.view(s, co, bsz, oh, ow).permute(2, 0, 1, 3, 4).reshape(bsz, s * co, oh, ow)
+
+
 class _NativeConv(torch.autograd.Function):
-    """A grouped convolution in torch's own CPU kernels rather than oneDNN's.
+    """A grouped convolution in torch's own CPU kernels rather than oneDNN's (layers that
+    `_conv2d_unfolded` does not take: 1-D, 3-D, grouped within a device).
 
     oneDNN picks its forward kernel for convolutions with 1-3 input channels per group by the
     number of groups (seen from 3-8 groups up, with 8+ outputs per group), so a device's

@@ -9,7 +9,8 @@ training, and one remap into the host's partial sum.
 On a GPU host (`trainer.device == "cuda"`) the training data moves to the GPU once, when the
 host starts, and the process may use only its share of the GPU's memory; a CUDA out-of-memory
 error while training a device records that device `oom`. With `trainer.batched` the devices
-of a plan train together (`raysim.batched`); `auto` decides per rate from a short measurement.
+of a plan train together (`raysim.batched`); `auto` decides per rate from a measurement
+(`raysim.autobatch`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from raysim import batched
+from raysim import autobatch, batched
 from raysim.aggregate import add_weights
 from raysim.client import LocalResult
 from raysim.config import rate_sizes
@@ -93,8 +94,8 @@ class HostCore:
 
     # ---------------------------------------------------------------- batched or per device
     def choose_batching(self, rates: Sequence[float]) -> dict[float, bool]:
-        """`auto`: measure loop against batched once per rate (a typical submodel of the rate)
-        and keep the faster; returns the choices (the pool hands host 0's to every host, so
+        """`auto`: measure loop against batched once per rate (a typical submodel of the rate,
+        `raysim.autobatch`) and keep batched where it is clearly faster; returns the choices (the pool hands host 0's to every host, so
         that all hosts of a run train alike)."""
         for rate in rates:
             if rate in self.choices:
@@ -104,12 +105,18 @@ class HostCore:
             if self._batchable(m, sizes, rate) is None:
                 self.choices[rate] = False
                 continue
-            loop_s, batched_s = batched.measure(m, self.trainer.client, tuple(self.spec.input_shape),
-                                                self.spec.num_classes, self.trainer.batch_size, self.device)
-            self.choices[rate] = batched.prefer_batched(loop_s, batched_s)
+            loop_s, batched_s = autobatch.measure(m, self.trainer.client, tuple(self.spec.input_shape),
+                                                  self.spec.num_classes, self.trainer.batch_size, self.device,
+                                                  steps=self._typical_steps())
+            self.choices[rate] = autobatch.prefer_batched(loop_s, batched_s)
             log.info("host %d, rate %g: loop %.4fs, batched %.4fs -> %s", self.host_id, rate, loop_s, batched_s,
                      "batched" if self.choices[rate] else "loop")
         return dict(self.choices)
+
+    def _typical_steps(self) -> int:
+        """Minibatch steps of a median device's full local work (what `auto` measures)."""
+        sizes = np.diff(self.offsets)
+        return self.trainer.steps_full(int(np.median(sizes)) if len(sizes) else self.trainer.batch_size)
 
     def set_batching(self, choices: Mapping[float, bool]) -> None:
         """Adopt `auto` decisions measured elsewhere (host 0's, or a resumed run's)."""
