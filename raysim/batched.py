@@ -2,9 +2,12 @@
 
 IoT-size submodels are bound by per-step overhead (Python, autograd, one small kernel per
 layer), not by FLOPs. Devices that share a plan in a round have the same submodel and start
-weights; `train_group` stacks their weights and trains them together with `torch.func`
-(`functional_call` under `vmap`, which turns every layer into one batched or grouped kernel).
-Pure torch, no Ray:
+weights; `train_group` stacks their weights and trains them together. A module whose fx graph
+`raysim.grouped` knows (the built-in CNN and MLP: convolutions, linear layers, GroupNorm,
+activations, scalers, pooling) trains through its grouped program: one grouped convolution or
+batched matrix product per layer for all devices, differentiated by autograd on the sum of
+the devices' losses. Any other batchable module trains under `torch.func` (`functional_call`
+under `vmap`). Pure torch, no Ray:
 
     >>> works = [DeviceWork(shard_indices, torch_generator(seed, "train", r, dev), None) for ...]
     >>> results = train_group(module, LocalSGD(lr=0.05), start, x, y, works, epochs=1, batch_size=20)
@@ -20,10 +23,13 @@ Deterministic and independent of the company a device keeps: nothing reduces acr
 devices, every minibatch is padded to the batch size, and a group is cut into chunks of
 `SLOTS` devices. On a GPU the last chunk is padded with empty slots too (`pad=True`), so every
 kernel sees the same shapes whichever devices share the chunk and however many devices a host
-got (GPU libraries pick kernels by shape). On the CPU a slot's arithmetic is the same for any
-chunk of two or more devices, so the last chunk is only padded to `MIN_SLOTS` and no time is
-spent on empty slots. A device's result is then the same on one host or twenty
-(`tests/test_batched.py` checks it bit for bit, for chunks of 2, 3 and 16).
+got (GPU libraries pick kernels by shape). On the CPU, with one torch thread (the default
+`runtime.torch_threads`), a slot's arithmetic is the same for any chunk of two or more
+devices, so the last chunk is only padded to `MIN_SLOTS` and no time is spent on empty slots
+(the grouped program keeps first-layer convolutions off the one oneDNN kernel that is not:
+see `raysim.grouped`). A device's result is then the same on one host or twenty
+(`tests/test_batched.py` checks it bit for bit, for chunks of 2 to 17). With several torch
+threads, reductions split their work by tensor size, and that no longer holds.
 
 What batches: the built-in client algorithms (`LocalSGD`, `FedProx`; a subclass that changes
 `objective`, `train` or the update trains per device) on modules without buffers or
@@ -53,6 +59,28 @@ SLOTS = 16
 # The narrowest chunk: a vmap over one slot takes other kernels than over two or more (seen
 # on the CPU), so a lone device is batched beside one empty slot.
 MIN_SLOTS = 2
+
+
+# On the CPU a chunk's step costs about in proportion to its width, and every slot computes
+# until the chunk's longest device is done: a new chunk starts at a device with at most this
+# share of the steps of its chunk's first (longest) device.
+SPLIT_AT = 0.5
+
+
+def chunks(steps: Sequence[int], slots: int = SLOTS, split: bool = True) -> list[list[int]]:
+    """Positions of a plan's devices, cut into chunks of at most `slots`: longest work first,
+    and (`split`, on the CPU) a new chunk where a device has at most `SPLIT_AT` of its chunk's
+    longest step count. Results do not depend on the cut (see the module docstring); time does.
+
+        >>> chunks([2, 10, 9, 1, 2], slots=16)   # [[1, 2], [0, 4], [3]]
+    """
+    out: list[list[int]] = []
+    for i in sorted(range(len(steps)), key=lambda i: -steps[i]):
+        if out and len(out[-1]) < slots and not (split and steps[i] <= SPLIT_AT * steps[out[-1][0]]):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 @dataclass(frozen=True)

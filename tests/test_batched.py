@@ -16,7 +16,7 @@ from torch import nn
 
 from helpers import local_sim, tiny_overrides
 from raysim.autobatch import prefer_batched
-from raysim.batched import SLOTS, DeviceWork, batchable, live_parameters, train_group
+from raysim.batched import SLOTS, DeviceWork, batchable, chunks, live_parameters, train_group
 from raysim.client import FedProx, LocalData, LocalSGD
 from raysim.config import load_scenario, rate_sizes
 from raysim.grouped import compile_grouped
@@ -122,6 +122,12 @@ def test_a_grouped_result_is_the_same_in_a_chunk_of_any_width(in_ch):
         r = train_group(m, client, start, x, y, _works([i % 6 for i in range(width - 1)] + [3]), 1, 20,
                         slots=width)[-1]
         assert all(torch.equal(alone.delta[k], r.delta[k]) for k in alone.delta), width
+
+
+def test_chunks_group_devices_by_their_steps():
+    assert chunks([2, 10, 9, 1, 2], 16) == [[1, 2], [0, 4], [3]]
+    assert chunks([2, 10, 9, 1, 2], 2, split=False) == [[1, 2], [0, 4], [3]]
+    assert chunks([3] * 5, 2) == [[0, 1], [2, 3], [4]]
 
 
 def test_auto_prefers_batched_only_when_clearly_faster():

@@ -148,6 +148,7 @@ class HostCore:
                    tasks: Sequence[TrainTask]) -> list[tuple[Optional[LocalResult], float]]:
         """Train the tasks that share `plan` from `start` (on the host's device): per task, its
         result (None: it ran out of GPU memory) and wall seconds (a batched chunk's split evenly).
+        Batched, devices are chunked by their step counts (`raysim.batched.chunks`).
 
         Deltas come back on the CPU, where they are folded.
         """
@@ -155,10 +156,12 @@ class HostCore:
         live = self._use_batched(plan, model)
         if live is None:
             return [self._train_one(round_idx, model, start, t) for t in tasks]
-        out: list[tuple[Optional[LocalResult], float]] = []
+        out: list[Optional[tuple[Optional[LocalResult], float]]] = [None] * len(tasks)
         tr = self.trainer
-        for c in range(0, len(tasks), batched.SLOTS):
-            chunk = tasks[c:c + batched.SLOTS]
+        steps = [min(tr.steps_full(len(self.shard(t.device_id))), t.max_steps if t.max_steps is not None else 1 << 30)
+                 for t in tasks]
+        for ids in batched.chunks(steps, batched.SLOTS, split=self.device.type == "cpu"):
+            chunk = [tasks[i] for i in ids]
             ts = time.perf_counter()
             works = [batched.DeviceWork(torch.from_numpy(self.shard(t.device_id)),
                                         torch_generator(tr.seed, "train", _stream(round_idx, t), t.device_id),
@@ -171,11 +174,13 @@ class HostCore:
                 # The chunk does not fit this host's share: its devices train one by one, and
                 # only those that do not fit even alone are out of memory.
                 _release()
-                out += [self._train_one(round_idx, model, start, t) for t in chunk]
+                for i, t in zip(ids, chunk):
+                    out[i] = self._train_one(round_idx, model, start, t)
                 continue
             wall = (time.perf_counter() - ts) / len(chunk)
-            out += [(r, wall) for r in res]
-        return out
+            for i, r in zip(ids, res):
+                out[i] = (r, wall)
+        return out  # type: ignore[return-value]
 
     def _train_one(self, round_idx: int, model: torch.nn.Module, start: Mapping[str, torch.Tensor],
                    task: TrainTask) -> tuple[Optional[LocalResult], float]:
