@@ -2,9 +2,12 @@
 
 IoT-size submodels are bound by per-step overhead (Python, autograd, one small kernel per
 layer), not by FLOPs. Devices that share a plan in a round have the same submodel and start
-weights; `train_group` stacks their weights and trains them together with `torch.func`
-(`functional_call` under `vmap`, which turns every layer into one batched or grouped kernel).
-Pure torch, no Ray:
+weights; `train_group` stacks their weights and trains them together. A module whose fx graph
+`raysim.grouped` knows (the built-in CNN and MLP: convolutions, linear layers, GroupNorm,
+activations, scalers, pooling) trains through its grouped program: one grouped convolution or
+batched matrix product per layer for all devices, differentiated by autograd on the sum of
+the devices' losses. Any other batchable module trains under `torch.func` (`functional_call`
+under `vmap`). Pure torch, no Ray:
 
     >>> works = [DeviceWork(shard_indices, torch_generator(seed, "train", r, dev), None) for ...]
     >>> results = train_group(module, LocalSGD(lr=0.05), start, x, y, works, epochs=1, batch_size=20)
@@ -20,10 +23,13 @@ Deterministic and independent of the company a device keeps: nothing reduces acr
 devices, every minibatch is padded to the batch size, and a group is cut into chunks of
 `SLOTS` devices. On a GPU the last chunk is padded with empty slots too (`pad=True`), so every
 kernel sees the same shapes whichever devices share the chunk and however many devices a host
-got (GPU libraries pick kernels by shape). On the CPU a slot's arithmetic is the same for any
-chunk of two or more devices, so the last chunk is only padded to `MIN_SLOTS` and no time is
-spent on empty slots. A device's result is then the same on one host or twenty
-(`tests/test_batched.py` checks it bit for bit, for chunks of 2, 3 and 16).
+got (GPU libraries pick kernels by shape). On the CPU, with one torch thread (the default
+`runtime.torch_threads`), a slot's arithmetic is the same for any chunk of two or more
+devices, so the last chunk is only padded to `MIN_SLOTS` and no time is spent on empty slots
+(the grouped program keeps first-layer convolutions off the one oneDNN kernel that is not:
+see `raysim.grouped`). A device's result is then the same on one host or twenty
+(`tests/test_batched.py` checks it bit for bit, for chunks of 2 to 17). With several torch
+threads, reductions split their work by tensor size, and that no longer holds.
 
 What batches: the built-in client algorithms (`LocalSGD`, `FedProx`; a subclass that changes
 `objective`, `train` or the update trains per device) on modules without buffers or
@@ -34,7 +40,7 @@ would not draw from the device's own stream). `batchable` says why not.
 from __future__ import annotations
 
 import math
-import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -43,7 +49,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
-from raysim.client import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD, finite
+from raysim.client import ClientAlgorithm, FedProx, LocalResult, LocalSGD, finite
+from raysim.grouped import GroupedProgram, compile_grouped, stack_input
 
 # Devices per batched call. Fixed, so that kernel shapes never depend on how many devices a
 # host got (see the module docstring); 16 amortises the per-step overhead over enough devices
@@ -52,6 +59,28 @@ SLOTS = 16
 # The narrowest chunk: a vmap over one slot takes other kernels than over two or more (seen
 # on the CPU), so a lone device is batched beside one empty slot.
 MIN_SLOTS = 2
+
+
+# On the CPU a chunk's step costs about in proportion to its width, and every slot computes
+# until the chunk's longest device is done: a new chunk starts at a device with at most this
+# share of the steps of its chunk's first (longest) device.
+SPLIT_AT = 0.5
+
+
+def chunks(steps: Sequence[int], slots: int = SLOTS, split: bool = True) -> list[list[int]]:
+    """Positions of a plan's devices, cut into chunks of at most `slots`: longest work first,
+    and (`split`, on the CPU) a new chunk where a device has at most `SPLIT_AT` of its chunk's
+    longest step count. Results do not depend on the cut (see the module docstring); time does.
+
+        >>> chunks([2, 10, 9, 1, 2], slots=16)   # [[1, 2], [0, 4], [3]]
+    """
+    out: list[list[int]] = []
+    for i in sorted(range(len(steps)), key=lambda i: -steps[i]):
+        if out and len(out[-1]) < slots and not (split and steps[i] <= SPLIT_AT * steps[out[-1][0]]):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 @dataclass(frozen=True)
@@ -114,13 +143,21 @@ def _schedule(work: DeviceWork, epochs: int, batch_size: int) -> list[torch.Tens
 def _plan_steps(works: Sequence[DeviceWork], slots: int, epochs: int, batch_size: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per step and slot: sample indices padded to the batch size (T, S, B), which of them are
-    real (T, S, B) and how many (T, S); a slot past its device's last step has none."""
+    real (T, S, B) and how many (T, S); a slot past its device's last step has none.
+
+    Padding repeats one of the device's own samples (its minibatch's first, or its shard's
+    first once it is done): a padded sample adds exact zeros to the gradient, except where its
+    activations are not finite (0 * NaN), and then only in its own device's slot.
+    """
     sched = [_schedule(w, epochs, batch_size) for w in works]
     steps = max((len(s) for s in sched), default=0)
     idx = torch.zeros((steps, slots, batch_size), dtype=torch.long)
     valid = torch.zeros((steps, slots, batch_size), dtype=torch.bool)
-    for s, batches in enumerate(sched):
+    for s, (w, batches) in enumerate(zip(works, sched)):
+        if len(w.indices):
+            idx[:, s] = w.indices[0]
         for t, ix in enumerate(batches):
+            idx[t, s] = ix[0]
             idx[t, s, :len(ix)] = ix
             valid[t, s, :len(ix)] = True
     return idx, valid, valid.sum(dim=2)
@@ -158,68 +195,119 @@ def live_parameters(module: nn.Module, x_shape: tuple[int, ...], device: torch.d
 
 def train_group(module: nn.Module, client: ClientAlgorithm, start: Mapping[str, torch.Tensor], x: torch.Tensor,
                 y: torch.Tensor, works: Sequence[DeviceWork], epochs: int, batch_size: int, slots: int = SLOTS,
-                live: Optional[Sequence[str]] = None, pad: Optional[bool] = None) -> list[LocalResult]:
+                live: Optional[Sequence[str]] = None, pad: Optional[bool] = None,
+                grouped: Optional[bool] = None) -> list[LocalResult]:
     """Train every device of `works` from `start` (one submodel shape, `module`'s), `slots`
     at a time; one `LocalResult` per device, in order, as `client.train` would give it
     (its delta on the CPU).
 
     `x`, `y` are the host's whole training set (on the training device); `live`: the
     parameters that get gradients (default: all; see `live_parameters`); `pad`: pad the last
-    chunk to `slots` (default: on a GPU; see the module docstring).
+    chunk to `slots` (default: on a GPU; see the module docstring); `grouped`: train through
+    the module's grouped program (`raysim.grouped`; default: when it has one), else `vmap`.
     """
     pad = x.device.type != "cpu" if pad is None else pad
     mu = _objective_mu(client)
     if mu is None:
         raise ValueError(f"train_group: {batchable(client, module)}")
+    program = grouped_program(module, x.dim()) if grouped is not False else None
+    if grouped and program is None:
+        raise ValueError(f"train_group: {_PROGRAMS[module][1]}")
     sgd: LocalSGD = client  # type: ignore[assignment]
     out: list[LocalResult] = []
     for c in range(0, len(works), slots):
         chunk = works[c:c + slots]
         width = slots if pad else max(MIN_SLOTS, len(chunk))
-        out += _train_chunk(module, sgd, mu, start, x, y, chunk, epochs, batch_size, width, live)
+        out += _train_chunk(module, program, sgd, mu, start, x, y, chunk, epochs, batch_size, width, live)
     return out
 
 
-def _train_chunk(module: nn.Module, sgd: LocalSGD, mu: float, start: Mapping[str, torch.Tensor], x: torch.Tensor,
-                 y: torch.Tensor, works: Sequence[DeviceWork], epochs: int, batch_size: int, slots: int,
-                 live: Optional[Sequence[str]]) -> list[LocalResult]:
+# Grouped programs per module (a host builds one module per submodel shape and keeps it).
+_PROGRAMS: "weakref.WeakKeyDictionary[nn.Module, tuple[Optional[GroupedProgram], Optional[str]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def grouped_program(module: nn.Module, input_rank: int) -> Optional[GroupedProgram]:
+    """The module's grouped program (compiled once per module), or None: it trains under `vmap`."""
+    if module not in _PROGRAMS:
+        _PROGRAMS[module] = compile_grouped(module, input_rank)
+    return _PROGRAMS[module][0]
+
+
+# One step of a chunk: (stacked params, sample indices (S, B), real (S, B), count (S,)) ->
+# (gradients of the moving parameters, None where one got none; per-slot objective (S,)).
+Stepper = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor],
+                   tuple[list[Optional[torch.Tensor]], torch.Tensor]]
+
+
+def _vmap_stepper(module: nn.Module, names: list[str], moving: list[str], mu: float,
+                  start: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> Stepper:
+    step_fn = vmap(grad_and_value(_loss_fn(module, names, mu, start)))
+
+    def step(params: dict[str, torch.Tensor], idx: torch.Tensor, valid: torch.Tensor, count: torch.Tensor
+             ) -> tuple[list[Optional[torch.Tensor]], torch.Tensor]:
+        s, b = idx.shape
+        flat = idx.reshape(-1)
+        grads, loss = step_fn(params, x[flat].reshape(s, b, *x.shape[1:]), y[flat].reshape(s, b), valid, count)
+        return [grads[k] for k in moving], loss
+    return step
+
+
+def _grouped_stepper(program: GroupedProgram, names: list[str], moving: list[str], mu: float,
+                     start: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> Stepper:
+    def step(params: dict[str, torch.Tensor], idx: torch.Tensor, valid: torch.Tensor, count: torch.Tensor
+             ) -> tuple[list[Optional[torch.Tensor]], torch.Tensor]:
+        s, b = idx.shape
+        xb = stack_input(x, idx)
+        logits = program(params, xb, s)                                   # (S, B, classes)
+        ce = F.cross_entropy(logits.reshape(s * b, -1), y[idx.reshape(-1)], reduction="none").view(s, b)
+        # where, not a multiply: a padded sample's loss never reaches the sum (not even a NaN)
+        value = torch.where(valid, ce, torch.zeros_like(ce)).sum(dim=1) / count.clamp(min=1)
+        if mu:
+            value = value + 0.5 * mu * sum(((params[k] - _stack_like(start[k], params[k])) ** 2)
+                                           .flatten(1).sum(dim=1) for k in names)
+        # The sum of the devices' objectives: each device's gradient is exactly its own.
+        grads = torch.autograd.grad(value.sum(), [params[k] for k in moving], allow_unused=True)
+        return list(grads), value.detach()
+    return step
+
+
+def _stack_like(t: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+    """One device's tensor broadcast over the slots of a stacked one."""
+    return t.unsqueeze(0).expand_as(stacked)
+
+
+def _train_chunk(module: nn.Module, program: Optional[GroupedProgram], sgd: LocalSGD, mu: float,
+                 start: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, works: Sequence[DeviceWork],
+                 epochs: int, batch_size: int, slots: int, live: Optional[Sequence[str]]) -> list[LocalResult]:
     dev = x.device
     names = [k for k, _ in module.named_parameters()]
     moving = [k for k in names if live is None or k in set(live)]
     idx, valid, count = _plan_steps(works, slots, epochs, batch_size)
     idx, valid, count = idx.to(dev), valid.to(dev), count.to(dev)
     active = count > 0                                                   # (T, S): the slot steps
+    every = active.all(dim=1).tolist()                                   # per step: no slot idles
     params = {k: start[k].unsqueeze(0).repeat(slots, *([1] * start[k].dim())) for k in names}
-    bufs = [torch.zeros_like(params[k]) for k in moving] if sgd.momentum else []
-    step_fn = vmap(grad_and_value(_loss_fn(module, names, mu, start)))
+    if program is not None:
+        for k in moving:
+            params[k].requires_grad_(True)
+        stepper = _grouped_stepper(program, names, moving, mu, start, x, y)
+    else:
+        stepper = _vmap_stepper(module, names, moving, mu, start, x, y)
+    bufs: list[Optional[torch.Tensor]] = [None] * len(moving)
     loss_sum = torch.zeros(slots, dtype=torch.float64, device=dev)
     module.train()
     for t in range(idx.shape[0]):
-        flat = idx[t].reshape(-1)
-        xb = x[flat].reshape(slots, batch_size, *x.shape[1:])
-        yb = y[flat].reshape(slots, batch_size)
-        grads, loss = step_fn(params, xb, yb, valid[t], count[t])
+        grads, loss = stepper(params, idx[t], valid[t], count[t])
         with torch.no_grad():
-            ps = [params[k] for k in moving]
-            gs = [grads[k] for k in moving]
-            # The update of LocalSGD._update, term for term, on all slots at once; a slot that
-            # has no step now keeps its weights and momentum (where, so a NaN stays in its slot).
-            if sgd.weight_decay:
-                gs = torch._foreach_add(gs, ps, alpha=sgd.weight_decay)
-            on = active[t]
-            if sgd.momentum:
-                new_bufs = torch._foreach_add(torch._foreach_mul(bufs, sgd.momentum), gs)
-                bufs = [torch.where(_expand(on, b), nb, b) for b, nb in zip(bufs, new_bufs)]
-                gs = bufs
-            stepped = torch._foreach_add(ps, gs, alpha=-sgd.lr)
-            for k, p, q in zip(moving, ps, stepped):
-                params[k] = torch.where(_expand(on, p), q, p)
-            loss_sum += torch.where(on, loss.detach().double() * count[t], torch.zeros_like(loss_sum))
+            _sgd_step(sgd, [params[k] for k in moving], grads, bufs, None if every[t] else active[t])
+            loss_sum += torch.where(active[t], loss.double() * count[t], torch.zeros_like(loss_sum))
     steps = active.sum(dim=0).tolist() if idx.shape[0] else [0] * slots
     seen = count.sum(dim=0).tolist() if idx.shape[0] else [0] * slots
     losses = loss_sum.tolist()
     # One copy per tensor to the CPU (where deltas are folded), not one per device.
-    deltas = {k: (params[k][:len(works)] - start[k]).detach().cpu() for k in names}
+    with torch.no_grad():
+        deltas = {k: (params[k][:len(works)] - start[k]).cpu() for k in names}
     results = []
     for s in range(len(works)):
         delta = {k: deltas[k][s] for k in names}
@@ -227,69 +315,39 @@ def _train_chunk(module: nn.Module, sgd: LocalSGD, mu: float, start: Mapping[str
     return results
 
 
+def _sgd_step(sgd: LocalSGD, params: list[torch.Tensor], grads: list[Optional[torch.Tensor]],
+              bufs: list[Optional[torch.Tensor]], on: Optional[torch.Tensor]) -> None:
+    """The update of `LocalSGD._update`, term for term, on all slots at once, in place.
+
+    `on` (per slot) masks the slots that have no step now (None: every slot has one): they
+    keep their weights and momentum (where, so a NaN stays in its slot). A parameter without
+    a gradient is left alone, as the loop leaves it. `bufs` (momentum, per parameter) is
+    updated in place.
+    """
+    live = [i for i, g in enumerate(grads) if g is not None]
+    ps = [params[i] for i in live]
+    gs = [grads[i] for i in live]  # type: ignore[misc]
+    if not ps:
+        return
+    if sgd.weight_decay:
+        gs = torch._foreach_add(gs, ps, alpha=sgd.weight_decay)
+    if sgd.momentum:
+        # A buffer starts as the gradient, as in the loop (0 * momentum + g is g exactly).
+        old = [bufs[i] if bufs[i] is not None else torch.zeros_like(ps[j]) for j, i in enumerate(live)]
+        new = torch._foreach_add(torch._foreach_mul(old, sgd.momentum), gs)
+        if on is not None:
+            new = [torch.where(_expand(on, b), nb, b) for b, nb in zip(old, new)]
+        for j, i in enumerate(live):
+            bufs[i] = new[j]
+        gs = new
+    if on is None:
+        torch._foreach_add_(ps, gs, alpha=-sgd.lr)
+        return
+    stepped = torch._foreach_add(ps, gs, alpha=-sgd.lr)
+    for p, q in zip(ps, stepped):
+        p.copy_(torch.where(_expand(on, p), q, p))
+
+
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-slot mask shaped to broadcast over a stacked tensor."""
     return mask.view(-1, *([1] * (like.dim() - 1)))
-
-
-# ---------------------------------------------------------------------------- auto: measure once
-# Loop steps slower than this are FLOP-bound: batching only saves per-step overhead (~2 ms a
-# step on a CPU core), so on the CPU such a shape trains per device without a measurement.
-FLOP_BOUND_STEP_S = 0.05
-# Batched must beat the loop by this margin to be chosen, so that a noisy tie keeps the loop.
-MARGIN = 0.9
-
-
-def measure(module: nn.Module, client: ClientAlgorithm, x_shape: tuple[int, ...], classes: int, batch_size: int,
-            device: torch.device, devices: int = SLOTS // 2, steps: int = 2) -> tuple[float, float]:
-    """(loop seconds, batched seconds) for `devices` devices of `steps` minibatches each, on
-    random data of the real shapes (after one warm-up of each). Half a chunk by default: a
-    host's groups are often smaller than a chunk, and batching gains less on fewer devices.
-    The loop is timed first; when one of its steps is FLOP-bound on a CPU, batched is not
-    timed (returned as inf).
-
-        >>> loop_s, batched_s = measure(cnn, LocalSGD(), (1, 12, 12), 10, 20, torch.device("cpu"))
-    """
-    g = torch.Generator().manual_seed(0)
-    n = batch_size * steps
-    x = torch.randn((devices * n, *x_shape), generator=g).to(device)
-    y = torch.randint(0, classes, (devices * n,), generator=g).to(device)
-    start = {k: p.detach().clone() for k, p in module.named_parameters()}
-    works = [DeviceWork(torch.arange(s * n, (s + 1) * n), torch.Generator().manual_seed(s)) for s in range(devices)]
-
-    def loop(k: int) -> None:
-        for w in works[:k]:
-            with torch.no_grad():
-                for name, p in module.named_parameters():
-                    p.copy_(start[name])
-            ix = w.indices.to(device)
-            client.train(module, LocalData(x[ix], y[ix], 1, batch_size, None, torch.Generator().manual_seed(0)), start)
-
-    def timed(fn: Callable[[], None]) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - t0
-
-    first = timed(lambda: loop(1))  # the warm-up of the loop, and the FLOP-bound check
-    if device.type == "cpu" and first / steps > FLOP_BOUND_STEP_S:
-        return first * devices, math.inf
-    loop_s = timed(lambda: loop(devices))
-    live = live_parameters(module, x_shape, device)
-    timed(lambda: train_group(module, client, start, x, y, works, 1, batch_size, live=live))  # warm-up
-    batched_s = timed(lambda: train_group(module, client, start, x, y, works, 1, batch_size, live=live))
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.copy_(start[name])
-    return loop_s, batched_s
-
-
-def prefer_batched(loop_s: float, batched_s: float) -> bool:
-    """Whether a measurement favours batching (by `MARGIN`, so a tie keeps the loop)."""
-    return batched_s < MARGIN * loop_s
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -15,10 +15,13 @@ import torch
 from torch import nn
 
 from helpers import local_sim, tiny_overrides
-from raysim.batched import SLOTS, DeviceWork, batchable, live_parameters, train_group
+from raysim.autobatch import prefer_batched
+from raysim.batched import SLOTS, DeviceWork, batchable, chunks, live_parameters, train_group
 from raysim.client import FedProx, LocalData, LocalSGD
 from raysim.config import load_scenario, rate_sizes
+from raysim.grouped import compile_grouped
 from raysim.models.cnn import cnn_spec
+from raysim.models.mlp import mlp_spec
 from raysim.records import OOM, TrainTask
 from raysim.runtime.host import HostCore
 from raysim.seeding import torch_generator
@@ -28,6 +31,7 @@ from raysim.trainer import Trainer
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SIZES = [35, 20, 7, 41, 1, 13]      # unequal shards: short last minibatches, 1 to 3 per epoch
 SPEC = cnn_spec((1, 8, 8), 4, [4, 8], 8)
+MLP_SPEC = mlp_spec((1, 8, 8), 4, [16, 8])
 
 
 def _data(n: int = 200):
@@ -54,14 +58,15 @@ def _loop(module, client, start, x, y, work, epochs):
     return client.train(module, LocalData(x[ix], y[ix], epochs, 20, work.max_steps, work.generator), start)
 
 
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "vmap"])
 @pytest.mark.parametrize("client", [LocalSGD(lr=0.1, momentum=0.9, weight_decay=1e-3), FedProx(lr=0.1, mu=0.1)],
                          ids=["sgd-momentum-decay", "fedprox"])
-def test_batched_equals_the_loop_per_device(client):
+def test_batched_equals_the_loop_per_device(client, grouped):
     x, y = _data()
     m = _module()
     start = {k: p.detach().clone() for k, p in m.named_parameters()}
     caps = [None, 1, None, 3, None, 2]   # partial work: a step cap per device
-    got = train_group(m, client, start, x, y, _works(range(6), caps), 2, 20)
+    got = train_group(m, client, start, x, y, _works(range(6), caps), 2, 20, grouped=grouped)
     for d, (b, w) in enumerate(zip(got, _works(range(6), caps))):
         r = _loop(m, client, start, x, y, w, 2)
         assert (b.steps, b.samples) == (r.steps, r.samples), d
@@ -81,6 +86,53 @@ def test_a_device_result_does_not_depend_on_its_company():
                   train_group(m, client, start, x, y, _works([0, 1, 3]), 2, 20, slots=2)[2]):  # second chunk
         assert alone.loss == crowd.loss
         assert all(torch.equal(alone.delta[k], crowd.delta[k]) for k in alone.delta)
+
+
+def test_the_grouped_mlp_and_a_vmap_fallback_equal_the_loop():
+    x, y = _data()
+    mlp = MLP_SPEC.build({k: rate_sizes(w, 0.5) for k, w in MLP_SPEC.groups.items()}, 0.5)
+    # LayerNorm has no grouped form: that model trains under vmap, as before
+    other = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 4))
+    assert compile_grouped(mlp, 4)[0] is not None
+    assert "LayerNorm" in compile_grouped(other, 4)[1]
+    client = LocalSGD(lr=0.1, momentum=0.9)
+    for m in (mlp, other):
+        start = {k: p.detach().clone() for k, p in m.named_parameters()}
+        got = train_group(m, client, start, x, y, _works(range(6), [None, 1, None, 3, None, 2]), 2, 20)
+        for b, w in zip(got, _works(range(6), [None, 1, None, 3, None, 2])):
+            r = _loop(m, client, start, x, y, w, 2)
+            assert b.steps == r.steps and abs(b.loss - r.loss) < 1e-5
+            for k in r.delta:
+                torch.testing.assert_close(b.delta[k], r.delta[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("in_ch", [1, 3, 8])
+def test_a_grouped_result_is_the_same_in_a_chunk_of_any_width(in_ch):
+    # oneDNN's kernel for convolutions with few input channels per group changes with the
+    # number of groups (from 3-8 on): such a first layer must not take it.
+    spec = cnn_spec((in_ch, 8, 8), 4, [16, 8], 8)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(200, in_ch, 8, 8, generator=g), torch.randint(0, 4, (200,), generator=g)
+    torch.manual_seed(0)
+    m = spec.build()
+    start = {k: p.detach().clone() for k, p in m.named_parameters()}
+    client = LocalSGD(lr=0.1, momentum=0.5)
+    alone = train_group(m, client, start, x, y, _works([3]), 1, 20)[0]
+    for width in (3, 5, 8, 9, 12, 17):
+        r = train_group(m, client, start, x, y, _works([i % 6 for i in range(width - 1)] + [3]), 1, 20,
+                        slots=width)[-1]
+        assert all(torch.equal(alone.delta[k], r.delta[k]) for k in alone.delta), width
+
+
+def test_chunks_group_devices_by_their_steps():
+    assert chunks([2, 10, 9, 1, 2], 16) == [[1, 2], [0, 4], [3]]
+    assert chunks([2, 10, 9, 1, 2], 2, split=False) == [[1, 2], [0, 4], [3]]
+    assert chunks([3] * 5, 2) == [[0, 1], [2, 3], [4]]
+
+
+def test_auto_prefers_batched_only_when_clearly_faster():
+    assert prefer_batched(1.0, 0.5) and prefer_batched(1.15, 1.0)
+    assert not prefer_batched(1.1, 1.0) and not prefer_batched(1.0, float("inf"))
 
 
 def test_a_non_finite_device_stays_in_its_slot():

@@ -9,7 +9,8 @@ training, and one remap into the host's partial sum.
 On a GPU host (`trainer.device == "cuda"`) the training data moves to the GPU once, when the
 host starts, and the process may use only its share of the GPU's memory; a CUDA out-of-memory
 error while training a device records that device `oom`. With `trainer.batched` the devices
-of a plan train together (`raysim.batched`); `auto` decides per rate from a short measurement.
+of a plan train together (`raysim.batched`); `auto` decides per rate from a measurement
+(`raysim.autobatch`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from raysim import batched
+from raysim import autobatch, batched
 from raysim.aggregate import add_weights
 from raysim.client import LocalResult
 from raysim.config import rate_sizes
@@ -93,8 +94,8 @@ class HostCore:
 
     # ---------------------------------------------------------------- batched or per device
     def choose_batching(self, rates: Sequence[float]) -> dict[float, bool]:
-        """`auto`: measure loop against batched once per rate (a typical submodel of the rate)
-        and keep the faster; returns the choices (the pool hands host 0's to every host, so
+        """`auto`: measure loop against batched once per rate (a typical submodel of the rate,
+        `raysim.autobatch`) and keep batched where it is clearly faster; returns the choices (the pool hands host 0's to every host, so
         that all hosts of a run train alike)."""
         for rate in rates:
             if rate in self.choices:
@@ -104,12 +105,18 @@ class HostCore:
             if self._batchable(m, sizes, rate) is None:
                 self.choices[rate] = False
                 continue
-            loop_s, batched_s = batched.measure(m, self.trainer.client, tuple(self.spec.input_shape),
-                                                self.spec.num_classes, self.trainer.batch_size, self.device)
-            self.choices[rate] = batched.prefer_batched(loop_s, batched_s)
+            loop_s, batched_s = autobatch.measure(m, self.trainer.client, tuple(self.spec.input_shape),
+                                                  self.spec.num_classes, self.trainer.batch_size, self.device,
+                                                  steps=self._typical_steps())
+            self.choices[rate] = autobatch.prefer_batched(loop_s, batched_s)
             log.info("host %d, rate %g: loop %.4fs, batched %.4fs -> %s", self.host_id, rate, loop_s, batched_s,
                      "batched" if self.choices[rate] else "loop")
         return dict(self.choices)
+
+    def _typical_steps(self) -> int:
+        """Minibatch steps of a median device's full local work (what `auto` measures)."""
+        sizes = np.diff(self.offsets)
+        return self.trainer.steps_full(int(np.median(sizes)) if len(sizes) else self.trainer.batch_size)
 
     def set_batching(self, choices: Mapping[float, bool]) -> None:
         """Adopt `auto` decisions measured elsewhere (host 0's, or a resumed run's)."""
@@ -141,6 +148,7 @@ class HostCore:
                    tasks: Sequence[TrainTask]) -> list[tuple[Optional[LocalResult], float]]:
         """Train the tasks that share `plan` from `start` (on the host's device): per task, its
         result (None: it ran out of GPU memory) and wall seconds (a batched chunk's split evenly).
+        Batched, devices are chunked by their step counts (`raysim.batched.chunks`).
 
         Deltas come back on the CPU, where they are folded.
         """
@@ -148,10 +156,12 @@ class HostCore:
         live = self._use_batched(plan, model)
         if live is None:
             return [self._train_one(round_idx, model, start, t) for t in tasks]
-        out: list[tuple[Optional[LocalResult], float]] = []
+        out: list[Optional[tuple[Optional[LocalResult], float]]] = [None] * len(tasks)
         tr = self.trainer
-        for c in range(0, len(tasks), batched.SLOTS):
-            chunk = tasks[c:c + batched.SLOTS]
+        steps = [min(tr.steps_full(len(self.shard(t.device_id))), t.max_steps if t.max_steps is not None else 1 << 30)
+                 for t in tasks]
+        for ids in batched.chunks(steps, batched.SLOTS, split=self.device.type == "cpu"):
+            chunk = [tasks[i] for i in ids]
             ts = time.perf_counter()
             works = [batched.DeviceWork(torch.from_numpy(self.shard(t.device_id)),
                                         torch_generator(tr.seed, "train", _stream(round_idx, t), t.device_id),
@@ -164,11 +174,13 @@ class HostCore:
                 # The chunk does not fit this host's share: its devices train one by one, and
                 # only those that do not fit even alone are out of memory.
                 _release()
-                out += [self._train_one(round_idx, model, start, t) for t in chunk]
+                for i, t in zip(ids, chunk):
+                    out[i] = self._train_one(round_idx, model, start, t)
                 continue
             wall = (time.perf_counter() - ts) / len(chunk)
-            out += [(r, wall) for r in res]
-        return out
+            for i, r in zip(ids, res):
+                out[i] = (r, wall)
+        return out  # type: ignore[return-value]
 
     def _train_one(self, round_idx: int, model: torch.nn.Module, start: Mapping[str, torch.Tensor],
                    task: TrainTask) -> tuple[Optional[LocalResult], float]:
