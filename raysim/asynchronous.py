@@ -197,7 +197,6 @@ class AsyncSimulation(Simulation):
         train_s = 0.0
         if any(j.job not in self.trained for j in win.arrivals):
             train_s = self.train_ahead(w)
-        t_agg = time.perf_counter()
         applied = self.apply(win)
         self.round = w
         self.clock = win.time

@@ -256,7 +256,7 @@ def _conv2d_unfolded(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]
                      padding: Any, dilation: Any) -> torch.Tensor:
     """S devices' 2-D convolutions (one group each) as patches times weights: one `unfold`
     and one batched matrix product, each slot's product of the same shape whatever S."""
-    bsz, h, wd = x.shape[0], x.shape[2], x.shape[3]
+    bsz, h = x.shape[0], x.shape[2]
     cols = F.unfold(x, kernel, dilation, padding, stride)               # (B, S*Ci*K, L)
     oh = (h + 2 * _tuple(padding, 2)[0] - _tuple(dilation, 2)[0] * (_tuple(kernel, 2)[0] - 1) - 1) \
         // _tuple(stride, 2)[0] + 1
