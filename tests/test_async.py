@@ -125,6 +125,21 @@ def test_fedbuff_is_bit_identical_across_hosts_and_training_batches():
     assert weights_hash(ref.params) == weights_hash(other.params)
 
 
+@pytest.mark.parametrize("extra", [
+    {"compression.strategy": "rolling"},
+    {"compression.strategy": "random", "server.weighting": "samples"},
+    {"compression.strategy": "magnitude", "server.optimizer": "fedadam", "server.lr": 0.01},
+    {"server.mode": "fedasync", "server.staleness.kind": "hinge", "server.optimizer": "fedavgm"},
+], ids=["rolling", "random-samples", "magnitude-fedadam", "fedasync-hinge-fedavgm"])
+def test_every_strategy_and_server_optimizer_is_identical_across_hosts(extra):
+    sc = async_scenario(**extra)
+    a, b = local_sim(sc, hosts=1), local_sim(sc, hosts=2)
+    outs = run(a, 4)
+    run(b, 4)
+    assert weights_hash(a.params) == weights_hash(b.params)
+    assert sum(o.record.trained for o in outs) > 0
+
+
 def test_fedbuff_with_batched_training_matches_across_hosts_and_the_loop():
     sc = async_scenario(**{"train.batched": "on"})
     a, b = local_sim(sc, hosts=1), local_sim(sc, hosts=2)
