@@ -25,19 +25,16 @@ time to `--target` accuracy, final accuracy, each device class's share of the ap
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study import ROOT, Key, find_runs, pick, run_arms, save_plot, spread, study_parser  # noqa: E402
 
 from raysim.config import Scenario, ScenarioError, load_scenario  # noqa: E402
 from raysim.results import Run, RunError, load_run  # noqa: E402
@@ -67,48 +64,12 @@ ARMS = (
     Arm("fedasync-C50", ("server.mode=fedasync", "server.concurrency=50"), 1, "fedasync"),
 )
 
-Key = tuple[str, int]  # (arm, seed)
-
-
 def arm_scenario(path: Path, arm: Arm, extra: list[str], updates: int, seed: int) -> Scenario:
     """The study's scenario for one arm and seed: a step budget of `updates` applied updates."""
     steps = max(1, math.ceil(updates / arm.per_step))
     over = [*arm.overrides, f"rounds={steps}", f"eval.every={max(1, steps // EVALS)}",
             f"output.checkpoint_every={max(1, steps // 4)}", *extra, f"name={PREFIX}{arm.name}", f"seed={seed}"]
     return load_scenario(path, over)
-
-
-def run_arms(path: Path, arms: list[Arm], seeds: list[int], out: Path, extra: list[str],
-             updates: int) -> dict[Key, Path]:
-    """Run every arm at every seed into `out` (one Ray instance for all); returns run dirs."""
-    from raysim.runtime.runner import run  # noqa: PLC0415
-    from raysim.runtime.session import ray_session  # noqa: PLC0415
-
-    scenarios = [arm_scenario(path, a, extra, updates, seed) for seed in seeds for a in arms]  # all checked first
-    dirs = {}
-    with ray_session(scenarios[0].runtime.address, scenarios[0].runtime.num_cpus):
-        for sc in scenarios:
-            t0 = time.perf_counter()
-            res = run(sc, out_root=str(out), progress=False)
-            dirs[(sc.name[len(PREFIX):], sc.seed)] = res.path
-            print(f"{sc.name[len(PREFIX):]:18s} seed {sc.seed}  {len(res.rounds):5d} steps  "
-                  f"wall {time.perf_counter() - t0:6.1f} s  {res.path}", flush=True)
-    return dirs
-
-
-def find_runs(out: Path, arms: list[Arm], seeds: list[int]) -> dict[Key, Path]:
-    """The latest complete run of each arm and seed under `out`."""
-    found: dict[Key, Path] = {}
-    for d in sorted(p for p in out.glob(f"{PREFIX}*") if p.is_dir()):
-        try:
-            sc = load_run(d).scenario
-        except RunError:
-            continue
-        found[(str(sc.get("name", ""))[len(PREFIX):], int(sc.get("seed", 0)))] = d
-    missing = [f"{a.name} (seed {s})" for s in seeds for a in arms if (a.name, s) not in found]
-    if missing:
-        raise RunError(f"{out}: no complete run for {', '.join(missing)}; run without --reuse")
-    return {(a.name, s): found[(a.name, s)] for s in seeds for a in arms}
 
 
 def curve(run: Run) -> pd.DataFrame:
@@ -145,15 +106,6 @@ def summarise(runs: dict[str, Run], arms: list[Arm], target: float, last: int = 
     return pd.DataFrame(rows), horizon
 
 
-def _spread(values: pd.Series, fmt: str) -> str:
-    v = values.dropna()
-    if v.empty:
-        return "-"
-    if len(v) == 1 or v.min() == v.max():
-        return format(v.mean(), fmt)
-    return f"{format(v.mean(), fmt)} ({format(v.min(), fmt)}-{format(v.max(), fmt)})"
-
-
 def markdown(table: pd.DataFrame, fleet_share: pd.Series, target: float, horizons: dict[int, float]) -> str:
     """The tables as markdown: accuracy and time, then contribution and staleness by class."""
     n = table["seed"].nunique()
@@ -162,14 +114,14 @@ def markdown(table: pd.DataFrame, fleet_share: pd.Series, target: float, horizon
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, g in table.groupby("arm", sort=False):
         hit = g["time_to_target_s"].dropna()
-        ttt = "not reached" if hit.empty else f"{_spread(hit, '.0f')} s"
+        ttt = "not reached" if hit.empty else f"{spread(hit, '.0f')} s"
         if not hit.empty and len(hit) < len(g):
             ttt += f" ({len(hit)} of {len(g)} seeds)"
         at = g["acc_at_horizon"] * 100
-        lines.append(f"| {arm} | {_spread(g['steps'], '.0f')} | {_spread(g['updates'], '.0f')} | "
-                     f"{_spread(g['sim_time_s'], '.0f')} s | {ttt} | {_spread(g['updates_to_target'], '.0f')} | "
-                     f"{_spread(at, '.1f') + '%' if at.notna().any() else 'no evaluation yet'} | "
-                     f"{_spread(g['final_acc'] * 100, '.1f')}% | {_spread(g['staleness_mean'], '.1f')} |")
+        lines.append(f"| {arm} | {spread(g['steps'], '.0f')} | {spread(g['updates'], '.0f')} | "
+                     f"{spread(g['sim_time_s'], '.0f')} s | {ttt} | {spread(g['updates_to_target'], '.0f')} | "
+                     f"{spread(at, '.1f') + '%' if at.notna().any() else 'no evaluation yet'} | "
+                     f"{spread(g['final_acc'] * 100, '.1f')}% | {spread(g['staleness_mean'], '.1f')} |")
     classes = list(fleet_share.index)
     lines += ["", "Share of the applied updates by device class (fleet share in the header), and in brackets "
               "the mean staleness of that class's updates:", "",
@@ -208,41 +160,22 @@ def plot(runs: dict[Key, Run], arms: list[Arm], seeds: list[int], target: float,
     ax.set_ylim(0, 1)
     ax.set(xlabel="simulated time (s, log scale)", ylabel="global test accuracy")
     ax.set_title(f"Synchronous rounds (dashed) vs asynchronous FedBuff / FedAsync (seed {seeds[0]})", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", ncol=2)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    return save_plot(fig, ax, png)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", type=Path, default=SCENARIO)
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "async-vs-sync",
-                   help="parent directory of the arms' run directories")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field in every arm, e.g. --set fleet.devices=300")
-    p.add_argument("--arms", help="comma-separated subset of the arms")
-    p.add_argument("--seeds", help="comma-separated seeds (default: the scenario's)")
+    p = study_parser(__doc__, SCENARIO, ROOT / "runs" / "async-vs-sync", target=0.9)
     p.add_argument("--updates", type=int, default=3000, help="updates each arm may apply (its step budget)")
-    p.add_argument("--target", type=float, default=0.9, help="target accuracy for time-to-target")
-    p.add_argument("--reuse", action="store_true", help="do not run; report the latest runs under --out")
     args = p.parse_args(argv)
-    arms = list(ARMS)
-    if args.arms:
-        wanted = args.arms.split(",")
-        unknown = sorted(set(wanted) - {a.name for a in arms})
-        if unknown:
-            print(f"error: unknown arm(s) {', '.join(unknown)}", file=sys.stderr)
-            return 2
-        arms = [a for a in arms if a.name in wanted]
     try:
+        arms = pick(list(ARMS), args.arms)
         seeds = ([int(x) for x in args.seeds.split(",")] if args.seeds
                  else [load_scenario(args.scenario, args.overrides).seed])
-        dirs = (find_runs(args.out, arms, seeds) if args.reuse
-                else run_arms(args.scenario, arms, seeds, args.out, args.overrides, args.updates))
+        if args.reuse:
+            dirs = find_runs(args.out, PREFIX, [a.name for a in arms], seeds)
+        else:  # every scenario is checked before the first run starts
+            dirs = run_arms([arm_scenario(args.scenario, a, args.overrides, args.updates, s)
+                             for s in seeds for a in arms], args.out, PREFIX)
     except (ScenarioError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -24,19 +24,16 @@ shortest simulated time any arm reached.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study import ROOT, Key, find_runs, pick, run_arms, save_plot, spread, study_parser  # noqa: E402
 
 from raysim.config import Scenario, ScenarioError, load_scenario  # noqa: E402
 from raysim.results import Run, RunError, load_run  # noqa: E402
@@ -77,43 +74,6 @@ def arm_scenario(path: Path, arm: Arm, extra: list[str], stretch: int, seed: int
     if arm.stretch and stretch > 1:
         over += [f"rounds={base.rounds * stretch}", f"eval.every={base.eval.every * stretch}"]
     return load_scenario(path, over)
-
-
-Key = tuple[str, int]  # (arm, seed)
-
-
-def run_arms(path: Path, arms: list[Arm], seeds: list[int], out: Path, extra: list[str],
-             stretch: int) -> dict[Key, Path]:
-    """Run every arm at every seed into `out` (one Ray instance for all); returns run dirs."""
-    from raysim.runtime.runner import run  # noqa: PLC0415
-    from raysim.runtime.session import ray_session  # noqa: PLC0415
-
-    # Every scenario is validated before the first run starts.
-    scenarios = [arm_scenario(path, a, extra, stretch, seed) for seed in seeds for a in arms]
-    dirs = {}
-    with ray_session(scenarios[0].runtime.address, scenarios[0].runtime.num_cpus):
-        for sc in scenarios:
-            t0 = time.perf_counter()
-            res = run(sc, out_root=str(out), progress=False)
-            dirs[(sc.name[len(PREFIX):], sc.seed)] = res.path
-            print(f"{sc.name[len(PREFIX):]:18s} seed {sc.seed}  {len(res.rounds):4d} rounds  "
-                  f"wall {time.perf_counter() - t0:6.1f} s  {res.path}", flush=True)
-    return dirs
-
-
-def find_runs(out: Path, arms: list[Arm], seeds: list[int]) -> dict[Key, Path]:
-    """The latest complete run of each arm and seed under `out` (matched by the scenario)."""
-    found: dict[Key, Path] = {}
-    for d in sorted(p for p in out.glob(f"{PREFIX}*") if p.is_dir()):
-        try:
-            sc = load_run(d).scenario
-        except RunError:
-            continue
-        found[(str(sc.get("name", ""))[len(PREFIX):], int(sc.get("seed", 0)))] = d  # latest stamp wins
-    missing = [f"{a.name} (seed {s})" for s in seeds for a in arms if (a.name, s) not in found]
-    if missing:
-        raise RunError(f"{out}: no complete run for {', '.join(missing)}; run without --reuse")
-    return {(a.name, s): found[(a.name, s)] for s in seeds for a in arms}
 
 
 def global_curve(run: Run) -> pd.DataFrame:
@@ -171,16 +131,6 @@ def combine(per_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([df.assign(seed=seed) for seed, df in per_seed.items()], ignore_index=True)
 
 
-def _spread(values: pd.Series, fmt: str) -> str:
-    """`mean` for one value, `mean (min-max)` for several."""
-    v = values.dropna()
-    if v.empty:
-        return "-"
-    if len(v) == 1 or v.min() == v.max():
-        return format(v.mean(), fmt)
-    return f"{format(v.mean(), fmt)} ({format(v.min(), fmt)}-{format(v.max(), fmt)})"
-
-
 def markdown(table: pd.DataFrame, target: float, horizons: dict[int, float], last: int = 3) -> str:
     """The table as markdown: one row per arm; over several seeds, mean (min-max)."""
     n = table["seed"].nunique()
@@ -190,15 +140,15 @@ def markdown(table: pd.DataFrame, target: float, horizons: dict[int, float], las
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, g in table.groupby("arm", sort=False):
         hit = g["time_to_target_s"].dropna()
-        ttt = "not reached" if hit.empty else f"{_spread(hit, '.0f')} s"
+        ttt = "not reached" if hit.empty else f"{spread(hit, '.0f')} s"
         if not hit.empty and len(hit) < len(g):
             ttt += f" (reached in {len(hit)} of {len(g)} seeds)"
         elif not hit.empty and n == 1:
             ttt += f" (round {int(g['rounds_to_target'].iloc[0])})"
-        lines.append(f"| {arm} | {_spread(g['rounds'], '.0f')} | {g['trained_per_round'].mean():.1f} | "
+        lines.append(f"| {arm} | {spread(g['rounds'], '.0f')} | {g['trained_per_round'].mean():.1f} | "
                      f"{g['devices_took_part'].mean():.0f} ({g['devices_selected'].mean():.0f}) | "
-                     f"{_spread(g['final_acc'] * 100, '.1f')}% | {_spread(g['best_acc'] * 100, '.1f')}% | {ttt} | "
-                     f"{_spread(g['smallest_final_acc'] * 100, '.1f')}{'' if g['smallest_final_acc'].isna().all() else '%'} |")
+                     f"{spread(g['final_acc'] * 100, '.1f')}% | {spread(g['best_acc'] * 100, '.1f')}% | {ttt} | "
+                     f"{spread(g['smallest_final_acc'] * 100, '.1f')}{'' if g['smallest_final_acc'].isna().all() else '%'} |")
     lines.append("")
     seeds = ", ".join(str(s) for s in horizons)
     span = ", ".join(f"{h:.0f} s" for h in horizons.values())
@@ -240,43 +190,24 @@ def plot(runs: dict[Key, Run], arms: list[Arm], horizons: dict[int, float], targ
     n = len(horizons)
     ax.set_title("Compressed submodels (solid) vs FedAvg baselines (dashed)"
                  + (f": mean of {n} seeds, band = min-max" if n > 1 else ""), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", ncol=2)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    return save_plot(fig, ax, png)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", type=Path, default=SCENARIO)
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "framework-vs-baselines",
-                   help="parent directory of the arms' run directories")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field in every arm, e.g. --set rounds=20")
-    p.add_argument("--arms", help="comma-separated subset of the arms")
+    p = study_parser(__doc__, SCENARIO, ROOT / "runs" / "framework-vs-baselines", target=0.8)
     p.add_argument("--ablations", action="store_true", help="also run static with static BN, and without scaler")
-    p.add_argument("--seeds", help="comma-separated seeds (default: the scenario's); every arm runs at each")
     p.add_argument("--stretch", type=int, default=2, help="round multiplier of fedavg-smallest")
-    p.add_argument("--target", type=float, default=0.8, help="target accuracy for time-to-target")
-    p.add_argument("--reuse", action="store_true", help="do not run; report the latest runs under --out")
     p.add_argument("--png", type=Path, default=None, help="plot file (default: OUT/framework-vs-baselines.png)")
     args = p.parse_args(argv)
-    arms = list(ARMS) + (list(ABLATIONS) if args.ablations else [])
-    if args.arms:
-        wanted = args.arms.split(",")
-        unknown = sorted(set(wanted) - {a.name for a in arms})
-        if unknown:
-            print(f"error: unknown arm(s) {', '.join(unknown)}", file=sys.stderr)
-            return 2
-        arms = [a for a in arms if a.name in wanted]
     try:
+        arms = pick(list(ARMS) + (list(ABLATIONS) if args.ablations else []), args.arms)
         seeds = ([int(x) for x in args.seeds.split(",")] if args.seeds
                  else [load_scenario(args.scenario, args.overrides).seed])
-        dirs = (find_runs(args.out, arms, seeds) if args.reuse
-                else run_arms(args.scenario, arms, seeds, args.out, args.overrides, args.stretch))
+        if args.reuse:
+            dirs = find_runs(args.out, PREFIX, [a.name for a in arms], seeds)
+        else:  # every scenario is checked before the first run starts
+            dirs = run_arms([arm_scenario(args.scenario, a, args.overrides, args.stretch, s)
+                             for s in seeds for a in arms], args.out, PREFIX)
     except (ScenarioError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

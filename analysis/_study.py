@@ -1,0 +1,105 @@
+"""What the arm-by-arm study scripts share: running arms into one parent, finding them again,
+and formatting a value over seeds. Pure helpers over raysim's runner and run directories.
+
+    >>> dirs = run_arms(scenarios, Path("runs/my-study"), prefix="my-")   # {(arm, seed): run dir}
+    >>> dirs = find_runs(Path("runs/my-study"), "my-", ["a", "b"], [0, 1])
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from raysim.config import Scenario  # noqa: E402
+from raysim.results import RunError, load_run  # noqa: E402
+
+Key = tuple[str, int]  # (arm, seed)
+
+
+def run_arms(scenarios: Sequence[Scenario], out: Path, prefix: str) -> dict[Key, Path]:
+    """Run every (already validated) scenario into `out` on one Ray instance; an arm's name is
+    its scenario name without `prefix`. Returns the run directory of each (arm, seed)."""
+    from raysim.runtime.runner import run  # noqa: PLC0415
+    from raysim.runtime.session import ray_session  # noqa: PLC0415
+
+    dirs = {}
+    with ray_session(scenarios[0].runtime.address, scenarios[0].runtime.num_cpus):
+        for sc in scenarios:
+            t0 = time.perf_counter()
+            res = run(sc, out_root=str(out), progress=False)
+            dirs[(sc.name[len(prefix):], sc.seed)] = res.path
+            print(f"{sc.name[len(prefix):]:18s} seed {sc.seed}  {len(res.rounds):5d} rounds  "
+                  f"wall {time.perf_counter() - t0:6.1f} s  {res.path}", flush=True)
+    return dirs
+
+
+def find_runs(out: Path, prefix: str, arms: Sequence[str], seeds: Sequence[int]) -> dict[Key, Path]:
+    """The latest complete run of each arm and seed under `out` (matched by the scenario)."""
+    found: dict[Key, Path] = {}
+    for d in sorted(p for p in out.glob(f"{prefix}*") if p.is_dir()):
+        try:
+            sc = load_run(d).scenario
+        except RunError:
+            continue
+        found[(str(sc.get("name", ""))[len(prefix):], int(sc.get("seed", 0)))] = d  # latest stamp wins
+    missing = [f"{a} (seed {s})" for s in seeds for a in arms if (a, s) not in found]
+    if missing:
+        raise RunError(f"{out}: no complete run for {', '.join(missing)}; run without --reuse")
+    return {(a, s): found[(a, s)] for s in seeds for a in arms}
+
+
+def spread(values: pd.Series, fmt: str) -> str:
+    """`mean` for one value, `mean (min-max)` for several."""
+    v = values.dropna()
+    if v.empty:
+        return "-"
+    if len(v) == 1 or v.min() == v.max():
+        return format(v.mean(), fmt)
+    return f"{format(v.mean(), fmt)} ({format(v.min(), fmt)}-{format(v.max(), fmt)})"
+
+
+def pick(arms: list, wanted: str | None) -> list:
+    """The arms a comma-separated `--arms` names (all without it); ValueError on unknown names."""
+    if not wanted:
+        return arms
+    names = wanted.split(",")
+    unknown = sorted(set(names) - {a.name for a in arms})
+    if unknown:
+        raise ValueError(f"unknown arm(s) {', '.join(unknown)}")
+    return [a for a in arms if a.name in names]
+
+
+def study_parser(doc: str, scenario: Path, out: Path, target: float) -> argparse.ArgumentParser:
+    """The flags every arm-by-arm study takes; a script adds its own."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--scenario", type=Path, default=scenario)
+    p.add_argument("--out", type=Path, default=out, help="parent directory of the arms' run directories")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field in every arm, e.g. --set rounds=20")
+    p.add_argument("--arms", help="comma-separated subset of the arms")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the scenario's); every arm runs at each")
+    p.add_argument("--target", type=float, default=target, help="target accuracy for time-to-target")
+    p.add_argument("--reuse", action="store_true", help="do not run; report the latest runs under --out")
+    return p
+
+
+def save_plot(fig, ax, png: Path) -> Path:
+    """Grid, legend, layout, and the PNG (its folder made); the figure is closed."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+    return png
