@@ -203,7 +203,7 @@ class AsyncSimulation(Simulation):
         self.versions[w] = self._copy(self.params)
         self._applied_state = win.state
         del self.windows[w]
-        clients = self.client_rows(win, applied)
+        clients = self.window_rows(win, applied)
         self._release(w)
         evals = self.evaluate(w) if (w % cfg.eval_every == 0 or w == cfg.rounds) else []
         wall = time.perf_counter() - wall0
@@ -234,12 +234,13 @@ class AsyncSimulation(Simulation):
         groups: dict[tuple[int, int], int] = {}
         tasks: list[TrainTask] = []
         for arrival, j in jobs:
-            key = (j.version, j.rate, j.job if self.strategy.per_device else -1)
+            key = self._plan_key(j)
             if key not in plan_ids:
                 plan_ids[key] = len(plans)
                 plans[plan_ids[key]] = self._plan(j)
             gid = groups.setdefault((arrival, j.version), len(groups))
-            hint = host_work(self.trainer_steps(j), self.cfg.batch_size, self.setup.costs[j.rate].flops_per_sample)
+            steps = math.ceil(j.samples / self.cfg.batch_size) * self.cfg.epochs
+            hint = host_work(steps, self.cfg.batch_size, self.setup.costs[j.rate].flops_per_sample)
             tasks.append(TrainTask(j.device, j.rate, plan_ids[key], None, self.cfg.weighting, hint, j.t_download,
                                    j.t_compute, j.t_upload, None, version=j.version, group=gid, stream=j.job))
         versions = {v: self.versions[v] for v in sorted({j.version for _, j in jobs})}
@@ -261,11 +262,13 @@ class AsyncSimulation(Simulation):
         self.trained.update(j.job for _, j in jobs)
         return took
 
-    def trainer_steps(self, j: Job) -> int:
-        return int(math.ceil(j.samples / self.cfg.batch_size)) * self.cfg.epochs
+    def _plan_key(self, j: Job) -> tuple[int, float, int]:
+        """Devices that share a plan: one per (version, rate), or per device where the strategy
+        draws one per device."""
+        return j.version, j.rate, j.device if self.strategy.per_device else -1
 
     def _plan(self, j: Job) -> SubmodelPlan:
-        key = (j.version, j.rate, j.device if self.strategy.per_device else -1)
+        key = self._plan_key(j)
         plan = self._plans.get(key)
         if plan is None:
             # The strategy sees the step the device joins (rolling windows move per version) and
@@ -341,7 +344,7 @@ class AsyncSimulation(Simulation):
         self._plans = {k: p for k, p in self._plans.items() if k[0] in live}
 
     # ---------------------------------------------------------------- records
-    def client_rows(self, win: Window, applied: set[int]) -> ClientRecords:  # type: ignore[override]
+    def window_rows(self, win: Window, applied: set[int]) -> ClientRecords:
         """One record per dispatch concluded in this step: refused, lost, or arrived."""
         costs, fleet = self.setup.costs, self.setup.fleet
         classes = fleet.classes()

@@ -82,18 +82,8 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
     """
     sources: dict[str, str] = {}
     m, d = sc.model, sc.data
-    if model is None:
-        model = model_factory(m)
-        model_name, sources["model"] = m.arch, _source(m.arch)
-    else:
-        _check_type("model", model, None)
-        model_name, sources["model"] = registry.describe(model), "object"
-    if dataset is None:
-        dataset = dataset_factory(d)
-        dataset_name, sources["dataset"] = d.dataset, _source(d.dataset)
-    else:
-        _check_type("dataset", dataset, None)
-        dataset_name, sources["dataset"] = registry.describe(dataset), "object"
+    model, model_name = _factory(sources, "model", model, lambda: model_factory(m), m.arch)
+    dataset, dataset_name = _factory(sources, "dataset", dataset, lambda: dataset_factory(d), d.dataset)
 
     baseline = sc.compression.baseline
     a, t, s = sc.assignment, sc.train, sc.server
@@ -112,6 +102,17 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
     narrow = smallest is not None or (strategy.compresses and baseline == "none" and list(m.rates) != [1.0])
     return Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
                       narrow, m.scaler, sources)
+
+
+def _factory(sources: dict[str, str], slot: str, given: Optional[Callable], make: Callable[[], Callable],
+             name: str) -> tuple[Callable, str]:
+    """The factory given for the model or the dataset, or the one the scenario names; and its name."""
+    if given is None:
+        sources[slot] = _source(name)
+        return make(), name
+    _check_type(slot, given, None)
+    sources[slot] = "object"
+    return given, registry.describe(given)
 
 
 def _choose(sources: dict[str, str], slot: str, key: str, base: type, given: Any, name: str,
