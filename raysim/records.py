@@ -225,11 +225,6 @@ class ClientRecords:
     def __len__(self) -> int:
         return len(self.device_id)
 
-    def extend(self, other: "ClientRecords") -> None:
-        """Append every row of `other`."""
-        for c in CLIENT_COLUMNS:
-            getattr(self, c).extend(getattr(other, c))
-
 
 CLIENT_COLUMNS: list[str] = [f.name for f in fields(ClientRecords)]
 

@@ -46,11 +46,14 @@ class Trainer:
         """Minibatch steps of a device's full local work."""
         return max(1, math.ceil(samples / self.batch_size)) * self.epochs
 
+    def stream(self, round_idx: int, device_id: int) -> torch.Generator:
+        """A device's own random stream (its shuffles) for one training, looped or batched."""
+        return torch_generator(self.seed, "train", round_idx, device_id)
+
     def train(self, model: nn.Module, start: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
               round_idx: int, device_id: int, max_steps: Optional[int]) -> LocalResult:
         """Train one device's submodel (loaded with `start`) on its data, from its own stream."""
-        data = LocalData(x, y, self.epochs, self.batch_size, max_steps,
-                         torch_generator(self.seed, "train", round_idx, device_id))
+        data = LocalData(x, y, self.epochs, self.batch_size, max_steps, self.stream(round_idx, device_id))
         return self.client.train(model, data, start)
 
 

@@ -31,7 +31,6 @@ from raysim.config import rate_sizes
 from raysim.cuda import cuda_host, release as _release
 from raysim.models import ModelSpec
 from raysim.records import FAILED, OK, OOM, GroupResult, HostResult, PartialSum, TrainReport, TrainTask
-from raysim.seeding import torch_generator
 from raysim.submodel import SubmodelPlan, extract, plan_indices
 from raysim.train import load_params
 from raysim.trainer import Trainer, contribute
@@ -164,7 +163,7 @@ class HostCore:
             chunk = [tasks[i] for i in ids]
             ts = time.perf_counter()
             works = [batched.DeviceWork(torch.from_numpy(self.shard(t.device_id)),
-                                        torch_generator(tr.seed, "train", _stream(round_idx, t), t.device_id),
+                                        tr.stream(_stream(round_idx, t), t.device_id),
                                         t.max_steps)
                      for t in chunk]
             try:
