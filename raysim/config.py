@@ -338,8 +338,8 @@ class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where device hosts train and the coordinator evaluates: cuda (GPU nodes, a "
         "fraction of a GPU per host), cpu, or auto (cuda when the cluster has GPUs and placement is pooled)")
-    gpus_per_host: float = Field(0.25, gt=0.0, le=1.0, description="cuda: the share of a GPU each device host "
-                                 "reserves (and the share of its memory it may use)")
+    gpus_per_host: float = Field(0.2, gt=0.0, le=1.0, description="cuda: the share of a GPU each device host "
+                                 "reserves (and the share of its memory it may use); 0.2: four beside the evaluator")
     coordinator_restarts: int = Field(3, ge=0, description="times a lost coordinator is restarted from "
                                       "the last checkpoint before the run fails")
 

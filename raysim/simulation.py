@@ -185,7 +185,7 @@ class Simulation:
         if self.eval_device.type == "cuda":
             from raysim.cuda import EVAL_GPU_SHARE, cuda_host  # noqa: PLC0415
 
-            cuda_host(EVAL_GPU_SHARE)
+            cuda_host(EVAL_GPU_SHARE, owner=self)
         self.x_test = torch.from_numpy(np.array(ds.x_test[:n_eval], copy=True)).to(self.eval_device)
         self.y_test = torch.from_numpy(np.array(ds.y_test[:n_eval], copy=True)).to(self.eval_device)
 

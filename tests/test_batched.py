@@ -26,9 +26,19 @@ from raysim.records import OOM, TrainTask
 from raysim.runtime.host import HostCore
 from raysim.seeding import torch_generator
 from raysim.submodel.plan import SubmodelPlan
+from raysim.submodel.strategies import Static
 from raysim.trainer import Trainer
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+NEEDS_GPU = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def CUDA(test):
+    """A test that needs a CUDA GPU: marked `cuda` (`pytest -m cuda` runs them all), skipped without one."""
+    for mark in NEEDS_GPU:
+        test = mark(test)
+    return test
+
+
 SIZES = [35, 20, 7, 41, 1, 13]      # unequal shards: short last minibatches, 1 to 3 per epoch
 SPEC = cnn_spec((1, 8, 8), 4, [4, 8], 8)
 MLP_SPEC = mlp_spec((1, 8, 8), 4, [16, 8])
@@ -75,15 +85,29 @@ def test_batched_equals_the_loop_per_device(client, grouped):
             torch.testing.assert_close(b.delta[k], r.delta[k], rtol=1e-4, atol=1e-6)
 
 
-def test_a_device_result_does_not_depend_on_its_company():
+DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_GPU)]
+
+
+def _on(device, m, start, x, y):
+    """The module, start weights and data on `device` (the GPU runs the same checks)."""
+    d = torch.device(device)
+    return m.to(d), {k: v.to(d) for k, v in start.items()}, x.to(d), y.to(d)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_device_result_does_not_depend_on_its_company(device):
     x, y = _data()
     m = _module()
     start = {k: p.detach().clone() for k, p in m.named_parameters()}
+    m, start, x, y = _on(device, m, start, x, y)
     client = LocalSGD(lr=0.1, momentum=0.5)
     alone = train_group(m, client, start, x, y, _works([3]), 2, 20)[0]               # beside an empty slot
-    for crowd in (train_group(m, client, start, x, y, _works([5, 0, 4, 3, 1]), 2, 20)[3],  # another slot
-                  train_group(m, client, start, x, y, _works([3, 2, 1]), 2, 20, pad=True)[0],  # 16 slots
-                  train_group(m, client, start, x, y, _works([0, 1, 3]), 2, 20, slots=2)[2]):  # second chunk
+    crowds = [train_group(m, client, start, x, y, _works([5, 0, 4, 3, 1]), 2, 20)[3],  # another slot
+              train_group(m, client, start, x, y, _works([3, 2, 1]), 2, 20, pad=True)[0],  # 16 slots
+              train_group(m, client, start, x, y, _works([0, 1, 2, 4, 5] * 3 + [0, 3]), 2, 20)[16]]  # 2nd chunk
+    if device == "cpu":   # on a GPU every chunk has SLOTS slots (kernels are picked by shape)
+        crowds.append(train_group(m, client, start, x, y, _works([0, 1, 3]), 2, 20, slots=2)[2])
+    for crowd in crowds:
         assert alone.loss == crowd.loss
         assert all(torch.equal(alone.delta[k], crowd.delta[k]) for k in alone.delta)
 
@@ -180,8 +204,10 @@ def _hash(sim) -> str:
     return hashlib.sha256(b"".join(v.numpy().tobytes() for v in sim.params.values())).hexdigest()
 
 
-def test_batched_runs_are_identical_on_any_number_of_hosts_and_close_to_the_loop():
-    over = tiny_overrides(rounds=2, **{"selection.per_round": SLOTS + 4, "deadline.policy": "partial"})
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_runs_are_identical_on_any_number_of_hosts_and_close_to_the_loop(device):
+    over = tiny_overrides(rounds=2, **{"selection.per_round": SLOTS + 4, "deadline.policy": "partial",
+                                       "runtime.device": device})
     runs = {}
     for mode, hosts in (("on", 1), ("on", 3), ("off", 1)):
         sim = local_sim(load_scenario("scenarios/quickstart.yaml", over + [f"train.batched={mode}"]), hosts=hosts)
@@ -217,8 +243,6 @@ def _host(batched: str = "off") -> HostCore:
 
 
 def _plan(rate: float = 0.5) -> SubmodelPlan:
-    from raysim.submodel.strategies import Static
-
     return Static().plan(SPEC, rate, 1, -1, None, 0)
 
 
@@ -242,6 +266,75 @@ def test_cuda_out_of_memory_is_recorded_oom_not_a_crash(batched, monkeypatch):
     res = host.train(1, params, {0: _plan()}, tasks)
     status = {r.device_id: r.status for r in res.reports}
     assert status == {0: "ok", 1: "ok", 2: OOM, 3: "ok"} and res.partial.devices == 3
+
+
+@CUDA
+@pytest.mark.parametrize("mib, want", [(12, {OOM}), (160, {"ok"})], ids=["too-small-for-one", "room-for-one"])
+def test_a_real_gpu_memory_cap_gives_oom_reports_not_a_crash(mib, want):
+    # The caching allocator takes large (> 1 MiB) blocks in 20 MiB segments: at 12 MiB a
+    # device's 1.3 MiB activations find no room; at 160 MiB one device fits and a batched
+    # chunk of 16 (about 16x the activations) does not, so its devices retry one by one.
+    import gc
+
+    from raysim import cuda
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    spec = cnn_spec((3, 16, 16), 4, [64, 64], 16)
+    g = torch.Generator().manual_seed(3)
+    n = 16 * 20
+    x, y = torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 4, (n,), generator=g)   # 0.98 MiB
+    offs = np.arange(0, n + 1, 20)
+    share = mib * 2**20 / torch.cuda.get_device_properties(0).total_memory - cuda.claimed()
+    trainer = Trainer(LocalSGD(), 1, 20, 0, device="cuda", gpu_share=share, batched="on")
+    host = HostCore(spec, trainer, x.numpy(), y.numpy(), np.arange(n), offs)
+    plan = Static().plan(spec, 1.0, 1, -1, None, 0)
+    params = {k: p.detach().clone() for k, p in spec.build().named_parameters()}
+    res = host.train(1, params, {0: plan}, [TrainTask(d, 1.0, 0, None, "uniform") for d in range(16)])
+    assert {r.status for r in res.reports} == want and len(res.reports) == 16
+    del host
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def test_gpu_memory_shares_add_up_in_one_process_and_end_with_their_owners(monkeypatch):
+    from raysim import cuda
+
+    caps = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=0: caps.append(round(f, 6)))
+    flags = [(torch.backends.cudnn, f) for f in ("deterministic", "benchmark", "allow_tf32")]
+    flags.append((torch.backends.cuda.matmul, "allow_tf32"))
+    before = [getattr(o, f) for o, f in flags]
+
+    class Owner:
+        pass
+
+    try:
+        _claims_add_up(cuda, caps, Owner)
+    finally:
+        for (o, f), v in zip(flags, before):
+            setattr(o, f, v)
+
+
+def _claims_add_up(cuda, caps, Owner):
+    import gc
+
+    base = cuda.claimed()
+    a, b, ev = Owner(), Owner(), Owner()
+    cuda.cuda_host(0.2, owner=a)
+    cuda.cuda_host(0.2, owner=b)          # the in-process engine: two hosts and the evaluator
+    assert cuda.cuda_host(cuda.EVAL_GPU_SHARE, owner=ev) == pytest.approx(base + 0.45)
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.allow_tf32
+    del a
+    gc.collect()
+    assert cuda.claimed() == pytest.approx(base + 0.25) and caps[-1] == pytest.approx(base + 0.25)
+    many = [Owner() for _ in range(6)]
+    for o in many:
+        cuda.cuda_host(0.2, owner=o)
+    assert caps[-1] == 1.0                # never more than the whole GPU
+    del b, ev, many, o
+    gc.collect()
+    assert cuda.claimed() == pytest.approx(base)
 
 
 def test_cuda_without_a_gpu_is_one_line(monkeypatch):

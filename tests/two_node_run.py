@@ -1,4 +1,4 @@
-"""Run a tiny scenario on a two-node local Ray cluster and on one node; print a JSON verdict.
+"""Run a tiny scenario on a two-node local Ray cluster and in-process on one machine; print a JSON verdict.
 
 Started as a subprocess by test_cluster.py so that the cluster's processes and the test
 process's own Ray instance never mix.
@@ -21,12 +21,10 @@ from raysim.config import load_scenario  # noqa: E402
 from raysim.runtime.runner import prepare  # noqa: E402
 
 
-def raysim_run(out: Path, address: str | None) -> Path:
+def raysim_run(out: Path, address: str) -> Path:
     sets = [a for o in tiny_overrides(**{"runtime.hosts": 2}) for a in ("--set", o)]
     cmd = [sys.executable, "-m", "raysim", "run", "scenarios/quickstart.yaml", *sets, "--out", str(out),
-           "--quiet", "--no-report"]
-    if address:
-        cmd += ["--address", address]
+           "--quiet", "--no-report", "--address", address]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
     return next(out.iterdir())
 
@@ -65,6 +63,17 @@ def plugin_run(tmp: Path, address: str) -> dict:
     moves = torch.load(sorted((run / "checkpoints").glob("round-*.pt"))[-1], weights_only=True)["server"]
     return {"host_nodes": len(set(info["host_nodes"])), "trained": len(ok), "rates": sorted(set(ok["rate"])),
             "model": info["components"]["model"], "moves_max": int(moves["body.0.weight"]["moves"].max())}
+
+
+def one_node() -> dict:
+    """The cluster run's scenario in this process, on one machine (the engine without Ray, which
+    gives a Ray run's numbers): its final weights."""
+    from raysim.build import local_simulation  # noqa: PLC0415
+
+    sim = local_simulation(load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts": 2})), hosts=2)
+    while sim.round < sim.cfg.rounds:
+        sim.step()
+    return sim.params
 
 
 def final(run: Path) -> dict:
@@ -121,9 +130,8 @@ def main(tmp: Path) -> None:
         lost = node_loss(cluster, worker)
     finally:
         cluster.shutdown()
-    single = raysim_run(tmp / "single", None)
     nodes = json.loads((multi / "manifest.json").read_text())["info"]["host_nodes"]
-    a, b = final(multi), final(single)
+    a, b = final(multi), one_node()
     print(json.dumps({"distinct_nodes": len(set(nodes)), "same_params": all(torch.equal(a[k], b[k]) for k in a),
                       "layouts": copies, "node_loss": lost, "plugins": plugins}))
 

@@ -50,7 +50,7 @@ class HostCore:
         self.trainer = trainer
         self.device = torch.device(trainer.device)
         if self.device.type == "cuda":
-            cuda_host(trainer.gpu_share)
+            cuda_host(trainer.gpu_share, owner=self)
         # from_numpy shares memory with the read-only, object-store backed arrays; they are
         # only ever indexed (copied), never written, so torch's warning does not apply. On a
         # GPU the whole set is copied there once.
