@@ -17,6 +17,7 @@ PreResNet-18 round on CIFAR-10-shaped synthetic data (32x32x3).
 
     .venv/bin/python bench/batched.py                  # both fleets, 6 rounds each
     .venv/bin/python bench/batched.py --rounds 10 --fleets mcu
+    .venv/bin/python bench/batched.py --fleets mcu --rounds 2 --preresnet --per-round 20   # its CPU time
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ FLEETS = {
     # mostly microcontrollers: the fleets where per-step overhead dominates most
     "mcu": ["fleet.mix={mcu: 0.6, mcu-psram: 0.25, rpi-zero: 0.1, rpi4: 0.05}"],
 }
-PRERESNET = ["model.arch=preresnet18", "data.synthetic.image_size=32", "data.synthetic.channels=3",
-             "data.synthetic.samples=6000", "model.rates=[1.0,0.5,0.25,0.125,0.0625]"]
+PRERESNET = ["model.arch=preresnet18", "model.widths=[64,128,256,512]", "data.synthetic.image_size=32", "data.synthetic.channels=3",
+             "data.synthetic.samples=6000", "model.rates=[1.0,0.5,0.25,0.125,0.0625]",
+             # microcontrollers cannot hold even 1/16 of it: the classes that can
+             "fleet.mix={rpi4: 0.4, rpi-zero: 0.4, phone-low: 0.2}"]
 MODES = ("loop", "batched", "auto")
 
 
@@ -112,8 +115,9 @@ def bench_fleet(name: str, extra: list[str], rounds: int, device: str, per_round
     return {"rows": rows, "updates_match": all(exact), "device": device}
 
 
-def bench_preresnet(device: str, per_round: int) -> dict[str, Any]:
-    """One PreResNet-18 round (CIFAR-10-shaped synthetic data), loop against batched."""
+def bench_preresnet(device: str, per_round: int, rounds: int = 3) -> dict[str, Any]:
+    """PreResNet-18 rounds (CIFAR-10-shaped synthetic data): seconds of the loop, batched and
+    auto (medians over `rounds` after a warm-up round), and the ratios."""
     from raysim.build import local_simulation  # noqa: PLC0415
     from raysim.config import load_scenario  # noqa: PLC0415
 
@@ -123,12 +127,21 @@ def bench_preresnet(device: str, per_round: int) -> dict[str, Any]:
     sim = local_simulation(sc)
     hosts = _hosts(sim, device)
     params = {k: v.clone() for k, v in sim.params.items()}
-    out = {}
-    for r in (1, 2):   # round 1 warms up
+    times: dict[str, list[float]] = {"loop": [], "batched": [], "auto": []}
+    devices = []
+    for r in range(1, rounds + 2):   # round 1 warms up and is left out
         plans, tasks = sim.plan_tasks(sim.draft(r))
-        out = {m: _timed(hosts[m], r, params, plans, tasks)[0] for m in ("loop", "batched")}
-    return {"devices": len(tasks), "loop_s": out["loop"], "batched_s": out["batched"],
-            "batched:loop": out["batched"] / out["loop"]}
+        order = MODES[r % 3:] + MODES[:r % 3]
+        got = {m: _timed(hosts[m], r, params, plans, tasks)[0] for m in order}
+        if r > 1:
+            devices.append(len(tasks))
+            for m in MODES:
+                times[m].append(got[m])
+    return {"devices/round": C.median(devices), "loop_s": C.median(times["loop"]),
+            "batched_s": C.median(times["batched"]), "auto_s": C.median(times["auto"]),
+            "batched:loop": C.median([b / a for a, b in zip(times["loop"], times["batched"])]),
+            "auto:loop": C.median([b / a for a, b in zip(times["loop"], times["auto"])]),
+            "auto picks": ",".join(f"{k:g}:{'b' if v else 'l'}" for k, v in sorted(hosts["auto"].choices.items()))}
 
 
 def main() -> None:
@@ -138,22 +151,31 @@ def main() -> None:
     ap.add_argument("--fleets", default=",".join(FLEETS))
     ap.add_argument("--device", choices=["cpu", "cuda", "both"], default="both",
                     help="both: the CPU, and the GPU where there is one")
+    ap.add_argument("--preresnet", action="store_true",
+                    help="time the PreResNet-18 round on the CPU too (a few minutes; always on a GPU)")
+    ap.add_argument("--pre-rounds", type=int, default=3, help="timed PreResNet-18 rounds (after a warm-up)")
     args = ap.parse_args()
+    unknown = sorted(set(filter(None, args.fleets.split(","))) - set(FLEETS))
+    if unknown:
+        sys.exit(f"bench/batched.py: --fleets: no fleet {', '.join(unknown)} (there are: {', '.join(FLEETS)})")
     torch.set_num_threads(1)
     devices = ["cpu", "cuda"] if args.device == "both" else [args.device]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench/batched.py: --device cuda, but torch.cuda.is_available() is false here")
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     result: dict[str, Any] = {"machine": C.machine_info(), "rounds": args.rounds, "per_round": args.per_round}
     for dev in devices:
         rows = []
-        for name in args.fleets.split(","):
+        for name in filter(None, args.fleets.split(",")):
             res = bench_fleet(name, FLEETS[name], args.rounds, dev, args.per_round)
             rows += res["rows"]
             result[f"{dev}/{name}"] = res
-        C.print_table(rows, title=f"{dev}: time of batched (and auto) training as a ratio to the per-device loop "
-                                  f"(medians over {args.rounds} rounds; < 1 is faster)")
-        if dev == "cuda":
-            result["cuda/preresnet18"] = pre = bench_preresnet(dev, args.per_round)
-            C.print_table([pre], title="cuda: one PreResNet-18 round, CIFAR-10-shaped synthetic data")
+        if rows:
+            C.print_table(rows, title=f"{dev}: time of batched (and auto) training as a ratio to the per-device "
+                                      f"loop (medians over {args.rounds} rounds; < 1 is faster)")
+        if dev == "cuda" or args.preresnet:
+            result[f"{dev}/preresnet18"] = pre = bench_preresnet(dev, args.per_round, args.pre_rounds)
+            C.print_table([pre], title=f"{dev}: one PreResNet-18 round, CIFAR-10-shaped synthetic data")
     matched = all(v["updates_match"] for k, v in result.items() if isinstance(v, dict) and "updates_match" in v)
     print(f"batched updates match the loop's (same devices, fixed-point sums within 0.1%): {matched}")
     C.write_json("batched", result)

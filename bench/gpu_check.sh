@@ -6,9 +6,11 @@
 #   bash bench/gpu_check.sh                      # where raysim's requirements are installed
 #   PY=python3 WHEELS=.whl bash bench/gpu_check.sh   # an image with CUDA torch: pure-Python wheels carried in
 #
-# The wheels (pydantic and its three needs; everything else is in common GPU images):
+# The wheels (pydantic and its needs, 2.7 MB; the rest of raysim's requirements but Ray are in
+# common GPU images, and these checks need no Ray). Made here, then carried (`.whl`, ignored):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux2014_x86_64 -d .whl pydantic==2.14.3 pydantic-core annotated-types typing-inspection
+#     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#     pydantic==2.14.3 pydantic-core==2.50.4 annotated-types typing-inspection typing-extensions
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from raysim.batched import SLOTS, DeviceWork, live_parameters, train_group
+from raysim.batched import DeviceWork, live_parameters, slots_for, train_group
 from raysim.client import ClientAlgorithm, LocalData
 
 # Loop steps slower than this are FLOP-bound: batching mainly saves per-step overhead (a few
@@ -37,11 +37,12 @@ GAIN = 1.15
 
 
 def measure(module: nn.Module, client: ClientAlgorithm, x_shape: tuple[int, ...], classes: int, batch_size: int,
-            device: torch.device, devices: int = SLOTS // 2, steps: int = 4, repeats: int = 3
+            device: torch.device, devices: Optional[int] = None, steps: int = 4, repeats: int = 3
             ) -> tuple[float, float]:
     """(loop seconds, batched seconds) for `devices` devices of `steps` minibatches each: the
     fastest of `repeats` interleaved timings of each, after one warm-up of each. When one loop
     step is FLOP-bound on a CPU, batched is not timed (returned as inf)."""
+    devices = slots_for(device) // 2 if devices is None else devices
     g = torch.Generator().manual_seed(0)
     n = batch_size * steps   # one epoch of `steps` full minibatches per device
     x = torch.randn((devices * n, *x_shape), generator=g).to(device)

@@ -21,8 +21,8 @@ per-device loop within float tolerance.
 
 Deterministic and independent of the company a device keeps: nothing reduces across
 devices, every minibatch is padded to the batch size, and a group is cut into chunks of
-`SLOTS` devices. On a GPU the last chunk is padded with empty slots too (`pad=True`), so every
-kernel sees the same shapes whichever devices share the chunk and however many devices a host
+`SLOTS` devices (`GPU_SLOTS` on a GPU). On a GPU the last chunk is padded with empty slots
+too (`pad=True`), so every kernel sees the same shapes whichever devices share the chunk and however many devices a host
 got (GPU libraries pick kernels by shape). On the CPU, with one torch thread (the default
 `runtime.torch_threads`), a slot's arithmetic is the same for any chunk of two or more
 devices, so the last chunk is only padded to `MIN_SLOTS` and no time is spent on empty slots
@@ -53,9 +53,12 @@ from raysim.client import ClientAlgorithm, FedProx, LocalResult, LocalSGD, finit
 from raysim.grouped import GroupedProgram, compile_grouped, stack_input
 
 # Devices per batched call. Fixed, so that kernel shapes never depend on how many devices a
-# host got (see the module docstring); 16 amortises the per-step overhead over enough devices
-# while wasting little on a host's last, partly empty chunk.
+# host got (see the module docstring). On the CPU, 16 amortises the per-step overhead over
+# enough devices while wasting little on a host's last, partly empty chunk. A GPU is bound by
+# kernel launches, not FLOPs, for IoT-size submodels: a step of 64 slots costs about what one
+# of 16 does, and 16 slots would cap batching's gain near 16x, so a GPU chunk holds 64.
 SLOTS = 16
+GPU_SLOTS = 64
 # The narrowest chunk: a vmap over one slot takes other kernels than over two or more (seen
 # on the CPU), so a lone device is batched beside one empty slot.
 MIN_SLOTS = 2
@@ -65,6 +68,11 @@ MIN_SLOTS = 2
 # until the chunk's longest device is done: a new chunk starts at a device with at most this
 # share of the steps of its chunk's first (longest) device.
 SPLIT_AT = 0.5
+
+
+def slots_for(device: torch.device) -> int:
+    """Devices per batched chunk on `device`: `SLOTS` on the CPU, `GPU_SLOTS` on a GPU."""
+    return SLOTS if device.type == "cpu" else GPU_SLOTS
 
 
 def chunks(steps: Sequence[int], slots: int = SLOTS, split: bool = True) -> list[list[int]]:
@@ -194,11 +202,12 @@ def live_parameters(module: nn.Module, x_shape: tuple[int, ...], device: torch.d
 
 
 def train_group(module: nn.Module, client: ClientAlgorithm, start: Mapping[str, torch.Tensor], x: torch.Tensor,
-                y: torch.Tensor, works: Sequence[DeviceWork], epochs: int, batch_size: int, slots: int = SLOTS,
+                y: torch.Tensor, works: Sequence[DeviceWork], epochs: int, batch_size: int,
+                slots: Optional[int] = None,
                 live: Optional[Sequence[str]] = None, pad: Optional[bool] = None,
                 grouped: Optional[bool] = None) -> list[LocalResult]:
     """Train every device of `works` from `start` (one submodel shape, `module`'s), `slots`
-    at a time; one `LocalResult` per device, in order, as `client.train` would give it
+    at a time (default: `slots_for` the data's device); one `LocalResult` per device, in order, as `client.train` would give it
     (its delta on the CPU).
 
     `x`, `y` are the host's whole training set (on the training device); `live`: the
@@ -207,6 +216,7 @@ def train_group(module: nn.Module, client: ClientAlgorithm, start: Mapping[str, 
     the module's grouped program (`raysim.grouped`; default: when it has one), else `vmap`.
     """
     pad = x.device.type != "cpu" if pad is None else pad
+    slots = slots_for(x.device) if slots is None else slots
     mu = _objective_mu(client)
     if mu is None:
         raise ValueError(f"train_group: {batchable(client, module)}")

@@ -16,7 +16,7 @@ from torch import nn
 
 from helpers import local_sim, tiny_overrides
 from raysim.autobatch import prefer_batched
-from raysim.batched import SLOTS, DeviceWork, batchable, chunks, live_parameters, train_group
+from raysim.batched import SLOTS, DeviceWork, batchable, chunks, live_parameters, slots_for, train_group
 from raysim.client import FedProx, LocalData, LocalSGD
 from raysim.config import load_scenario, rate_sizes
 from raysim.grouped import compile_grouped
@@ -101,11 +101,12 @@ def test_a_device_result_does_not_depend_on_its_company(device):
     start = {k: p.detach().clone() for k, p in m.named_parameters()}
     m, start, x, y = _on(device, m, start, x, y)
     client = LocalSGD(lr=0.1, momentum=0.5)
+    slots = slots_for(x.device)   # the last crowd puts device 3 first in a second chunk
     alone = train_group(m, client, start, x, y, _works([3]), 2, 20)[0]               # beside an empty slot
     crowds = [train_group(m, client, start, x, y, _works([5, 0, 4, 3, 1]), 2, 20)[3],  # another slot
               train_group(m, client, start, x, y, _works([3, 2, 1]), 2, 20, pad=True)[0],  # 16 slots
-              train_group(m, client, start, x, y, _works([0, 1, 2, 4, 5] * 3 + [0, 3]), 2, 20)[16]]  # 2nd chunk
-    if device == "cpu":   # on a GPU every chunk has SLOTS slots (kernels are picked by shape)
+              train_group(m, client, start, x, y, _works(([0, 1, 2, 4, 5] * 13)[:slots] + [3]), 2, 20)[slots]]
+    if device == "cpu":   # on a GPU every chunk has GPU_SLOTS slots (kernels are picked by shape)
         crowds.append(train_group(m, client, start, x, y, _works([0, 1, 3]), 2, 20, slots=2)[2])
     for crowd in crowds:
         assert alone.loss == crowd.loss
@@ -273,7 +274,7 @@ def test_cuda_out_of_memory_is_recorded_oom_not_a_crash(batched, monkeypatch):
 def test_a_real_gpu_memory_cap_gives_oom_reports_not_a_crash(mib, want):
     # The caching allocator takes large (> 1 MiB) blocks in 20 MiB segments: at 12 MiB a
     # device's 1.3 MiB activations find no room; at 160 MiB one device fits and a batched
-    # chunk of 16 (about 16x the activations) does not, so its devices retry one by one.
+    # chunk (64 slots: 64x the activations) does not, so its devices retry one by one.
     import gc
 
     from raysim import cuda
