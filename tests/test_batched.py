@@ -298,6 +298,32 @@ def test_a_real_gpu_memory_cap_gives_oom_reports_not_a_crash(mib, want):
     torch.cuda.empty_cache()
 
 
+def test_a_chunk_out_of_memory_is_freed_before_its_devices_retry(monkeypatch):
+    # Inside `except`, the traceback holds the failed call's frames and so its tensors:
+    # retrying there would find the memory still taken.
+    import weakref
+
+    held, alive = [], []
+
+    def no_room(*a, **k):
+        chunk_tensors = torch.zeros(4)          # stands for the chunk's stacked weights
+        held.append(weakref.ref(chunk_tensors))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    real = Trainer.train
+
+    def train(self, *a, **k):
+        alive.append(held[0]() is not None)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr("raysim.batched.train_group", no_room)
+    monkeypatch.setattr(Trainer, "train", train)
+    params = {k: p.detach().clone() for k, p in SPEC.build().named_parameters()}
+    res = _host("on").train(1, params, {0: _plan()}, [TrainTask(d, 0.5, 0, None, "uniform") for d in range(3)])
+    assert [r.status for r in res.reports] == ["ok"] * 3
+    assert alive == [False] * 3
+
+
 def test_gpu_memory_shares_add_up_in_one_process_and_end_with_their_owners(monkeypatch):
     from raysim import cuda
 

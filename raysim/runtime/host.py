@@ -166,13 +166,16 @@ class HostCore:
                                         tr.stream(_stream(round_idx, t), t.device_id),
                                         t.max_steps)
                      for t in chunk]
+            oom = False
             try:
                 res = batched.train_group(model, tr.client, start, self.x, self.y, works, tr.epochs, tr.batch_size,
                                           live=live)
             except torch.cuda.OutOfMemoryError:
+                oom = True   # handled below: inside `except`, the traceback still holds the chunk's tensors
+            if oom:
                 # The chunk does not fit this host's share: its devices train one by one, and
                 # only those that do not fit even alone are out of memory.
-                _release()
+                _release(model)
                 for i, t in zip(ids, chunk):
                     out[i] = self._train_one(round_idx, model, start, t)
                 continue
@@ -184,11 +187,14 @@ class HostCore:
     def _train_one(self, round_idx: int, model: torch.nn.Module, start: Mapping[str, torch.Tensor],
                    task: TrainTask) -> tuple[Optional[LocalResult], float]:
         ts = time.perf_counter()
+        oom = False
         try:
             load_params(model, start)
             x, y = self.data(task.device_id)
             res = self.trainer.train(model, start, x, y, _stream(round_idx, task), task.device_id, task.max_steps)
         except torch.cuda.OutOfMemoryError:
+            oom = True   # released below, once the traceback (and the tensors its frames hold) is gone
+        if oom:
             _release(model)
             return None, time.perf_counter() - ts
         if self.device.type != "cpu":
