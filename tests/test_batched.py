@@ -386,12 +386,23 @@ def test_gpu_hosts_take_fractional_gpus(monkeypatch):
     from raysim.runtime import gpu, session
 
     monkeypatch.setattr(ray, "available_resources", lambda: {"GPU": 0.95, "CPU": 16})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"GPU": 1.0, "CPU": 16}}])
     monkeypatch.setattr(session, "cluster_cpus", lambda: 16)
     opts = session.host_placements("cpu", None, 1, gpu_share=0.2)
     assert len(opts) == 4 and all(o["num_gpus"] == 0.2 for o in opts)   # beside the coordinator's 0.05
     with pytest.raises(gpu.DeviceError, match="runtime.hosts: 5 hosts"):
         session.host_placements("cpu", 5, 1, gpu_share=0.2)
     assert "num_gpus" not in session.host_placements("cpu", 2, 1)[0]
+    # A fractional request never spans two GPUs: two GPUs (one with the evaluator's 0.05) hold
+    # two hosts of 0.6 or four of 0.35, not the three and five their sum would.
+    monkeypatch.setattr(ray, "available_resources", lambda: {"GPU": 1.95, "CPU": 16})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"GPU": 2.0}},
+                                               {"Alive": False, "Resources": {"GPU": 4.0}}])
+    assert len(session.host_placements("cpu", None, 1, gpu_share=0.6)) == 2
+    assert len(session.host_placements("cpu", None, 1, gpu_share=0.35)) == 4
+    with pytest.raises(gpu.DeviceError, match="the 1.95 free hold 2"):
+        session.host_placements("cpu", 3, 1, gpu_share=0.6)
+    assert gpu.hosts_that_fit(0.5, [1.0, 0.5], 0.0) == 3 and gpu.hosts_that_fit(0.25, [1.0], 0.8) == 0
 
 
 @CUDA

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from raysim.cuda import EVAL_GPU_SHARE
 from raysim.errors import BadInput
@@ -71,20 +71,42 @@ def with_device(engine: Any, device: str) -> Any:
     return replace(engine, trainer=replace(engine.trainer, device=device), cfg=replace(engine.cfg, device=device))
 
 
+def hosts_that_fit(share: float, node_gpus: Sequence[float], used: float) -> int:
+    """Hosts of `share` of a GPU that fit, GPU by GPU: Ray never splits a fractional request
+    across two GPUs, so two GPUs hold two hosts of 0.6, not three. `node_gpus`: each node's
+    GPUs; `used`: what is taken already (the evaluator's share, other work), packed onto the
+    first GPUs as Ray packs fractions.
+
+        >>> hosts_that_fit(0.6, [2.0], 0.05)   # 2
+    """
+    room: list[float] = []
+    for g in node_gpus:
+        room += [1.0] * int(math.floor(g + 1e-9))
+        if g - math.floor(g + 1e-9) > 1e-9:
+            room.append(g - math.floor(g + 1e-9))
+    for i, r in enumerate(room):
+        take = min(used, r)
+        room[i], used = r - take, used - take
+    return sum(int(math.floor(r / share + 1e-9)) for r in room)
+
+
 def gpu_hosts(share: float, hosts: Optional[int], cpus: int) -> int:
     """How many hosts of `share` of a GPU each to start: `hosts` if given (DeviceError if the
     free GPUs cannot hold them: Ray would wait for ever), else as many as fit, at most one per CPU."""
     import ray  # noqa: PLC0415
 
     free = float(ray.available_resources().get("GPU", 0.0))
-    fit = int(math.floor(free / share + 1e-9))
+    gpus = [float(n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    fit = min(int(math.floor(free / share + 1e-9)), hosts_that_fit(share, gpus, max(0.0, sum(gpus) - free)))
     if hosts is not None:
         if hosts > fit:
             raise DeviceError(f"runtime.hosts: {hosts} hosts of runtime.gpus_per_host {share:g} need "
-                              f"{hosts * share:g} GPUs, and {free:g} are free; lower one of them")
+                              f"{hosts * share:g} GPUs, and the {free:g} free hold {fit} (a host's share "
+                              f"never spans two GPUs); lower one of them")
         return hosts
     if fit < 1:
-        raise DeviceError(f"runtime.gpus_per_host: {share:g} of a GPU is more than the {free:g} free")
+        raise DeviceError(f"runtime.gpus_per_host: {share:g} of a GPU is more than any GPU has free "
+                          f"({free:g} free in all)")
     return min(fit, cpus)
 
 
