@@ -170,7 +170,26 @@ def summary_text(run: Run) -> str:
         f"devices    trained {int(r['trained'].sum())}   late {counts.get('late', 0)}   "
         f"offline {counts.get('offline', 0)}   oom {counts.get('oom', 0)}   "
         f"excluded {counts.get('excluded', 0)}   failed {counts.get('failed', 0)}",
-        "",
-        summary_table(run).to_string(),
     ]
+    training = _training_line(run)
+    if training:
+        lines.append(f"training   {training}")
+    lines += ["", summary_table(run).to_string()]
     return "\n".join(lines)
+
+
+def _training_line(run: Run) -> str:
+    """Where hosts trained and how: per device, batched, or `auto`'s choice per rate."""
+    info = run.manifest.get("info", {})
+    mode = str((run.scenario.get("train") or {}).get("batched", "off"))
+    if "device" not in info:
+        return ""
+    how = {"off": "one device at a time", "on": "batched"}.get(mode, "")
+    choices = info.get("batched") or {}
+    if mode == "auto" and choices:
+        pick = {True: [], False: []}
+        for rate, b in sorted(choices.items(), key=lambda kv: -float(kv[0])):
+            pick[bool(b)].append(f"{float(rate):g}")
+        how = "auto: " + "; ".join(f"{word} at rate {', '.join(pick[b])}" for b, word in
+                                   ((True, "batched"), (False, "one at a time")) if pick[b])
+    return f"{info['device']}, {how}" if how else str(info["device"])

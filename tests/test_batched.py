@@ -430,3 +430,18 @@ def test_a_gpu_host_trains_and_evaluates_on_the_gpu():
     assert sim.backend.cores[0].x.device.type == "cuda" and sim.eval_device.type == "cuda"
     out = sim.step()
     assert out.record.trained > 0 and out.evals
+
+
+def test_the_run_summary_says_how_hosts_trained():
+    from types import SimpleNamespace
+
+    from raysim.report import _training_line
+
+    def line(mode, device="cpu", choices=None):
+        return _training_line(SimpleNamespace(manifest={"info": {"device": device, "batched": choices or {}}},
+                                              scenario={"train": {"batched": mode}}))
+
+    assert line("off") == "cpu, one device at a time" and line("on", "cuda") == "cuda, batched"
+    assert line("auto", choices={"1.0": False, "0.125": True, "0.5": True}) == \
+        "cpu, auto: batched at rate 0.5, 0.125; one at a time at rate 1"
+    assert _training_line(SimpleNamespace(manifest={"info": {}}, scenario={})) == ""   # an older run directory
