@@ -16,7 +16,7 @@ from torch import nn
 
 from helpers import local_sim, tiny_overrides
 from raysim.autobatch import prefer_batched
-from raysim.batched import SLOTS, DeviceWork, batchable, chunks, live_parameters, slots_for, train_group
+from raysim.batched import GPU_SLOTS, SLOTS, DeviceWork, batchable, chunks, live_parameters, slots_for, train_group
 from raysim.client import FedProx, LocalData, LocalSGD
 from raysim.config import load_scenario, rate_sizes
 from raysim.grouped import compile_grouped
@@ -143,7 +143,7 @@ def test_a_grouped_result_is_the_same_in_a_chunk_of_any_width(in_ch):
     start = {k: p.detach().clone() for k, p in m.named_parameters()}
     client = LocalSGD(lr=0.1, momentum=0.5)
     alone = train_group(m, client, start, x, y, _works([3]), 1, 20)[0]
-    for width in (3, 5, 8, 9, 12, 17):
+    for width in (3, 5, 8, 9, 12, 17, GPU_SLOTS):   # GPU_SLOTS: the GPU chunk shape, run on the CPU
         r = train_group(m, client, start, x, y, _works([i % 6 for i in range(width - 1)] + [3]), 1, 20,
                         slots=width)[-1]
         assert all(torch.equal(alone.delta[k], r.delta[k]) for k in alone.delta), width
