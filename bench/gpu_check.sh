@@ -17,10 +17,12 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# raysim from this checkout, installed or not (a GPU image has torch but not raysim)
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ -n "${WHEELS:-}" ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/raysim-site \
     "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/raysim-site${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$PYTHONPATH:/tmp/raysim-site
 fi
 "$PY" - <<'EOF' || exit 2
 import sys, torch
