@@ -70,9 +70,24 @@ MIN_SLOTS = 2
 SPLIT_AT = 0.5
 
 
+@dataclass(frozen=True)
+class Chunking:
+    """How a device type cuts a plan's devices: `slots` a chunk; `padded`: every chunk has
+    all its slots (GPU libraries pick kernels by shape) and chunks are not split by step
+    count; else (the CPU) the last is only padded to `MIN_SLOTS` and chunks split."""
+
+    slots: int
+    padded: bool
+
+
+def chunking(device: torch.device) -> Chunking:
+    """The CPU's chunking (`SLOTS`, unpadded) or a GPU's (`GPU_SLOTS`, padded)."""
+    return Chunking(SLOTS, False) if device.type == "cpu" else Chunking(GPU_SLOTS, True)
+
+
 def slots_for(device: torch.device) -> int:
     """Devices per batched chunk on `device`: `SLOTS` on the CPU, `GPU_SLOTS` on a GPU."""
-    return SLOTS if device.type == "cpu" else GPU_SLOTS
+    return chunking(device).slots
 
 
 def chunks(steps: Sequence[int], slots: int = SLOTS, split: bool = True) -> list[list[int]]:
@@ -207,7 +222,8 @@ def train_group(module: nn.Module, client: ClientAlgorithm, start: Mapping[str, 
                 live: Optional[Sequence[str]] = None, pad: Optional[bool] = None,
                 grouped: Optional[bool] = None) -> list[LocalResult]:
     """Train every device of `works` from `start` (one submodel shape, `module`'s), `slots`
-    at a time (default: `slots_for` the data's device); one `LocalResult` per device, in order, as `client.train` would give it
+    at a time (default: `slots_for` the data's device); one `LocalResult` per device, in
+    order, as `client.train` would give it
     (its delta on the CPU).
 
     `x`, `y` are the host's whole training set (on the training device); `live`: the
@@ -215,7 +231,7 @@ def train_group(module: nn.Module, client: ClientAlgorithm, start: Mapping[str, 
     chunk to `slots` (default: on a GPU; see the module docstring); `grouped`: train through
     the module's grouped program (`raysim.grouped`; default: when it has one), else `vmap`.
     """
-    pad = x.device.type != "cpu" if pad is None else pad
+    pad = chunking(x.device).padded if pad is None else pad
     slots = slots_for(x.device) if slots is None else slots
     mu = _objective_mu(client)
     if mu is None:

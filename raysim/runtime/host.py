@@ -159,7 +159,8 @@ class HostCore:
         tr = self.trainer
         steps = [min(tr.steps_full(len(self.shard(t.device_id))), t.max_steps if t.max_steps is not None else 1 << 30)
                  for t in tasks]
-        for ids in batched.chunks(steps, batched.slots_for(self.device), split=self.device.type == "cpu"):
+        cut = batched.chunking(self.device)
+        for ids in batched.chunks(steps, cut.slots, split=not cut.padded):
             chunk = [tasks[i] for i in ids]
             ts = time.perf_counter()
             works = [batched.DeviceWork(torch.from_numpy(self.shard(t.device_id)),
