@@ -173,6 +173,12 @@ def main() -> None:
         if rows:
             C.print_table(rows, title=f"{dev}: time of batched (and auto) training as a ratio to the per-device "
                                       f"loop (medians over {args.rounds} rounds; < 1 is faster)")
+        if dev == "cuda" and rows:
+            # The GPU target: batched at least 10x faster than the loop at rates up to 1/4.
+            low = [r for r in rows if r["rate"] != "round" and float(r["rate"]) <= 0.25 and r["devices/round"] >= 1]
+            for r in low:
+                print(f"cuda {r['fleet']} rate {r['rate']}: batched {1 / r['batched:loop']:.1f}x faster than the loop "
+                      f"(target 10x: {'met' if r['batched:loop'] <= 0.1 else 'not met'})")
         if dev == "cuda" or args.preresnet:
             result[f"{dev}/preresnet18"] = pre = bench_preresnet(dev, args.per_round, args.pre_rounds)
             C.print_table([pre], title=f"{dev}: one PreResNet-18 round, CIFAR-10-shaped synthetic data")
