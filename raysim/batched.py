@@ -21,9 +21,10 @@ per-device loop within float tolerance.
 
 Deterministic and independent of the company a device keeps: nothing reduces across
 devices, every minibatch is padded to the batch size, and a group is cut into chunks of
-`SLOTS` devices (`GPU_SLOTS` on a GPU). On a GPU the last chunk is padded with empty slots
-too (`pad=True`), so every kernel sees the same shapes whichever devices share the chunk and however many devices a host
-got (GPU libraries pick kernels by shape). On the CPU, with one torch thread (the default
+`SLOTS` devices (`GPU_SLOTS` on a GPU; `chunking` says which). On a GPU the last chunk is
+padded with empty slots too (`pad=True`), so every kernel sees the same shapes whichever
+devices share the chunk and however many devices a host got (GPU libraries pick kernels by
+shape). On the CPU, with one torch thread (the default
 `runtime.torch_threads`), a slot's arithmetic is the same for any chunk of two or more
 devices, so the last chunk is only padded to `MIN_SLOTS` and no time is spent on empty slots
 (the grouped program keeps first-layer convolutions off the one oneDNN kernel that is not:
@@ -223,8 +224,7 @@ def train_group(module: nn.Module, client: ClientAlgorithm, start: Mapping[str, 
                 grouped: Optional[bool] = None) -> list[LocalResult]:
     """Train every device of `works` from `start` (one submodel shape, `module`'s), `slots`
     at a time (default: `slots_for` the data's device); one `LocalResult` per device, in
-    order, as `client.train` would give it
-    (its delta on the CPU).
+    order, as `client.train` would give it (its delta on the CPU).
 
     `x`, `y` are the host's whole training set (on the training device); `live`: the
     parameters that get gradients (default: all; see `live_parameters`); `pad`: pad the last
