@@ -29,7 +29,7 @@ shape). On the CPU, with one torch thread (the default
 devices, so the last chunk is only padded to `MIN_SLOTS` and no time is spent on empty slots
 (the grouped program keeps first-layer convolutions off the one oneDNN kernel that is not:
 see `raysim.grouped`). A device's result is then the same on one host or twenty
-(`tests/test_batched.py` checks it bit for bit, for chunks of 2 to 17). With several torch
+(`tests/test_batched.py` checks it bit for bit, for chunks of 2 to 17 and 64). With several torch
 threads, reductions split their work by tensor size, and that no longer holds.
 
 What batches: the built-in client algorithms (`LocalSGD`, `FedProx`; a subclass that changes
