@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from raysim.config import Scenario  # noqa: E402
-from raysim.results import RunError, load_run  # noqa: E402
+from raysim.results import Run, RunError, load_run  # noqa: E402
 
 Key = tuple[str, int]  # (arm, seed)
 
@@ -55,6 +55,22 @@ def find_runs(out: Path, prefix: str, arms: Sequence[str], seeds: Sequence[int])
     if missing:
         raise RunError(f"{out}: no complete run for {', '.join(missing)}; run without --reuse")
     return {(a, s): found[(a, s)] for s in seeds for a in arms}
+
+
+def arm_runs(args: argparse.Namespace, arms: Sequence, prefix: str,
+             scenario_of: Callable[[object, int], Scenario]) -> tuple[list[int], dict[Key, Run]]:
+    """The seeds (`--seeds`, else the scenario's) and the loaded run of each (arm, seed): found
+    again (`--reuse`) or run, every scenario (`scenario_of(arm, seed)`) checked before the first
+    starts. Bad input or missing runs raise ScenarioError, RunError or ValueError."""
+    from raysim.config import load_scenario  # noqa: PLC0415
+
+    seeds = ([int(x) for x in args.seeds.split(",")] if args.seeds
+             else [load_scenario(args.scenario, args.overrides).seed])
+    if args.reuse:
+        dirs = find_runs(args.out, prefix, [a.name for a in arms], seeds)
+    else:
+        dirs = run_arms([scenario_of(a, s) for s in seeds for a in arms], args.out, prefix)
+    return seeds, {key: load_run(d) for key, d in dirs.items()}
 
 
 def spread(values: pd.Series, fmt: str) -> str:

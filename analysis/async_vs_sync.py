@@ -34,10 +34,10 @@ from typing import Optional
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _study import ROOT, Key, find_runs, pick, run_arms, save_plot, spread, study_parser  # noqa: E402
+from _study import ROOT, Key, arm_runs, pick, save_plot, spread, study_parser  # noqa: E402
 
 from raysim.config import Scenario, ScenarioError, load_scenario  # noqa: E402
-from raysim.results import Run, RunError, load_run  # noqa: E402
+from raysim.results import Run, RunError  # noqa: E402
 
 SCENARIO = ROOT / "scenarios" / "async-vs-sync.yaml"
 PREFIX = "avs-"
@@ -169,17 +169,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         arms = pick(list(ARMS), args.arms)
-        seeds = ([int(x) for x in args.seeds.split(",")] if args.seeds
-                 else [load_scenario(args.scenario, args.overrides).seed])
-        if args.reuse:
-            dirs = find_runs(args.out, PREFIX, [a.name for a in arms], seeds)
-        else:  # every scenario is checked before the first run starts
-            dirs = run_arms([arm_scenario(args.scenario, a, args.overrides, args.updates, s)
-                             for s in seeds for a in arms], args.out, PREFIX)
+        seeds, runs = arm_runs(args, arms, PREFIX,
+                               lambda a, s: arm_scenario(args.scenario, a, args.overrides, args.updates, s))
     except (ScenarioError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    runs = {key: load_run(d) for key, d in dirs.items()}
     per_seed, horizons = [], {}
     for seed in seeds:
         df, horizons[seed] = summarise({a.name: runs[(a.name, seed)] for a in arms}, arms, args.target)
@@ -194,7 +188,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from raysim.report import write_report  # noqa: PLC0415
     from raysim.tables import load_runs  # noqa: PLC0415
 
-    rep = write_report(load_runs([dirs[(a.name, seeds[0])] for a in arms]), args.out / "report", args.target)
+    rep = write_report(load_runs([runs[(a.name, seeds[0])].path for a in arms]), args.out / "report", args.target)
     print(text)
     print(f"\ntable  {args.out / 'table.md'}\nplot   {png}\nreport {rep.markdown}")
     return 0

@@ -33,10 +33,10 @@ from typing import Optional
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _study import ROOT, Key, find_runs, pick, run_arms, save_plot, spread, study_parser  # noqa: E402
+from _study import ROOT, Key, arm_runs, pick, save_plot, spread, study_parser  # noqa: E402
 
 from raysim.config import Scenario, ScenarioError, load_scenario  # noqa: E402
-from raysim.results import Run, RunError, load_run  # noqa: E402
+from raysim.results import Run, RunError  # noqa: E402
 
 SCENARIO = ROOT / "scenarios" / "framework-vs-baselines.yaml"
 PREFIX = "fvb-"
@@ -201,17 +201,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         arms = pick(list(ARMS) + (list(ABLATIONS) if args.ablations else []), args.arms)
-        seeds = ([int(x) for x in args.seeds.split(",")] if args.seeds
-                 else [load_scenario(args.scenario, args.overrides).seed])
-        if args.reuse:
-            dirs = find_runs(args.out, PREFIX, [a.name for a in arms], seeds)
-        else:  # every scenario is checked before the first run starts
-            dirs = run_arms([arm_scenario(args.scenario, a, args.overrides, args.stretch, s)
-                             for s in seeds for a in arms], args.out, PREFIX)
+        seeds, runs = arm_runs(args, arms, PREFIX,
+                               lambda a, s: arm_scenario(args.scenario, a, args.overrides, args.stretch, s))
     except (ScenarioError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    runs = {key: load_run(d) for key, d in dirs.items()}
     per_seed, horizons = {}, {}
     for seed in seeds:
         per_seed[seed], horizons[seed] = summarise({a.name: runs[(a.name, seed)] for a in arms}, arms, args.target)
