@@ -84,7 +84,7 @@ class HostCore:
         return self._module(plan.sizes(), plan.rate)
 
     def _module(self, sizes: Mapping[str, int], rate: float) -> torch.nn.Module:
-        key = (tuple(sorted(sizes.items())), rate)
+        key = _shape_key(sizes, rate)
         m = self._modules.get(key)
         if m is None:
             m = self.spec.build(sizes, rate).to(self.device)
@@ -123,7 +123,7 @@ class HostCore:
 
     def _batchable(self, module: torch.nn.Module, sizes: Mapping[str, int], rate: float) -> Optional[list[str]]:
         """The live parameters of a batchable shape, else None (checked once per shape)."""
-        key = (tuple(sorted(sizes.items())), rate)
+        key = _shape_key(sizes, rate)
         if key not in self._live:
             why = batched.batchable(self.trainer.client, module)
             if why is not None:
@@ -226,6 +226,9 @@ class HostCore:
         reports = []
         version_of = {t.plan_id: t.version for t in tasks}
         used = sorted(version_of)
+        by_plan: dict[int, list[TrainTask]] = {pid: [] for pid in used}   # one pass, task order kept
+        for t in tasks:
+            by_plan[t.plan_id].append(t)
         indices = {pid: plan_indices(self.spec, plans[pid], self.shapes) for pid in used}
         # One extracted start per plan, on the host's device, shared by the plan's devices.
         starts = {pid: {k: v.to(self.device) for k, v in extract(versions[version_of[pid]], indices[pid]).items()}
@@ -233,8 +236,7 @@ class HostCore:
         plan_weight: dict[tuple[int, int], int] = {}  # element weights: once per (group, plan), not per device
         trained = []
         for pid in used:
-            share = [t for t in tasks if t.plan_id == pid]
-            trained += zip(share, self.train_plan(round_idx, plans[pid], starts[pid], share))
+            trained += zip(by_plan[pid], self.train_plan(round_idx, plans[pid], starts[pid], by_plan[pid]))
         for task, (res, wall) in trained:
             if res is None:
                 reports.append(TrainReport(task.device_id, OOM, 0, 0, math.nan, wall, self.host_id, OOM_REASON,
@@ -255,6 +257,11 @@ class HostCore:
         for group, pid in sorted(plan_weight):
             add_weights(partials[group], indices[pid], plan_weight[(group, pid)])
         return partials, reports
+
+
+def _shape_key(sizes: Mapping[str, int], rate: float) -> tuple:
+    """What a submodel module is cached by: its group widths and its rate (the scalers')."""
+    return tuple(sorted(sizes.items())), rate
 
 
 def _stream(round_idx: int, task: TrainTask) -> int:
