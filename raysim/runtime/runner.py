@@ -6,7 +6,6 @@ directory exists, as one-line exceptions; the CLI turns them into exit code 2.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -21,7 +20,8 @@ from raysim.callbacks import Callback
 from raysim.config import Scenario
 from raysim.errors import RunFailed
 from raysim.records import RoundOutput
-from raysim.results import RunWriter, check_output_root, latest_checkpoint, load_checkpoint, new_run_dir, read_tables
+from raysim.results import (RunWriter, check_output_root, latest_checkpoint, load_checkpoint, new_run_dir, read_manifest,
+                            read_tables)
 from raysim.runtime.gpu import check_device_here, resolve_device, with_device
 from raysim.runtime.session import pickle_by_value, start_ray, stop_ray, user_modules
 from raysim.simulation import Setup
@@ -78,7 +78,7 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     try:
         eng = with_device(eng, resolve_device(sc.runtime.device, sc.runtime.placement))
         if resume is not None:
-            eng = with_choices(eng, _manifest_info(resume).get("batched"))
+            eng = with_choices(eng, (read_manifest(resume).get("info") or {}).get("batched"))
         if sc.runtime.placement == "dedicated":
             from raysim.runtime.capacity import check_dedicated_fits  # noqa: PLC0415
 
@@ -145,13 +145,6 @@ def with_choices(eng: Any, choices: Optional[dict[str, bool]]) -> Any:
         return eng
     fixed = tuple(sorted((float(r), bool(b)) for r, b in choices.items()))
     return replace(eng, trainer=replace(eng.trainer, choices=fixed))
-
-
-def _manifest_info(path: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads((path / "manifest.json").read_text()).get("info") or {})
-    except (OSError, ValueError, AttributeError):
-        return {}
 
 
 class _OnRound(Callback):
