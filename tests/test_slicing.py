@@ -441,9 +441,6 @@ class Recurrent(nn.Module):
                           "use compression.strategy: full"),
     (Attention(), (5, 4), "model: cannot slice: module 'attn' calls nn.MultiheadAttention (unknown layer); "
                           "use compression.strategy: full"),
-    (FunctionalAttention(), (5, 4), "model: cannot slice: module '(root)' calls "
-                                    "torch.nn.functional.scaled_dot_product_attention (unknown op); "
-                                    "use compression.strategy: full"),
 ])
 def test_a_model_that_cannot_be_sliced_gets_one_line_naming_module_and_op(model, shape, message):
     with pytest.raises(SlicingError) as err:

@@ -39,6 +39,19 @@ class SplitUse:
 
 
 @dataclass
+class LiteralUse:
+    """A number (or tuple of numbers) written into a node's arguments that follows channel
+    widths: `kind` "width" is the width of `dims[0]`, "shape" the widths of `dims`, "groups" a
+    GroupNorm group count narrowed with `dims[0]` (see `narrowed_num_groups`). `at` is the
+    argument's position or keyword."""
+
+    at: "int | str"
+    kind: str
+    dims: tuple[Dim, ...]
+    value: object
+
+
+@dataclass
 class Analysis:
     """Everything the walk over the graph learns, before groups are named."""
 
@@ -48,6 +61,11 @@ class Analysis:
     layers: dict[str, LayerUse] = field(default_factory=dict)
     reshapes: dict[str, ReshapeUse] = field(default_factory=dict)
     splits: dict[str, SplitUse] = field(default_factory=dict)
+    literals: dict[str, list[LiteralUse]] = field(default_factory=dict)
+
+    def literal(self, node: str, at: "int | str", kind: str, dims: tuple[Dim, ...], value: object) -> None:
+        """Record a literal argument the builder rewrites (see `LiteralUse`)."""
+        self.literals.setdefault(node, []).append(LiteralUse(at, kind, dims, value))
 
     def param(self, name: str, layout: Layout) -> None:
         """Record a parameter's layout; a parameter met twice (a shared layer) keeps one."""

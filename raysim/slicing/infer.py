@@ -27,6 +27,7 @@ outputs never shrink). Parameters keep the global module's names, so plans, `ext
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
@@ -37,7 +38,7 @@ from torch import fx, nn
 from raysim.models.base import ModelSpec, Scaler
 from raysim.models.span import Axis, Span, axis_width, span_indices
 from raysim.slicing.analysis import Analysis
-from raysim.slicing.layers import BuildOptions, LayerRule
+from raysim.slicing.layers import BuildOptions, LayerRule, narrowed_num_groups
 from raysim.slicing.layout import Layout, dim_size
 from raysim.slicing.trace import EXAMPLE_BATCH, walk
 
@@ -81,6 +82,7 @@ class Slicing:
     param_names: frozenset[str]  # which of them are parameters (the rest are buffers)
     reshapes: dict[str, Dims]   # view/reshape nodes with literal shapes: their output dims
     splits: dict[str, Dims]     # split nodes of a shrinking dimension: their pieces
+    literals: dict[str, list[tuple["int | str", str, Dims, object]]]  # see `LiteralUse`
     scaled: tuple[str, ...]     # layers followed by an inserted rate scaler
     options: BuildOptions
 
@@ -123,6 +125,7 @@ def _slicing(module: nn.Module, input_shape: tuple[int, ...], opts: BuildOptions
     attrs = {k: _dims(ctx, v) for k, v in {**ctx.params, **ctx.buffers}.items() if k not in _layer_params(ctx)}
     reshapes = {k: _dims(ctx, r.out) for k, r in ctx.reshapes.items()}
     splits = {k: _dims(ctx, u.pieces) for k, u in ctx.splits.items()}
+    literals = {k: [(u.at, u.kind, _dims(ctx, u.dims), u.value) for u in uses] for k, uses in ctx.literals.items()}
     # Registration order, not call order: a layer's constructor draws from torch's generator,
     # and the module drew in this order (a shortcut called before the conv registered first).
     order = {p: i for i, (p, _) in enumerate(module.named_modules())}
@@ -141,7 +144,7 @@ def _slicing(module: nn.Module, input_shape: tuple[int, ...], opts: BuildOptions
         # (`__main__` of a script that imports torch), which no worker can import.
         node.meta = {}
     sl = Slicing(graph, w.gm.__class__.__name__, leaves, ctx.atoms.groups_used(),
-                 layers, attrs, values, frozenset(k for k in attrs if k in params), reshapes, splits, scaled, opts)
+                 layers, attrs, values, frozenset(k for k in attrs if k in params), reshapes, splits, literals, scaled, opts)
     return sl, {k: _dims(ctx, v).axes for k, v in ctx.params.items()}, tuple(w.output_shape)
 
 
@@ -207,6 +210,42 @@ def _rewrite_split(node: fx.Node, widths: list[int]) -> None:
     node.args = (node.args[0], widths, *node.args[2:])
 
 
+def _literal(kind: str, dims: Dims, value: object, sizes: Mapping[str, int]) -> object:
+    """The submodel's value of a literal argument that follows channel widths."""
+    widths = dims.widths(sizes)
+    if kind == "width":
+        return widths[0]
+    if kind == "shape":
+        return tuple(widths)
+    if kind == "groups":
+        return narrowed_num_groups(int(value), dims.sizes[0], widths[0])  # type: ignore[call-overload]
+    if kind == "stop":
+        assert isinstance(value, slice)
+        return slice(value.start, widths[0], value.step)
+    if kind == "expand":  # literal sizes: a width where the dimension shrinks, else as written
+        return tuple(w if isinstance(v, int) and v != -1 and a is not None else v
+                     for v, w, a in zip(value, widths, dims.axes))  # type: ignore[call-overload]
+    raise AssertionError(f"literal kind {kind}")
+
+
+def _rewrite_literal(node: fx.Node, at: "int | str", value: object) -> None:
+    """Write `value` into a node's argument `at`: a position, a keyword, "*" for the
+    arguments after the first, or a position inside an indexing tuple ("stop")."""
+    if isinstance(at, str) and at != "*":
+        node.kwargs = {**node.kwargs, at: value}
+    elif at == "*":
+        node.args = (node.args[0], *value)  # type: ignore[misc]
+    elif node.target is operator.getitem:
+        index = node.args[1]
+        if isinstance(index, tuple):
+            index = index[:at] + (value,) + index[at + 1:]
+        else:
+            index = value
+        node.args = (node.args[0], index)
+    else:
+        node.args = node.args[:at] + (value,) + node.args[at + 1:]
+
+
 def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
     """The sliced model at group widths `sizes` (see the module docstring)."""
     root = nn.Module()
@@ -233,6 +272,9 @@ def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
         _rewrite_shape(by_name[name], dims.widths(sizes), dims)
     for name, pieces in s.splits.items():
         _rewrite_split(by_name[name], list(pieces.widths(sizes)))
+    for name, uses in s.literals.items():
+        for at, kind, dims, value in uses:
+            _rewrite_literal(by_name[name], at, _literal(kind, dims, value, sizes))
     if s.options.scaler and rate < 1.0 and s.scaled:
         root.add_module(SCALER_NAME, Scaler(rate))
         scaled = set(s.scaled)

@@ -20,6 +20,13 @@ Choices that are not forced by the layer:
 * BatchNorm is rebuilt as static BN (`track_running_stats=False`) when asked, so raysim's
   evaluation recomputes its statistics (`raysim.models.calibrate`) instead of using running
   statistics that no single width owns.
+* A subclass of a known layer (a norm fused with its activation, a conv with its own
+  padding) is sliced by the rule of the torch layer it extends and rebuilt from a copy of
+  itself, narrowed and re-initialised by its own `reset_parameters`, so what it adds (a fused
+  activation, drop-path) stays. It is a leaf when it keeps its base's forward, and a BatchNorm
+  subclass also when it overrides it (after `check_channel_local` confirms each output channel
+  depends on its own input channel only); any other subclass that overrides `forward` is
+  traced through, its functional calls followed op by op.
 * raysim's own `Scaler` is a leaf: a model that places scalers itself (the built-in families)
   keeps them where it put them, rebuilt at the submodel's rate.
 """
@@ -27,16 +34,19 @@ Choices that are not forced by the layer:
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from torch import nn
 
 from raysim.models.base import Scaler
 from raysim.slicing.analysis import Analysis, LayerUse
-from raysim.slicing.layout import Dim, Layout, Seg, fixed
+from raysim.slicing.errors import SlicingError
+from raysim.slicing.layout import Dim, Layout, Seg, dim_size, fixed
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,11 @@ class LayerRule(ABC):
     def rebuild(self, m: nn.Module, widths: tuple[int, ...], opts: BuildOptions) -> nn.Module:
         """A fresh layer at `widths` (parameter-free layers are copied)."""
         return copy.deepcopy(m)
+
+    def resize(self, m: nn.Module, widths: tuple[int, ...], opts: BuildOptions) -> None:
+        """Narrow `m`, a materialised copy of a subclass of this rule's layer, in place to
+        `widths`: its width attributes and fresh tensors (then `Subclass` re-initialises them
+        with the layer's own `reset_parameters`)."""
 
 
 class RateScaler(LayerRule):
@@ -124,6 +139,15 @@ class Conv(LayerRule):
                        dilation=m.dilation, groups=cin if depthwise else m.groups,
                        bias=m.bias is not None, padding_mode=m.padding_mode)
 
+    def resize(self, m, widths, opts):
+        cin, cout = widths
+        if m.groups > 1 and m.groups == m.in_channels == m.out_channels:
+            m.groups = cin
+        m.in_channels, m.out_channels = cin, cout
+        m.weight = nn.Parameter(torch.empty(cout, cin // m.groups, *m.kernel_size))
+        if m.bias is not None:
+            m.bias = nn.Parameter(torch.empty(cout))
+
 
 def _seg(ctx: Analysis, width: int, path: str) -> Seg:
     """The output channels of a layer: a fresh atom named after the layer."""
@@ -146,6 +170,12 @@ class Linear(LayerRule):
     def rebuild(self, m, widths, opts):
         return nn.Linear(widths[0], widths[1], bias=m.bias is not None)
 
+    def resize(self, m, widths, opts):
+        m.in_features, m.out_features = widths
+        m.weight = nn.Parameter(torch.empty(widths[1], widths[0]))
+        if m.bias is not None:
+            m.bias = nn.Parameter(torch.empty(widths[1]))
+
 
 class Embedding(LayerRule):
     """nn.Embedding: indices in, a new group of `embedding_dim` channels out as a last
@@ -162,6 +192,10 @@ class Embedding(LayerRule):
     def rebuild(self, m, widths, opts):
         return nn.Embedding(m.num_embeddings, widths[0], padding_idx=m.padding_idx, max_norm=m.max_norm,
                             norm_type=m.norm_type, scale_grad_by_freq=m.scale_grad_by_freq, sparse=m.sparse)
+
+    def resize(self, m, widths, opts):
+        m.embedding_dim = widths[0]
+        m.weight = nn.Parameter(torch.empty(m.num_embeddings, widths[0]))
 
 
 class ChannelNorm(LayerRule):
@@ -183,6 +217,16 @@ class BatchNorm(ChannelNorm):
         return type(m)(widths[0], eps=m.eps, momentum=m.momentum, affine=m.affine,
                        track_running_stats=track)
 
+    def resize(self, m, widths, opts):
+        c = m.num_features = widths[0]
+        if m.affine:
+            m.weight = nn.Parameter(torch.empty(c))
+            m.bias = nn.Parameter(torch.empty(c))
+        m.track_running_stats = m.track_running_stats and not opts.static_bn
+        stats = (torch.zeros(c), torch.ones(c), torch.tensor(0, dtype=torch.long)) if m.track_running_stats else (None,) * 3
+        for name, t in zip(("running_mean", "running_var", "num_batches_tracked"), stats):
+            m.register_buffer(name, t)
+
 
 def narrowed_num_groups(num_groups: int, channels: int, kept: int) -> int:
     """GroupNorm groups for `kept` of `channels` channels: proportional, rounded down to a
@@ -203,6 +247,13 @@ class GroupNorm(ChannelNorm):
         return nn.GroupNorm(narrowed_num_groups(m.num_groups, m.num_channels, c), c, eps=m.eps,
                             affine=m.affine)
 
+    def resize(self, m, widths, opts):
+        c = widths[0]
+        m.num_groups, m.num_channels = narrowed_num_groups(m.num_groups, m.num_channels, c), c
+        if m.affine:
+            m.weight = nn.Parameter(torch.empty(c))
+            m.bias = nn.Parameter(torch.empty(c))
+
 
 class LayerNorm(LayerRule):
     """LayerNorm over the trailing `len(normalized_shape)` dimensions; widths are those."""
@@ -219,6 +270,13 @@ class LayerNorm(LayerRule):
     def rebuild(self, m, widths, opts):
         return nn.LayerNorm(tuple(widths), eps=m.eps, elementwise_affine=m.elementwise_affine,
                             bias=m.bias is not None)
+
+    def resize(self, m, widths, opts):
+        m.normalized_shape = tuple(widths)
+        if m.weight is not None:
+            m.weight = nn.Parameter(torch.empty(widths))
+        if m.bias is not None:
+            m.bias = nn.Parameter(torch.empty(widths))
 
 
 class Flatten(LayerRule):
@@ -239,6 +297,7 @@ _SPATIAL = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
 )
 
 _RULES: list[tuple[tuple[type, ...], LayerRule]] = [
@@ -255,10 +314,134 @@ _RULES: list[tuple[tuple[type, ...], LayerRule]] = [
 ]
 
 
+class Subclass(LayerRule):
+    """A subclass of a known layer: the base layer's rule, a check that the subclass brings
+    no parameters of its own, and a rebuild from a copy of the template (see the module
+    docstring)."""
+
+    def __init__(self, base: type, rule: LayerRule) -> None:
+        self.base = base
+        self.rule = rule
+
+    def propagate(self, ctx, path, m, x, out_shape):
+        out = self.rule.propagate(ctx, path, m, x, out_shape)
+        own = [k for k, _ in m.named_parameters() if _name(path, k) not in ctx.params]
+        if own:
+            raise SlicingError(path, f"{type(m).__name__} (a subclass of nn.{self.base.__name__})",
+                               f"parameters of its own: {', '.join(own)}")
+        return out
+
+    def rebuild(self, m, widths, opts):
+        out = copy.deepcopy(m).to_empty(device="cpu")
+        if not widths:  # a parameter-free layer (an activation, a pooling)
+            return out
+        self.rule.resize(out, widths, opts)
+        reset = getattr(out, "reset_parameters", None)
+        if callable(reset):  # the layer's own initialisation, as its constructor ran it
+            reset()
+        return out
+
+
+def _base_of(m: nn.Module) -> Optional[tuple[type, LayerRule]]:
+    """The torch layer a module extends, with its rule, nearest first."""
+    for cls in type(m).__mro__:
+        for types, rule in _RULES:
+            if cls in types:
+                return cls, rule
+    return None
+
+
 def rule_for(m: nn.Module) -> Optional[LayerRule]:
     """The rule of a leaf layer, or None for a layer the slicer does not know."""
     for types, rule in _RULES:
-        # Exact types: a subclass may compute something else from the same parameters.
         if type(m) in types:
             return rule
-    return None
+    base = _base_of(m)
+    if base is None:
+        return _MODAL if reads_training(m) else None
+    if isinstance(base[1], RateScaler):
+        return None
+    return Subclass(*base)
+
+
+class Modal(Elementwise):
+    """A parameter-free module whose forward branches on `self.training` (drop-path): a leaf,
+    so the branch is taken at run time; it passes its input's layout (checked by
+    `is_leaf`)."""
+
+    def rebuild(self, m, widths, opts):
+        return copy.deepcopy(m).to_empty(device="cpu")
+
+
+_MODAL = Modal()
+
+
+def reads_training(m: nn.Module) -> bool:
+    """Whether `m` holds no tensors and its forward reads `self.training`."""
+    if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
+        return False
+    try:
+        return "self.training" in inspect.getsource(type(m).forward)
+    except (OSError, TypeError):
+        return False
+
+
+def is_leaf(m: nn.Module, x: object) -> bool:
+    """Whether tracing stops at `m`, called with the example value `x`: a layer the rules
+    know, a subclass that keeps its base's forward, or one whose forward `behaves_as_base`.
+    Any other module is traced through."""
+    base = _base_of(m)
+    if base is None:
+        return reads_training(m) and isinstance(x, torch.Tensor) and channel_local(m, x)
+    cls, _ = base
+    if type(m) is cls or type(m).forward is cls.forward:
+        return True
+    return isinstance(x, torch.Tensor) and behaves_as_base(m, cls, x)
+
+
+def behaves_as_base(m: nn.Module, base: type, x: torch.Tensor) -> bool:
+    """Whether a subclass that overrides `forward` still computes what its base's rule
+    assumes, on a random input shaped like `x`: a BatchNorm subclass may add per-element
+    work after the norm (a fused activation, drop) as long as it stays `channel_local`; any
+    other subclass must compute exactly its base's forward."""
+    if issubclass(base, nn.modules.batchnorm._BatchNorm):
+        return channel_local(m, x)
+    probe = copy.deepcopy(m).eval()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        z = torch.randn(x.shape, dtype=x.dtype) if x.is_floating_point() else x.clone()
+        try:
+            y, want = probe(z), base.forward(probe, z)
+        except Exception:  # a forward the probe cannot run is traced through instead
+            return False
+    return isinstance(y, torch.Tensor) and y.shape == want.shape and bool(torch.allclose(y, want))
+
+
+def channel_local(m: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `m` keeps its input's shape and each output channel (dimension 1) depends on
+    its own input channel only, in training and in evaluation (the same random draws in
+    both runs of a mode)."""
+    if x.dim() < 2 or not x.is_floating_point():
+        return False
+    probe = copy.deepcopy(m)
+    c = x.shape[1] // 2
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for training in (True, False):
+            probe.train(training)
+            torch.manual_seed(0)
+            z = torch.randn(x.shape, dtype=x.dtype)
+            try:
+                torch.manual_seed(1)
+                y = probe(z)
+                z[:, c] += 1.0
+                torch.manual_seed(1)
+                y2 = probe(z)
+            except Exception:
+                return False
+            if not isinstance(y, torch.Tensor) or y.shape != z.shape:
+                return False
+            changed = (y2 != y).transpose(0, 1).reshape(z.shape[1], -1).any(1)
+            changed[c] = False
+            if changed.any():
+                return False
+    return True

@@ -96,6 +96,16 @@ class Atoms:
         self._pinned[lo] = self._pinned[lo] or self._pinned[hi]
         self._made_by_layer[lo] = self._made_by_layer[lo] or self._made_by_layer[hi]
 
+    def claim(self, dim: Dim, origin: str) -> None:
+        """The channels of `dim` (a weight's output dimension read by a functional conv or
+        linear) are created there: they may form a group, named after `origin`."""
+        for seg in dim:
+            if seg.atom is not None:
+                r = self.find(seg.atom)
+                if not self._made_by_layer[r]:
+                    self._made_by_layer[r] = True
+                    self.origin[r] = origin
+
     def pin(self, a: int) -> None:
         r = self.find(a)
         self._pinned[r] = True

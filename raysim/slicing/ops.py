@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,64 +18,15 @@ from torch import fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from raysim.slicing.analysis import Analysis, ReshapeUse, SplitUse
+from raysim.slicing.functional import FUNCTIONAL_RULES
 from raysim.slicing.layout import Dim, Layout, Seg, dim_size, fixed
-
-
-class Other:
-    """A value that is not a tensor: a size, a shape, a Python number."""
-
-
-OTHER = Other()
-
-
-class Parts(Other):
-    """The tuple a split returns: one layout per piece (only indexing and `cat` read it)."""
-
-    def __init__(self, layouts: tuple[Layout, ...]) -> None:
-        self.layouts = layouts
-
-Value = Union[Layout, Other]
-ValueOf = Callable[[Any], Value]
-
-
-@dataclass(frozen=True)
-class OpCall:
-    """One call of an op, as a rule sees it."""
-
-    node: fx.Node
-    value: ValueOf                        # layout (or OTHER) of any argument
-    out_shape: Optional[tuple[int, ...]]  # None when the op returns no tensor
-
-    def tensors(self) -> list[Layout]:
-        return [v for v in (self.value(a) for a in self.node.args) if not isinstance(v, Other)]
-
-    def arg(self, i: int, name: str, default: Any = None) -> Any:
-        if len(self.node.args) > i:
-            return self.node.args[i]
-        return self.node.kwargs.get(name, default)
-
-
-OpRule = Callable[[Analysis, OpCall], Value]
-
-
-class Unsupported(Exception):
-    """An op's arguments are outside what its rule handles; `reason` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _first_tensor(call: OpCall) -> Layout:
-    ts = call.tensors()
-    if not ts:
-        raise Unsupported("no tensor input")
-    return ts[0]
+from raysim.slicing.opcall import OTHER, OpCall, OpRule, Other, Parts, Unsupported, Value, first_tensor
+from raysim.slicing.opcall import norm_dim as _norm_dim
 
 
 def elementwise(ctx: Analysis, call: OpCall) -> Value:
     """Activations and other shape-preserving ops of one tensor."""
-    x = _first_tensor(call)
+    x = first_tensor(call)
     if call.out_shape is None or tuple(dim_size(d) for d in x) != call.out_shape:
         raise Unsupported("changes the shape")
     return x
@@ -102,10 +52,6 @@ def broadcast(ctx: Analysis, call: OpCall) -> Value:
             ctx.atoms.unify(present[0], other)
         out.append(present[0] if present else fixed(1))
     return tuple(out)
-
-
-def _norm_dim(d: int, n: int) -> int:
-    return d + n if d < 0 else d
 
 
 def cat(ctx: Analysis, call: OpCall) -> Value:
@@ -198,7 +144,7 @@ def _literal_shape(call: OpCall) -> bool:
 
 
 def reshape(ctx: Analysis, call: OpCall) -> Value:
-    x = _first_tensor(call)
+    x = first_tensor(call)
     assert call.out_shape is not None
     out = reshape_layout(ctx, x, call.out_shape)
     if call.node.op == "call_method" and call.node.target in ("view", "reshape") or \
@@ -220,7 +166,7 @@ def split(ctx: Analysis, call: OpCall) -> Value:
     inside is refined into parts (a conv's outputs chunked into gates). The submodel's
     `split` gets its pieces' widths written in; its `chunk` cuts its own width evenly, so the
     pieces of a chunk keep the same channels (one group, appearing once per piece)."""
-    x = _first_tensor(call)
+    x = first_tensor(call)
     shapes = _piece_shapes(call.node)
     if shapes is None:
         raise Unsupported("returns no tensors")
@@ -241,7 +187,7 @@ def split(ctx: Analysis, call: OpCall) -> Value:
 
 def permute(ctx: Analysis, call: OpCall) -> Value:
     """permute / transpose / t: dimensions move with their channels."""
-    x = _first_tensor(call)
+    x = first_tensor(call)
     n = len(x)
     name = call.node.target if isinstance(call.node.target, str) else call.node.target.__name__
     if name == "permute":
@@ -260,11 +206,13 @@ def permute(ctx: Analysis, call: OpCall) -> Value:
 
 
 def reduce(ctx: Analysis, call: OpCall) -> Value:
-    """mean / sum / amax / amin over some dimensions (global average pooling)."""
-    x = _first_tensor(call)
+    """mean / sum / amax / amin / var / std over some dimensions (global average pooling)."""
+    x = first_tensor(call)
     n = len(x)
     dims = call.arg(1, "dim")
-    keep = bool(call.arg(2, "keepdim", False))
+    name = _FUNCTIONS.get(id(call.node.target)) or str(call.node.target)
+    # var(x, dim, unbiased, keepdim): keepdim comes one later than in mean(x, dim, keepdim)
+    keep = bool(call.arg(3 if name in ("var", "std") else 2, "keepdim", False))
     if dims is None:
         return tuple(fixed(1) for _ in range(n)) if keep else ()
     dims = {_norm_dim(int(d), n) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
@@ -273,7 +221,7 @@ def reduce(ctx: Analysis, call: OpCall) -> Value:
 
 def spatial(ctx: Analysis, call: OpCall) -> Value:
     """Functional pooling and resizing: batch and channels pass, the rest is fixed."""
-    x = _first_tensor(call)
+    x = first_tensor(call)
     if call.out_shape is None or len(call.out_shape) != len(x) or \
             call.out_shape[:2] != tuple(dim_size(d) for d in x[:2]):
         raise Unsupported("changes the batch or channel dimension")
@@ -286,8 +234,10 @@ def not_a_tensor(ctx: Analysis, call: OpCall) -> Value:
 
 
 def getitem(ctx: Analysis, call: OpCall) -> Value:
-    """Indexing: of a shape it is a number; of a tensor only whole-dimension slices pass
-    channels, any other index keeps that dimension whole."""
+    """Indexing: of a shape it is a number; of a tensor, whole-dimension slices pass channels,
+    a number removes its dimension, None adds one; any other slice keeps its dimension whole,
+    except a slice from 0 that keeps a whole concatenated part (GhostNet's `cat(...)[:, :n]`):
+    its stop is then rewritten to the submodel's width."""
     src = call.value(call.node.args[0])
     if isinstance(src, Parts):
         i = call.node.args[1]
@@ -298,21 +248,55 @@ def getitem(ctx: Analysis, call: OpCall) -> Value:
         return OTHER
     idx = call.node.args[1]
     idx = idx if isinstance(idx, tuple) else (idx,)
-    if any(not isinstance(i, slice) and i is not Ellipsis for i in idx) or sum(i is Ellipsis for i in idx) > 1:
-        raise Unsupported("indexes with numbers or tensors")
+    if any(not isinstance(i, (slice, int)) and i is not Ellipsis and i is not None for i in idx) \
+            or sum(i is Ellipsis for i in idx) > 1:
+        raise Unsupported("indexes with tensors")
     n = len(src)
+    used = sum(1 for i in idx if i is not None and i is not Ellipsis)
     if Ellipsis in idx:
         e = idx.index(Ellipsis)
-        idx = idx[:e] + (slice(None),) * (n - len(idx) + 1) + idx[e + 1:]
-    idx = idx + (slice(None),) * (n - len(idx))
+        idx = idx[:e] + (slice(None),) * (n - used) + idx[e + 1:]
+    idx = idx + (slice(None),) * (n - sum(1 for i in idx if i is not None))
     out: list[Dim] = []
-    for k, (d, i) in enumerate(zip(src, idx)):
-        if i == slice(None):
-            out.append(d)
-        else:
+    k = 0  # the source dimension
+    for pos, i in enumerate(idx):
+        if i is None:
+            out.append(fixed(1))
+            continue
+        d = src[k]
+        k += 1
+        size = dim_size(d)
+        if isinstance(i, int):
             ctx.atoms.pin_dim(d)
-            out.append(fixed(call.out_shape[k]))
+            continue
+        start, stop, step = i.indices(size)
+        if (start, stop, step) == (0, size, 1):
+            out.append(d)
+            continue
+        head = ctx.atoms.cut(d, [stop, size - stop]) if start == 0 and step == 1 and 0 < stop < size else None
+        if head is not None and ctx.atoms.sliced(head[0]) and not ctx.atoms.sliced(head[1]):
+            ctx.literal(call.node.name, pos, "stop", (head[0],), i)
+            out.append(head[0])
+            continue
+        ctx.atoms.pin_dim(d)
+        out.append(fixed(len(range(start, stop, step))))
     return tuple(out)
+
+
+def factory(ctx: Analysis, call: OpCall) -> Value:
+    """A tensor made from sizes (`x.new_zeros(n, 1)`, a drop-path mask): it never shrinks."""
+    if call.out_shape is None:
+        return OTHER
+    return tuple(fixed(n) for n in call.out_shape)
+
+
+def reshape_as(ctx: Analysis, call: OpCall) -> Value:
+    """x.reshape_as(y) / x.view_as(y): a reshape to y's shape whose dimensions meet y's."""
+    x, y = call.tensors()[:2]
+    out = reshape_layout(ctx, x, tuple(dim_size(d) for d in y))
+    for a, b in zip(out, y):
+        ctx.atoms.unify(a, b)
+    return out
 
 
 # Ops whose result depends on the values of the data, not only on shapes: a submodel cannot
@@ -325,22 +309,32 @@ _ELEMENTWISE_NAMES = {
     "hardswish", "hardsigmoid", "hardtanh", "softplus", "softmax", "log_softmax", "dropout",
     "dropout1d", "dropout2d", "alpha_dropout", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "square",
     "clamp", "clip", "contiguous", "clone", "float", "detach", "sigmoid_", "tanh_", "long", "int",
+    "hardswish_", "hardsigmoid_", "relu6_", "silu_", "gelu_", "clamp_", "clamp_min", "clamp_max", "erf",
+    "zeros_like", "ones_like", "empty_like", "rand_like", "randn_like", "full_like", "bernoulli_",
+    "uniform_", "normal_", "fill_", "zero_", "floor_", "floor", "to", "type_as", "half", "double", "bfloat16",
+    "reciprocal", "sign", "sin", "cos", "softsign", "tanhshrink", "hardshrink", "logsigmoid", "glu_",
 }
 _BINARY_NAMES = {"add", "sub", "mul", "div", "truediv", "pow", "iadd", "isub", "imul", "itruediv",
                  "add_", "sub_", "mul_", "div_", "maximum", "minimum", "floordiv", "rsub"}
 _RESHAPE_NAMES = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten"}
 _PERMUTE_NAMES = {"permute", "transpose", "t"}
-_REDUCE_NAMES = {"mean", "sum", "amax", "amin"}
+_REDUCE_NAMES = {"mean", "sum", "amax", "amin", "var", "std"}
 _SPATIAL_NAMES = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
                   "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
                   "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "interpolate"}
 _OTHER_NAMES = {"size", "dim", "numel", "getattr"}
+_FACTORY_NAMES = {"new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
 
 _BY_NAME: dict[str, OpRule] = {}
 for _names, _rule in ((_ELEMENTWISE_NAMES, elementwise), (_BINARY_NAMES, broadcast),
                       (_RESHAPE_NAMES, reshape), (_PERMUTE_NAMES, permute), (_REDUCE_NAMES, reduce),
                       (_SPATIAL_NAMES, spatial), (_OTHER_NAMES, not_a_tensor)):
     _BY_NAME.update({n: _rule for n in _names})
+_BY_NAME.update({n: factory for n in _FACTORY_NAMES})
+_BY_NAME.update(FUNCTIONAL_RULES)
+_BY_NAME["reshape_as"] = reshape_as
+_BY_NAME["view_as"] = reshape_as
+_BY_NAME["upsample"] = spatial
 _BY_NAME["cat"] = cat
 _BY_NAME["concat"] = cat
 _BY_NAME["getitem"] = getitem

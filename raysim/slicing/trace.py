@@ -20,7 +20,8 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from raysim.models.base import Scaler
 from raysim.slicing.analysis import Analysis
 from raysim.slicing.errors import SlicingError
-from raysim.slicing.layers import rule_for
+from raysim.slicing.concrete import ConcreteTracer
+from raysim.slicing.layers import is_leaf, rule_for
 from raysim.slicing.layout import Dim, Layout, Seg, fixed, fixed_layout
 from raysim.slicing.ops import OTHER, OpCall, Other, Parts, Unsupported, Value, op_name, rule_of
 
@@ -28,12 +29,13 @@ from raysim.slicing.ops import OTHER, OpCall, Other, Parts, Unsupported, Value, 
 EXAMPLE_BATCH = 2
 
 
-class _Tracer(fx.Tracer):
-    """fx's tracer, remembering the innermost module whose forward failed to trace; raysim's
-    `Scaler` stays a leaf (its forward reads `self.training`, which a trace would freeze)."""
+class _Tracer(ConcreteTracer):
+    """The concrete tracer, remembering the innermost module whose forward failed to trace.
+    Leaves: torch's own layers, raysim's `Scaler` (its forward reads `self.training`, which
+    a trace would freeze) and subclasses of known layers (`raysim.slicing.layers.is_leaf`)."""
 
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, Scaler) or super().is_leaf_module(m, module_qualified_name)
+    def __init__(self, example: torch.Tensor) -> None:
+        super().__init__(example, lambda m, x: isinstance(m, Scaler) or is_leaf(m, x))
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         try:
@@ -50,9 +52,10 @@ class _Tracer(fx.Tracer):
 TRACE_LOCK = threading.RLock()
 
 
-def trace(module: nn.Module) -> fx.GraphModule:
-    """The module's graph; Python control flow on tensor values is a `SlicingError`."""
-    tracer = _Tracer()
+def trace(module: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+    """The module's graph, specialised on an example input of shape `(2, *input_shape)` (see
+    `raysim.slicing.concrete`); Python control flow on tensor values is a `SlicingError`."""
+    tracer = _Tracer(torch.zeros((EXAMPLE_BATCH, *input_shape)))
     try:
         with TRACE_LOCK:
             graph = tracer.trace(module)
@@ -123,7 +126,7 @@ def _tensors_in(x: Any, values: dict[fx.Node, Value]) -> list[Layout]:
 def walk(module: nn.Module, input_shape: tuple[int, ...]) -> Walk:
     """Trace `module` and follow its channels from an input of shape `(N, *input_shape)`."""
     with TRACE_LOCK:
-        gm = trace(module)
+        gm = trace(module, input_shape)
         _shapes(gm, input_shape)
     ctx = Analysis()
     values: dict[fx.Node, Value] = {}
@@ -138,9 +141,9 @@ def walk(module: nn.Module, input_shape: tuple[int, ...]) -> Walk:
         path = _path(node)
         if node.op == "placeholder":
             placeholders += 1
-            if placeholders > 1:
+            if placeholders > 1 and not node.args:  # an argument without a default
                 raise SlicingError("", f"a second input '{node.target}'", "one input tensor only")
-            values[node] = fixed_layout(shape or ())
+            values[node] = fixed_layout(shape or ()) if placeholders == 1 else OTHER
         elif node.op == "get_attr":
             t = gm
             for part in str(node.target).split("."):
@@ -162,6 +165,10 @@ def walk(module: nn.Module, input_shape: tuple[int, ...]) -> Walk:
             values[node] = rule.propagate(ctx, path, m, x, shape)
         elif node.op in ("call_function", "call_method"):
             rule, why = rule_of(node)
+            if rule is None and why != "data-dependent" and not _tensors_in((node.args, node.kwargs), values):
+                # Arithmetic on sizes, an assert, a tensor made from numbers: nothing to follow.
+                values[node] = OTHER if shape is None else fixed_layout(shape)
+                continue
             if rule is None:
                 raise SlicingError(path, op_name(node), why)
             try:
