@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from zoo_replicas import REPLICAS
+
 
 def _bn2(c, norm):
     return nn.BatchNorm2d(c) if norm else nn.Identity()
@@ -210,3 +212,4 @@ class TokenMLP(nn.Module):
 
 MODELS = {m.__name__: m for m in (SmallResNet, MobileNetish, CNN1d, ConcatMLP, FlattenCNN, DenseConcat,
                                   GatedSplit, TokenMLP)}
+MODELS.update(REPLICAS)  # the constructs of public zoos' edge models (tests/zoo_replicas.py)

@@ -516,3 +516,77 @@ def test_a_narrowed_family_indexes_its_spans_by_its_own_widths(name):
     assert sub(torch.zeros(2, *small.input_shape)).shape == (2, small.num_classes)
     for k, v in extract(params, idx).items():
         assert torch.equal(extract(remap({k: v}, {k: idx[k]}, {k: shapes[k]}), {k: idx[k]})[k], v)
+
+
+def test_a_fused_norm_subclass_is_rebuilt_from_itself_keeping_its_activation():
+    from zoo_replicas import BatchNormAct2d
+
+    spec = SPECS["MobileNetV3ish"]
+    sub = spec.build({g: rate_sizes(w, 0.5) for g, w in spec.groups.items()}, 0.5)
+    bn = sub.get_submodule("blocks.0.bn1")
+    assert type(bn) is BatchNormAct2d and isinstance(bn.act, nn.Hardswish)
+    assert bn.num_features == bn.weight.numel() == 8 and not bn.track_running_stats  # static BN
+    assert isinstance(sub.get_submodule("bn1").act, nn.Hardswish)
+    assert isinstance(sub.get_submodule("blocks.0.bn3").act, nn.Identity)
+
+
+def test_tracing_leaves_the_module_and_torch_s_generator_alone():
+    model = MODELS["MobileNetV3ish"]()
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    before = torch.rand(1)
+    torch.manual_seed(3)
+    infer_spec(model, (3, 9, 9), 5)
+    assert torch.equal(torch.rand(1), before)
+    assert all(torch.equal(stats[k], v) for k, v in model.state_dict().items())
+    assert model.training
+
+
+def test_dropout_on_self_training_follows_the_submodel_s_mode():
+    """`F.dropout(x, training=self.training)` and drop-path modules drop in training only: the
+    flag is read when the graph runs, not frozen when it was traced."""
+    spec = SPECS["MobileNetV3ish"]
+    model = spec.build()
+    x = torch.randn(4, *spec.input_shape)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.equal(a, model(x))
+
+
+def test_shape_asserts_and_same_padding_are_followed_on_the_example_shape():
+    spec = SPECS["ConvNeXtish"]
+    assert spec.groups == {"stem.0": 8, "stage1.fc1": 32, "down.1": 12}
+    with pytest.raises(SlicingError, match="code torch.fx cannot trace .*multiple of 4"):
+        infer_spec(MODELS["ConvNeXtish"](), (3, 6, 6), 3)
+    sub = SPECS["MobileNetV3ish"].build({g: 2 for g in SPECS["MobileNetV3ish"].groups}, 0.25)
+    assert sub(torch.zeros(2, 3, 9, 9)).shape == (2, 5)
+
+
+def test_a_concatenation_cut_to_fewer_channels_keeps_the_cut_in_every_submodel():
+    spec = SPECS["GhostNetish"]
+    assert spec.groups == {"stem": 6, "ghost1.primary.0:0": 5, "ghost1.primary.0:1": 1,
+                           "ghost2.primary.0:0": 3, "ghost2.primary.0:1": 1}
+    sub = spec.build({"stem": 3, "ghost1.primary.0:0": 2, "ghost1.primary.0:1": 1,
+                      "ghost2.primary.0:0": 2, "ghost2.primary.0:1": 1}, 0.5)
+    assert sub.fc.in_features == 2 + 1 + 2
+    assert sub(torch.zeros(2, 3, 6, 6)).shape == (2, 4)
+
+
+def test_a_model_with_an_optional_attention_mask_slices_its_embedding_and_mlp():
+    spec = SPECS["ViTish"]
+    assert spec.groups == {"patch": 8, "fc1": 16}
+    assert spec.axes["cls_token"] == (None, None, "patch") and spec.axes["ls1"] == ("patch",)
+    assert spec.axes["attn.qkv.weight"] == (None, "patch")  # heads are kept whole for now
+
+
+def test_a_norm_subclass_that_mixes_channels_is_traced_through_not_taken_for_its_base():
+    spec = SPECS["ConvNeXtish"]
+    assert spec.axes["stem.1.weight"] == ("stem.0",)  # LayerNorm2d over the channels
+    sub = spec.build({"stem.0": 4, "stage1.fc1": 16, "down.1": 6}, 0.5)
+    assert sub.get_submodule("stem.1").weight.shape == (4,)
+    assert sub(torch.zeros(2, 3, 8, 8)).shape == (2, 3)

@@ -28,6 +28,8 @@ class ReshapeUse:
     shape argument, so the builder can write the submodel's width into literal ones."""
 
     out: Layout
+    # Per target position: whether its size is computed from the batch size (kept as is).
+    batch: tuple[bool, ...] = ()
 
 
 @dataclass

@@ -80,7 +80,7 @@ class Slicing:
     attrs: dict[str, Dims]      # tensors the graph reads by name (parameters and buffers)
     attr_values: dict[str, torch.Tensor]
     param_names: frozenset[str]  # which of them are parameters (the rest are buffers)
-    reshapes: dict[str, Dims]   # view/reshape nodes with literal shapes: their output dims
+    reshapes: dict[str, tuple[Dims, tuple[bool, ...]]]  # view/reshape nodes: output dims, batch sizes
     splits: dict[str, Dims]     # split nodes of a shrinking dimension: their pieces
     literals: dict[str, list[tuple["int | str", str, Dims, object]]]  # see `LiteralUse`
     scaled: tuple[str, ...]     # layers followed by an inserted rate scaler
@@ -123,7 +123,7 @@ def _slicing(module: nn.Module, input_shape: tuple[int, ...], opts: BuildOptions
         d = _dims(ctx, use.dims)
         layers[path] = LayerPlan(use.rule, d.axes, d.sizes)
     attrs = {k: _dims(ctx, v) for k, v in {**ctx.params, **ctx.buffers}.items() if k not in _layer_params(ctx)}
-    reshapes = {k: _dims(ctx, r.out) for k, r in ctx.reshapes.items()}
+    reshapes = {k: (_dims(ctx, r.out), r.batch) for k, r in ctx.reshapes.items()}
     splits = {k: _dims(ctx, u.pieces) for k, u in ctx.splits.items()}
     literals = {k: [(u.at, u.kind, _dims(ctx, u.dims), u.value) for u in uses] for k, uses in ctx.literals.items()}
     # Registration order, not call order: a layer's constructor draws from torch's generator,
@@ -184,11 +184,24 @@ def _prefix_index(dims: Dims, sizes: Mapping[str, int], widths: Mapping[str, int
     return tuple(out)
 
 
-def _rewrite_shape(node: fx.Node, widths: tuple[int, ...], dims: Dims) -> None:
-    """Write the submodel's widths into the literal numbers of a view/reshape target."""
+def _rewrite_shape(node: fx.Node, widths: tuple[int, ...], dims: Dims, batch: tuple[bool, ...]) -> None:
+    """Write the submodel's sizes into a view/reshape target: a shrinking dimension gets its
+    width; a dimension kept whole whose size is computed at run time gets its global size (a
+    size read from a shrinking dimension, `c // heads`, would otherwise size a dimension kept
+    whole), except one computed from the batch size; literal sizes of whole dimensions and -1
+    stay."""
     def fix(shape: list) -> list:
-        return [w if isinstance(s, int) and s != -1 and a is not None else s
-                for s, w, a in zip(shape, widths, dims.axes)]
+        out = []
+        for k, (s, w, a, n) in enumerate(zip(shape, widths, dims.axes, dims.sizes)):
+            if isinstance(s, int) and s == -1:
+                out.append(s)
+            elif a is not None:
+                out.append(w)
+            elif isinstance(s, fx.Node) and not (k < len(batch) and batch[k]):
+                out.append(n)
+            else:
+                out.append(s)
+        return out + list(shape[len(out):])
 
     if "shape" in node.kwargs or "size" in node.kwargs:
         key = "shape" if "shape" in node.kwargs else "size"
@@ -268,8 +281,8 @@ def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
             owner.register_buffer(leaf, value)
     graph = copy.deepcopy(s.graph)
     by_name = {n.name: n for n in graph.nodes}
-    for name, dims in s.reshapes.items():
-        _rewrite_shape(by_name[name], dims.widths(sizes), dims)
+    for name, (dims, batch) in s.reshapes.items():
+        _rewrite_shape(by_name[name], dims.widths(sizes), dims, batch)
     for name, pieces in s.splits.items():
         _rewrite_split(by_name[name], list(pieces.widths(sizes)))
     for name, uses in s.literals.items():

@@ -325,6 +325,9 @@ class Subclass(LayerRule):
 
     def propagate(self, ctx, path, m, x, out_shape):
         out = self.rule.propagate(ctx, path, m, x, out_shape)
+        use = ctx.layers.get(path)
+        if use is not None:  # rebuilt from a copy of itself, not by its base's constructor
+            ctx.layers[path] = LayerUse(self, use.dims, use.io)
         own = [k for k, _ in m.named_parameters() if _name(path, k) not in ctx.params]
         if own:
             raise SlicingError(path, f"{type(m).__name__} (a subclass of nn.{self.base.__name__})",

@@ -132,15 +132,30 @@ def reshape_layout(ctx: Analysis, x: Layout, out_shape: tuple[int, ...]) -> Layo
     return tuple(result)
 
 
-def _literal_shape(call: OpCall) -> bool:
-    """Whether a view/reshape spells its target shape with literal numbers."""
-    args = list(call.node.args[1:])
-    if len(args) == 1 and isinstance(args[0], (tuple, list)):
-        args = list(args[0])
-    shape = call.node.kwargs.get("shape", call.node.kwargs.get("size"))
-    if shape is not None:
-        args = list(shape)
-    return any(isinstance(a, int) and a != -1 for a in args)
+def _shape_args(node: fx.Node) -> list:
+    """The target shape of a view/reshape node, one entry per dimension."""
+    for key in ("shape", "size"):
+        if key in node.kwargs:
+            return list(node.kwargs[key])
+    args = list(node.args[1:])
+    return list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+
+
+def _reads_batch(a: object) -> bool:
+    """Whether a size computed in the graph depends on the batch size (`x.shape[0]`,
+    `x.size(0)`, `b * c` after `b, c, h, w = x.shape`)."""
+    if not isinstance(a, fx.Node):
+        return False
+    if a.op == "call_method" and a.target == "size" and len(a.args) > 1:
+        return a.args[1] == 0
+    if a.op == "call_function" and a.target is operator.getitem and isinstance(a.args[0], fx.Node):
+        src = a.args[0]
+        if (src.op == "call_function" and src.target is getattr and src.args[1] == "shape") or \
+                (src.op == "call_method" and src.target == "size" and len(src.args) == 1):
+            return a.args[1] == 0
+    if "tensor_meta" in a.meta:  # a tensor: not a size
+        return False
+    return any(_reads_batch(n) for n in a.all_input_nodes)
 
 
 def reshape(ctx: Analysis, call: OpCall) -> Value:
@@ -149,8 +164,9 @@ def reshape(ctx: Analysis, call: OpCall) -> Value:
     out = reshape_layout(ctx, x, call.out_shape)
     if call.node.op == "call_method" and call.node.target in ("view", "reshape") or \
             call.node.target is torch.reshape:
-        if _literal_shape(call):
-            ctx.reshapes[call.node.name] = ReshapeUse(out)
+        # Literal widths follow the submodel; sizes computed from a shape are rewritten too,
+        # since one read from a shrinking dimension may size a dimension kept whole.
+        ctx.reshapes[call.node.name] = ReshapeUse(out, tuple(_reads_batch(a) for a in _shape_args(call.node)))
     return out
 
 
@@ -274,7 +290,7 @@ def getitem(ctx: Analysis, call: OpCall) -> Value:
             out.append(d)
             continue
         head = ctx.atoms.cut(d, [stop, size - stop]) if start == 0 and step == 1 and 0 < stop < size else None
-        if head is not None and ctx.atoms.sliced(head[0]) and not ctx.atoms.sliced(head[1]):
+        if head is not None and ctx.atoms.sliced(head[0]):
             ctx.literal(call.node.name, pos, "stop", (head[0],), i)
             out.append(head[0])
             continue
