@@ -311,3 +311,27 @@ class ViTish(nn.Module):
 
 
 REPLICAS = {m.__name__: m for m in (MobileNetV3ish, GhostNetish, ConvNeXtish, GroupedNorms, ViTish)}
+
+
+def replica(input_shape, num_classes, name: str = "MobileNetV3ish", plain: bool = False):
+    """A replica by name, as a scenario names a model factory (`model.arch:
+    zoo_replicas:replica`, `model.params: {name: GhostNetish}`)."""
+    cls = REPLICAS[name]
+    if tuple(input_shape) != cls.input_shape or num_classes != cls.num_classes:
+        raise ValueError(f"{name} takes inputs {cls.input_shape} and {cls.num_classes} classes")
+    return cls(norm=not plain)
+
+
+def images(seed: int, name: str = "MobileNetV3ish", n: int = 480, users: int = 24):
+    """Random images shaped for a replica, labelled by the quantile of their first channel's
+    mean (a task a few steps can start to learn); groups = users."""
+    import numpy as np
+
+    cls = REPLICAS[name]
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, *cls.input_shape)).astype(np.float32)
+    m = x.mean(axis=tuple(range(2, x.ndim)))[:, 0]
+    y = np.digitize(m, np.quantile(m, np.linspace(0, 1, cls.num_classes + 1)[1:-1])).astype(np.int64)
+    g = rng.integers(0, users, n)
+    cut = int(0.8 * n)
+    return x[:cut], y[:cut], x[cut:], y[cut:], g[:cut]
