@@ -120,7 +120,10 @@ class ConcreteTracer(fx.Tracer):
         if node.op == "get_attr":
             if node.target == "training":
                 return self._modes[self.root]
-            return _fetch(self._shadow, str(node.target))
+            try:
+                return _fetch(self._shadow, str(node.target))
+            except AttributeError:  # a constant fx stored on the module being traced
+                return _fetch(self.root, str(node.target))
         if node.op == "call_module":
             return self._shadow.get_submodule(str(node.target))(*args, **kwargs)
         if node.op == "call_function":
@@ -156,13 +159,14 @@ class ConcreteTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> Proxy:
         return ConcreteProxy(node, self)
 
-    def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, name: Optional[str] = None,
-                     type_expr: Any = None, proxy_factory_fn: Any = None) -> Proxy:
-        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+    def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: Optional[str] = None,
+                    type_expr: Any = None) -> fx.Node:
+        # Every node, including those fx makes without a proxy (a buffer passed as an argument).
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
         if kind != "output":
             with _unpatched():
-                self._values[proxy.node] = self._evaluate(proxy.node)
-        return proxy
+                self._values[node] = self._evaluate(node)
+        return node
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         first = args[0] if args else None

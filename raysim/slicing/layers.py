@@ -105,6 +105,8 @@ class Spatial(LayerRule):
     the spatial dimensions are fixed."""
 
     def propagate(self, ctx, path, m, x, out_shape):
+        for d in x[2:]:  # its window slides over them: they never shrink
+            ctx.atoms.pin_dim(d)
         return (x[0], x[1]) + tuple(fixed(n) for n in out_shape[2:])
 
 
@@ -130,6 +132,8 @@ class Conv(LayerRule):
         if m.bias is not None:
             ctx.param(_name(path, "bias"), (out,))
         ctx.layers.setdefault(path, LayerUse(self, (cin, out), io=None if depthwise else (cin, out)))
+        for d in x[2:]:  # its kernel slides over them (a Conv1d over features): they never shrink
+            ctx.atoms.pin_dim(d)
         return (x[0], out) + tuple(fixed(n) for n in out_shape[2:])
 
     def rebuild(self, m, widths, opts):
@@ -298,6 +302,9 @@ _SPATIAL = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
     nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d,
 )
 
 _RULES: list[tuple[tuple[type, ...], LayerRule]] = [

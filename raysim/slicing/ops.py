@@ -241,6 +241,8 @@ def spatial(ctx: Analysis, call: OpCall) -> Value:
     if call.out_shape is None or len(call.out_shape) != len(x) or \
             call.out_shape[:2] != tuple(dim_size(d) for d in x[:2]):
         raise Unsupported("changes the batch or channel dimension")
+    for d in x[2:]:
+        ctx.atoms.pin_dim(d)
     return (x[0], x[1]) + tuple(fixed(n) for n in call.out_shape[2:])
 
 
@@ -264,9 +266,17 @@ def getitem(ctx: Analysis, call: OpCall) -> Value:
         return OTHER
     idx = call.node.args[1]
     idx = idx if isinstance(idx, tuple) else (idx,)
-    if any(not isinstance(i, (slice, int)) and i is not Ellipsis and i is not None for i in idx) \
-            or sum(i is Ellipsis for i in idx) > 1:
-        raise Unsupported("indexes with tensors")
+    if sum(i is Ellipsis for i in idx) > 1:
+        raise Unsupported("indexes with two ellipses")
+    if any(isinstance(i, (fx.Node, list)) or (isinstance(i, slice) and not _plain_slice(i)) for i in idx):
+        # Tensor indices (a relative-position table read by an index buffer) or bounds computed
+        # at run time: whatever they touch is kept whole.
+        ctx.atoms.pin_layout(src)
+        for i in idx:
+            v = call.value(i) if isinstance(i, fx.Node) else OTHER
+            if not isinstance(v, Other):
+                ctx.atoms.pin_layout(v)
+        return tuple(fixed(n) for n in call.out_shape)
     n = len(src)
     used = sum(1 for i in idx if i is not None and i is not Ellipsis)
     if Ellipsis in idx:
@@ -297,6 +307,37 @@ def getitem(ctx: Analysis, call: OpCall) -> Value:
         ctx.atoms.pin_dim(d)
         out.append(fixed(len(range(start, stop, step))))
     return tuple(out)
+
+
+def _plain_slice(i: slice) -> bool:
+    return all(b is None or isinstance(b, int) for b in (i.start, i.stop, i.step))
+
+
+def stack(ctx: Analysis, call: OpCall) -> Value:
+    """torch.stack: a new dimension of fixed size; the stacked tensors' dimensions meet."""
+    seq = call.arg(0, "tensors")
+    whole = call.value(seq) if isinstance(seq, fx.Node) else None
+    parts = list(whole.layouts) if isinstance(whole, Parts) else [call.value(t) for t in seq]
+    if any(isinstance(p, Other) for p in parts) or call.out_shape is None:
+        raise Unsupported("stacks non-tensors")
+    for p in parts[1:]:
+        for a, b in zip(parts[0], p):  # type: ignore[arg-type]
+            ctx.atoms.unify(a, b)
+    d = _norm_dim(int(call.arg(1, "dim", 0)), len(parts[0]) + 1)  # type: ignore[arg-type]
+    first = list(parts[0])  # type: ignore[arg-type]
+    return tuple(first[:d] + [fixed(len(parts))] + first[d:])
+
+
+def norm(ctx: Analysis, call: OpCall) -> Value:
+    """Tensor.norm / torch.norm / linalg.vector_norm(x, p, dim, keepdim): a reduction."""
+    x = first_tensor(call)
+    n = len(x)
+    dims = call.arg(2, "dim")
+    keep = bool(call.arg(3, "keepdim", False))
+    if dims is None:
+        return tuple(fixed(1) for _ in range(n)) if keep else ()
+    dims = {_norm_dim(int(d), n) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
+    return tuple(fixed(1) if k in dims else x[k] for k in range(n) if keep or k not in dims)
 
 
 def factory(ctx: Analysis, call: OpCall) -> Value:
@@ -330,7 +371,7 @@ _ELEMENTWISE_NAMES = {
     "uniform_", "normal_", "fill_", "zero_", "floor_", "floor", "to", "type_as", "half", "double", "bfloat16",
     "reciprocal", "sign", "sin", "cos", "softsign", "tanhshrink", "hardshrink", "logsigmoid", "glu_",
 }
-_BINARY_NAMES = {"add", "sub", "mul", "div", "truediv", "pow", "iadd", "isub", "imul", "itruediv",
+_BINARY_NAMES = {"addcmul", "addcdiv", "lerp", "add", "sub", "mul", "div", "truediv", "pow", "iadd", "isub", "imul", "itruediv",
                  "add_", "sub_", "mul_", "div_", "maximum", "minimum", "floordiv", "rsub"}
 _RESHAPE_NAMES = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten"}
 _PERMUTE_NAMES = {"permute", "transpose", "t"}
@@ -351,6 +392,9 @@ _BY_NAME.update(FUNCTIONAL_RULES)
 _BY_NAME["reshape_as"] = reshape_as
 _BY_NAME["view_as"] = reshape_as
 _BY_NAME["upsample"] = spatial
+_BY_NAME["stack"] = stack
+_BY_NAME["norm"] = norm
+_BY_NAME["vector_norm"] = norm
 _BY_NAME["cat"] = cat
 _BY_NAME["concat"] = cat
 _BY_NAME["getitem"] = getitem
@@ -359,7 +403,7 @@ _BY_NAME["chunk"] = split
 
 # A function is one of the ops above when it is the object of that name in one of these
 # modules (F.max_pool2d is a dispatch wrapper whose own __name__ says nothing).
-_KNOWN_HOMES = (torch, F, operator, torch.Tensor)
+_KNOWN_HOMES = (torch, F, operator, torch.Tensor, torch.linalg)
 _FUNCTIONS: dict[int, str] = {id(getattr): "getattr"}
 for _name in list(_BY_NAME) + sorted(DATA_DEPENDENT):
     for _home in _KNOWN_HOMES:

@@ -165,7 +165,7 @@ def walk(module: nn.Module, input_shape: tuple[int, ...]) -> Walk:
             values[node] = rule.propagate(ctx, path, m, x, shape)
         elif node.op in ("call_function", "call_method"):
             rule, why = rule_of(node)
-            if rule is None and why != "data-dependent" and not _tensors_in((node.args, node.kwargs), values):
+            if why != "data-dependent" and not _tensors_in((node.args, node.kwargs), values):
                 # Arithmetic on sizes, an assert, a tensor made from numbers: nothing to follow.
                 values[node] = OTHER if shape is None else fixed_layout(shape)
                 continue
