@@ -301,12 +301,33 @@ def test_an_embedding_s_dimension_is_a_group_and_its_vocabulary_never_shrinks():
                    n.next.op == "call_module" and n.next.target == SCALER_NAME)  # a lookup sums nothing
 
 
-def test_a_grouped_convolution_is_kept_whole():
+def test_a_grouped_convolution_is_sliced_by_whole_groups():
     spec = SPECS["DenseConcat"]
-    assert spec.axes["grouped.weight"] == (None, None, None, None)
-    assert spec.axes["mix.weight"][0] is None  # its outputs feed the grouped conv
-    assert spec.axes["fc.weight"] == (None, None)
+    units = Span((Block("mix", 4),))  # 2 groups of 4 channels: a unit keeps its 4 channels
+    assert spec.groups["mix"] == 2
+    assert spec.axes["grouped.weight"] == (units, None, None, None)
+    assert spec.axes["mix.weight"][0] == units and spec.axes["fc.weight"] == (None, units)
     assert spec.axes["bn.weight"] == (Span((Block("a"), Block("b"))),)
+    sub = spec.build({**spec.groups, "mix": 1}, 0.5)
+    assert (sub.grouped.in_channels, sub.grouped.out_channels, sub.grouped.groups) == (4, 4, 1)
+    assert (SPECS["GroupedNorms"].groups, SPECS["GroupedNorms"].axes["gn_weight"]) == \
+        ({"conv1": 2, "conv2": 10}, (Span((Block("conv1", 4),)),))
+
+
+def test_a_grouped_convolution_over_a_concatenation_is_kept_whole():
+    class CatGrouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 4, 1), nn.Conv2d(2, 4, 1)
+            self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.grouped(torch.cat([self.a(x), self.b(x)], 1))
+            return self.fc(h.mean((2, 3)))
+
+    spec = infer_spec(CatGrouped(), (2, 4, 4), 3)
+    assert spec.groups == {} and spec.axes["grouped.weight"] == (None, None, None, None)
 
 
 def test_the_first_layer_s_inputs_and_the_classifier_s_outputs_never_shrink():

@@ -11,9 +11,13 @@ Choices that are not forced by the layer:
 
 * Depthwise convolution (`groups == in == out`) has no channels of its own: its outputs are
   its inputs, one group; the narrowed layer has `groups = in = out` again.
-* Any other grouped convolution is kept whole (inputs and outputs pinned): slicing it
-  consistently needs the same count of kept channels in every group, which the strategies do
-  not promise.
+* Any other grouped convolution (ResNeXt, RegNet) is sliced by whole groups: the number of
+  groups scales with the rate and each kept group keeps all its channels. Keeping every group
+  with fewer channels each would need the same count of kept channels in every group, in the
+  same positions, which the strategies (random, magnitude) do not promise; whole groups are
+  what a plan can pick like any channel (a group is one unit owning its channels, as a
+  flattened channel owns its block of features). Its input and output groups are one unit
+  group; where its inputs cannot be seen as whole groups (a concatenation), it is kept whole.
 * GroupNorm narrows its number of groups in proportion to its channels, rounded down to a
   divisor of the kept channel count (at least 1), so each group keeps about as many channels
   as in the global model and the layer stays valid for any kept count.
@@ -122,8 +126,11 @@ class Conv(LayerRule):
             out = cin
             weight: Layout = (out, fixed(1)) + taps
         elif m.groups > 1:
-            ctx.atoms.pin_dim(cin)
-            out = fixed(m.out_channels)
+            out = (_seg(ctx, m.out_channels, path),)
+            if not (ctx.atoms.coarsen(cin, m.groups) and ctx.atoms.coarsen(out, m.groups)
+                    and ctx.atoms.same_units(cin, out)):
+                ctx.atoms.pin_dim(cin)
+                ctx.atoms.pin_dim(out)
             weight = (out, fixed(m.in_channels // m.groups)) + taps
         else:
             out = (_seg(ctx, m.out_channels, path),)
@@ -140,17 +147,21 @@ class Conv(LayerRule):
         cin, cout = widths
         depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
         return type(m)(cin, cout, m.kernel_size, stride=m.stride, padding=m.padding,
-                       dilation=m.dilation, groups=cin if depthwise else m.groups,
+                       dilation=m.dilation, groups=cin if depthwise else _kept_groups(m, cin),
                        bias=m.bias is not None, padding_mode=m.padding_mode)
 
     def resize(self, m, widths, opts):
         cin, cout = widths
-        if m.groups > 1 and m.groups == m.in_channels == m.out_channels:
-            m.groups = cin
+        m.groups = cin if m.groups > 1 and m.groups == m.in_channels == m.out_channels else _kept_groups(m, cin)
         m.in_channels, m.out_channels = cin, cout
         m.weight = nn.Parameter(torch.empty(cout, cin // m.groups, *m.kernel_size))
         if m.bias is not None:
             m.bias = nn.Parameter(torch.empty(cout))
+
+
+def _kept_groups(m: nn.Module, cin: int) -> int:
+    """A grouped conv keeps whole groups: as many as its kept inputs fill."""
+    return 1 if m.groups == 1 else m.groups * cin // m.in_channels
 
 
 def _seg(ctx: Analysis, width: int, path: str) -> Seg:

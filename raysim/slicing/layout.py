@@ -67,6 +67,9 @@ class Atoms:
         self.origin: list[str] = []
         self.names: dict[int, str] = {}
         self._parts: dict[int, list[int]] = {}  # a refined class root -> its parts, in order
+        # A coarsened class root -> the atom of its units (whole groups of a grouped conv):
+        # the class's channels are then seen as units that each own width/units channels.
+        self._coarse: dict[int, int] = {}
 
     # ------------------------------------------------------------------ union-find
     def new(self, width: int, origin: str, layer: bool = True) -> int:
@@ -95,6 +98,16 @@ class Atoms:
         self._parent[hi] = lo
         self._pinned[lo] = self._pinned[lo] or self._pinned[hi]
         self._made_by_layer[lo] = self._made_by_layer[lo] or self._made_by_layer[hi]
+        ca, cb = self._coarse.pop(lo, None), self._coarse.pop(hi, None)
+        if ca is not None and cb is not None:
+            if self.width(ca) == self.width(cb):
+                self.union(ca, cb)
+            else:  # grouped two ways: kept whole
+                self.pin(ca)
+                self.pin(cb)
+                self.pin(lo)
+        if ca is not None or cb is not None:
+            self._coarse[lo] = ca if ca is not None else cb  # type: ignore[assignment]
 
     def claim(self, dim: Dim, origin: str) -> None:
         """The channels of `dim` (a weight's output dimension read by a functional conv or
@@ -108,9 +121,29 @@ class Atoms:
 
     def pin(self, a: int) -> None:
         r = self.find(a)
+        if self._pinned[r]:
+            return
         self._pinned[r] = True
         for c in self._parts.get(r, ()):
             self.pin(c)
+        if r in self._coarse:
+            self.pin(self._coarse[r])
+
+    def coarsen(self, dim: Dim, units: int) -> bool:
+        """See the channels of `dim` (one class, one entry each) as `units` whole groups of
+        consecutive channels (a grouped conv's groups); False, and nothing changed, when that
+        cannot be expressed (a concatenation, a pinned or refined class, another grouping)."""
+        c = self.canonical(dim)
+        if len(c) != 1 or c[0].atom is None:
+            return False
+        seg = c[0]
+        if seg.width == units:  # already seen as these units
+            return True
+        r = self.find(seg.atom)
+        if seg.block != 1 or r in self._parts or r in self._coarse or self._width[r] % units:
+            return False
+        self._coarse[r] = self.new(units, self.origin[r], layer=self._made_by_layer[r])
+        return True
 
     def refine(self, a: int, cuts: list[int]) -> None:
         """Cut the class of `a` into parts at channel offsets `cuts` (each part a new class)."""
@@ -124,8 +157,12 @@ class Atoms:
             self.pin(r)
 
     def _leaves(self, seg: Seg) -> list[Seg]:
-        """A segment of one atom as segments of unrefined classes."""
+        """A segment of one atom as segments of unrefined, uncoarsened classes."""
         r = self.find(seg.atom)  # type: ignore[arg-type]
+        if r in self._coarse:
+            units = self.find(self._coarse[r])
+            per = self._width[r] // self._width[units]
+            return self._leaves(Seg(units, seg.width // per, seg.block * per))
         if r not in self._parts:
             return [Seg(r, seg.width, seg.block)]
         return [s for c in self._parts[r] for s in self._leaves(Seg(c, self._width[c], seg.block))]
@@ -175,7 +212,8 @@ class Atoms:
     def pin_orphans(self) -> None:
         """Pin classes that no layer created (a parameter's dimension that met no channel)."""
         for a in range(len(self._parent)):
-            if not self._made_by_layer[self.find(a)]:
+            r = self.find(a)
+            if not self._made_by_layer[r] and r not in self._coarse:  # a coarse class is its units
                 self.pin(a)
 
     # ------------------------------------------------------------------ dimensions
@@ -214,6 +252,8 @@ class Atoms:
             self.cut(a, [s.size for s in cb])
             self.cut(b, [s.size for s in self.canonical(a)])
             ca, cb = self.canonical(a), self.canonical(b)
+        if len(ca) == len(cb) and self._coarsen_to_match(ca, cb):
+            ca, cb = self.canonical(a), self.canonical(b)
         shape_a = [(s.atom is None, s.width, s.block) for s in ca]
         shape_b = [(s.atom is None, s.width, s.block) for s in cb]
         if [(w, k) for _, w, k in shape_a] == [(w, k) for _, w, k in shape_b]:
@@ -227,6 +267,27 @@ class Atoms:
             return
         self.pin_dim(a)
         self.pin_dim(b)
+
+    def _coarsen_to_match(self, ca: Dim, cb: Dim) -> bool:
+        """Where two segments of the same size meet, one seen as whole groups and the other
+        channel by channel, see the other as the same groups too."""
+        changed = False
+        for sa, sb in zip(ca, cb):
+            if sa.atom is None or sb.atom is None or sa.size != sb.size or sa.block == sb.block:
+                continue
+            fine, coarse = (sa, sb) if sa.block < sb.block else (sb, sa)
+            if fine.block == 1 and self.coarsen((fine,), coarse.width):
+                changed = True
+        return changed
+
+    def same_units(self, a: Dim, b: Dim) -> bool:
+        """Make two coarsened dimensions keep the same units (a grouped conv's input and output
+        groups); False when they are not both one class of the same count of units."""
+        ca, cb = self.canonical(a), self.canonical(b)
+        if len(ca) != 1 or len(cb) != 1 or ca[0].atom is None or cb[0].atom is None or ca[0].width != cb[0].width:
+            return False
+        self.union(ca[0].atom, cb[0].atom)
+        return True
 
     @staticmethod
     def _alignable(ca: Dim, cb: Dim) -> bool:
@@ -242,7 +303,7 @@ class Atoms:
         used: set[str] = set(given.values())
         for a in range(len(self._parent)):
             r = self.find(a)
-            if r != a or self._pinned[r] or r in names or r in self._parts:
+            if r != a or self._pinned[r] or r in names or r in self._parts or r in self._coarse:
                 continue
             base = self.origin[r] or "input"
             name, k = base, 1
