@@ -598,11 +598,18 @@ def test_a_concatenation_cut_to_fewer_channels_keeps_the_cut_in_every_submodel()
     assert sub(torch.zeros(2, 3, 6, 6)).shape == (2, 4)
 
 
-def test_a_model_with_an_optional_attention_mask_slices_its_embedding_and_mlp():
+def test_attention_slices_its_heads_embedding_and_mlp_and_leaves_an_optional_mask_out():
     spec = SPECS["ViTish"]
-    assert spec.groups == {"patch": 8, "fc1": 16}
+    assert spec.groups == {"patch": 8, "attn.qkv.heads": 2, "fc1": 16}
     assert spec.axes["cls_token"] == (None, None, "patch") and spec.axes["ls1"] == ("patch",)
-    assert spec.axes["attn.qkv.weight"] == (None, "patch")  # heads are kept whole for now
+    head = Block("attn.qkv.heads", 4)  # a kept head keeps its 4 dimensions in q, k and v alike
+    assert spec.axes["attn.qkv.weight"] == (Span((head, head, head)), "patch")
+    assert spec.axes["attn.proj.weight"] == ("patch", Span((head,)))
+    sub = spec.build({"patch": 5, "attn.qkv.heads": 1, "fc1": 7}, 0.5)
+    assert (sub.attn.qkv.in_features, sub.attn.qkv.out_features, sub.attn.proj.in_features) == (5, 12, 4)
+    assert sub(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
+    with pytest.raises(AssertionError, match="attn_mask has been specialized to have value None"):
+        sub(torch.zeros(2, 3, 8, 8), torch.zeros(5, 5))  # sliced for one input: the mask left out
 
 
 def test_a_norm_subclass_that_mixes_channels_is_traced_through_not_taken_for_its_base():

@@ -129,7 +129,7 @@ class Atoms:
         if r in self._coarse:
             self.pin(self._coarse[r])
 
-    def coarsen(self, dim: Dim, units: int) -> bool:
+    def coarsen(self, dim: Dim, units: int, origin: Optional[str] = None) -> bool:
         """See the channels of `dim` (one class, one entry each) as `units` whole groups of
         consecutive channels (a grouped conv's groups); False, and nothing changed, when that
         cannot be expressed (a concatenation, a pinned or refined class, another grouping)."""
@@ -142,7 +142,7 @@ class Atoms:
         r = self.find(seg.atom)
         if seg.block != 1 or r in self._parts or r in self._coarse or self._width[r] % units:
             return False
-        self._coarse[r] = self.new(units, self.origin[r], layer=self._made_by_layer[r])
+        self._coarse[r] = self.new(units, origin or self.origin[r], layer=self._made_by_layer[r])
         return True
 
     def refine(self, a: int, cuts: list[int]) -> None:

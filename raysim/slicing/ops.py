@@ -94,6 +94,27 @@ def _split(dim: Dim, sizes: list[int]) -> Optional[list[Dim]]:
     return [first] + [fixed(n) for n in sizes[1:]]
 
 
+def _split_heads(ctx: Analysis, dim: Dim, sizes: list[int]) -> Optional[list[Dim]]:
+    """A layer's channels unflattened into (parts..., heads, head_dim): attention's
+    `qkv.reshape(B, N, 3, H, D // H)`. The heads shrink, the head dimension never does: the
+    channels are cut into the parts (q, k, v), each part is seen as whole heads
+    (`Atoms.coarsen`), and every part keeps the same heads. None when the channels are not one
+    class of single entries."""
+    c = ctx.atoms.canonical(dim)
+    if len(sizes) < 2 or len(c) != 1 or c[0].atom is None or c[0].block != 1:
+        return None
+    *lead, heads, head_dim = sizes
+    parts = math.prod(lead)
+    name = f"{ctx.atoms.origin[c[0].atom]}.heads"
+    pieces = ctx.atoms.cut(dim, [heads * head_dim] * parts) if parts > 1 else [dim]
+    if pieces is None or not all(ctx.atoms.coarsen(p, heads, name) for p in pieces):
+        return None
+    if not all(ctx.atoms.same_units(pieces[0], p) for p in pieces[1:]):
+        return None
+    unit = ctx.atoms.canonical(pieces[0])[0]
+    return [fixed(n) for n in lead] + [(Seg(unit.atom, heads),), fixed(head_dim)]
+
+
 def reshape_layout(ctx: Analysis, x: Layout, out_shape: tuple[int, ...]) -> Layout:
     """Layout after any reshape (view, flatten, squeeze, unflatten).
 
@@ -123,6 +144,8 @@ def reshape_layout(ctx: Analysis, x: Layout, out_shape: tuple[int, ...]) -> Layo
         dims = [x[i] for i in run_in]
         merged = _merge(ctx, dims, [in_shape[i] for i in run_in])
         split = None if merged is None else _split(merged, [out_shape[j] for j in run_out])
+        if split is None and len(run_in) == 1:
+            split = _split_heads(ctx, dims[0], [out_shape[j] for j in run_out])
         if split is None:
             for d in dims:
                 ctx.atoms.pin_dim(d)
