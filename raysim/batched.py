@@ -35,7 +35,9 @@ threads, reductions split their work by tensor size, and that no longer holds.
 What batches: the built-in client algorithms (`LocalSGD`, `FedProx`; a subclass that changes
 `objective`, `train` or the update trains per device) on modules without buffers or
 batch-statistics layers (BatchNorm would see the padded samples) or random layers (dropout
-would not draw from the device's own stream). `batchable` says why not.
+would not draw from the device's own stream). `batchable` says why not. A model that passes
+but whose batched training cannot be built (functional dropout under `vmap`, say) is found by
+`trial` when the hosts start, and its devices train one by one (`raysim.runtime.host`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from raysim.client import ClientAlgorithm, FedProx, LocalResult, LocalSGD, finite
-from raysim.grouped import GroupedProgram, compile_grouped, stack_input
+from raysim.errors import gist
+from raysim.grouped import GroupedProgram, check_grouped, compile_grouped, stack_input
 
 # Devices per batched call. Fixed, so that kernel shapes never depend on how many devices a
 # host got (see the module docstring). On the CPU, 16 amortises the per-step overhead over
@@ -236,7 +239,7 @@ def train_group(module: nn.Module, client: ClientAlgorithm, start: Mapping[str, 
     mu = _objective_mu(client)
     if mu is None:
         raise ValueError(f"train_group: {batchable(client, module)}")
-    program = grouped_program(module, x.dim()) if grouped is not False else None
+    program = grouped_program(module, tuple(x.shape[1:]), x.device) if grouped is not False else None
     if grouped and program is None:
         raise ValueError(f"train_group: {_PROGRAMS[module][1]}")
     sgd: LocalSGD = client  # type: ignore[assignment]
@@ -253,11 +256,38 @@ _PROGRAMS: "weakref.WeakKeyDictionary[nn.Module, tuple[Optional[GroupedProgram],
     weakref.WeakKeyDictionary()
 
 
-def grouped_program(module: nn.Module, input_rank: int) -> Optional[GroupedProgram]:
-    """The module's grouped program (compiled once per module), or None: it trains under `vmap`."""
+def grouped_program(module: nn.Module, x_shape: tuple[int, ...], device: torch.device) -> Optional[GroupedProgram]:
+    """The module's grouped program (compiled and checked against the module once per module,
+    on an example of one sample's shape `x_shape`), or None: it trains under `vmap`."""
     if module not in _PROGRAMS:
-        _PROGRAMS[module] = compile_grouped(module, input_rank)
+        program, why = compile_grouped(module, len(x_shape) + 1)
+        if program is not None:
+            n = 3 * math.prod(x_shape)
+            example = torch.linspace(-2.0, 2.0, n, device=device).reshape(3, *x_shape)
+            why = check_grouped(program, module, example)
+            program = None if why else program
+        _PROGRAMS[module] = program, why
     return _PROGRAMS[module][0]
+
+
+def trial(module: nn.Module, client: ClientAlgorithm, x_shape: tuple[int, ...], classes: int, batch_size: int,
+          device: torch.device, live: Optional[Sequence[str]] = None) -> Optional[str]:
+    """None when `module`'s devices train batched on `device` (two devices of one minibatch
+    each, on random data), else why not, in one short line: a host trains a shape whose
+    batched training cannot be built one device at a time instead of failing the run."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2 * batch_size, *x_shape), generator=g).to(device)
+    y = torch.randint(0, classes, (2 * batch_size,), generator=g).to(device)
+    start = {k: p.detach().clone() for k, p in module.named_parameters()}
+    works = [DeviceWork(torch.arange(s * batch_size, (s + 1) * batch_size), torch.Generator().manual_seed(s))
+             for s in range(2)]
+    try:
+        train_group(module, client, start, x, y, works, 1, batch_size, live=live)
+    except torch.cuda.OutOfMemoryError:
+        return None   # not a failure to build: a chunk that does not fit trains one by one (the host)
+    except Exception as err:  # noqa: BLE001 (whatever it is, these devices train one by one)
+        return f"batched training fails ({gist(err, 120)})"
+    return None
 
 
 # One step of a chunk: (stacked params, sample indices (S, B), real (S, B), count (S,)) ->

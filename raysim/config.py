@@ -253,7 +253,8 @@ class TrainConfig(_Section):
         "off", description="train the devices of a host that share a submodel shape together (grouped kernels, "
         "else torch.func vmap): on; off: one by one; auto: per rate batched where a measurement at start finds "
         "it 1.15x faster. Results equal one by one within float tolerance; runs stay bit-identical on any "
-        "number of hosts")
+        "number of hosts. On and auto: a rate whose batched training cannot be built trains one by one, and the "
+        "manifest's info.unbatched says why")
 
     @field_validator("algorithm")
     @classmethod

@@ -90,11 +90,26 @@ def write_log(err: BaseException, argv: Optional[list[str]] = None) -> Optional[
         return None
 
 
+def gist(err: BaseException, limit: int = 160) -> str:
+    """`err` in a few words: its type and the first line of its message, at most `limit`
+    characters. An error raised in a Ray task carries the original one (`cause`) and the
+    remote traceback in its text: the gist is the original's, and the traceback goes to the log."""
+    seen = 0
+    while isinstance(getattr(err, "cause", None), BaseException) and seen < 8:
+        err, seen = err.cause, seen + 1  # type: ignore[attr-defined]
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if len(lines) > 1 and any(ln.startswith(("Traceback", 'File "')) for ln in lines):
+        lines = lines[-1:]   # a traceback in the text (an actor's creation task): its last line says what
+    name = type(err).__name__
+    text = f"{name}: {lines[0]}" if lines else name
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
 def internal_message(err: BaseException, log: Optional[Path]) -> str:
-    """The one line reported for an unanticipated failure."""
-    what = f"{type(err).__name__}: {one_line(err)}" if str(err).strip() else type(err).__name__
+    """The one line reported for an unanticipated failure: what (in a few words, see `gist`)
+    and where the full traceback is."""
     where = f"the traceback is in {log}" if log else "no log could be written"
-    return f"unexpected failure ({what}); {where}; please report it with that file"
+    return f"unexpected failure ({gist(err)}); {where}; please report it with that file"
 
 
 def guard(fn: Callable[[], int], prog: str = "raysim", stderr: Optional[TextIO] = None,

@@ -15,8 +15,12 @@ every device exactly its own gradient (nothing mixes slots). Activations live in
 layouts: channel-stacked `(B, S*F, ...)`, which convolutions, norms and pooling need, and
 slot-major `(S, B, ...)`, which batched matrix products need; a value moves between them only
 where a layer needs the other. A graph with anything else (a layer this module does not know,
-a reshape by runtime sizes, a parameter read directly) gets no program: `compile_grouped`
-says why, and `raysim.batched` falls back to `vmap`.
+a reshape by runtime sizes, a parameter read directly, a functional call with arguments it
+does not know) gets no program: `compile_grouped` says why, and `raysim.batched` falls back to
+`vmap`. Functional calls are bound to their parameters by name when the program is built, so
+`F.max_pool2d(x, 2)` (which torch.fx records with all its keywords) and `F.avg_pool2d(x, 2,
+stride=2)` alike take their grouped form; `check_grouped` compares a program's forward with
+the module's once, and a program that fails or differs is not used.
 
     >>> prog, why = compile_grouped(module, input_rank=4)
     >>> logits = prog(stacked_params, stack_input(x, idx), slots)      # (S, B, classes)
@@ -73,10 +77,25 @@ _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiL
 _CHANNEL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
                     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_ELEMENTWISE_FUNCTIONS = {torch.relu, F.relu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.gelu, F.silu,
-                          F.leaky_relu, F.relu6, F.elu, F.hardswish, F.mish}
-_CHANNEL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-                      F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
+# Functions that act on each element alone, and the parameters each takes after its input (a
+# call's positional and keyword arguments are bound to these names when the program is built;
+# anything else is no grouped form, never an error when it runs).
+_INPLACE = ("inplace",)
+_ELEMENTWISE_FUNCTIONS: dict[Callable, tuple[str, ...]] = {
+    torch.relu: (), torch.sigmoid: (), torch.tanh: (), F.sigmoid: (), F.tanh: (),
+    F.relu: _INPLACE, F.relu6: _INPLACE, F.silu: _INPLACE, F.hardswish: _INPLACE, F.hardsigmoid: _INPLACE,
+    F.mish: _INPLACE, F.selu: _INPLACE, F.gelu: ("approximate",), F.leaky_relu: ("negative_slope", "inplace"),
+    F.elu: ("alpha", "inplace"), F.celu: ("alpha", "inplace"), F.hardtanh: ("min_val", "max_val", "inplace"),
+    F.softplus: ("beta", "threshold")}
+# Functions that act on each channel (dimension 1) alone, and their parameters after the input.
+_MAX_POOL = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_AVG_POOL = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_CHANNEL_FUNCTIONS: dict[Callable, tuple[str, ...]] = {
+    F.max_pool1d: _MAX_POOL, F.max_pool2d: _MAX_POOL, F.max_pool3d: _MAX_POOL,
+    F.avg_pool1d: _AVG_POOL[:-1], F.avg_pool2d: _AVG_POOL, F.avg_pool3d: _AVG_POOL,
+    F.adaptive_avg_pool1d: ("output_size",), F.adaptive_avg_pool2d: ("output_size",),
+    F.adaptive_avg_pool3d: ("output_size",), F.adaptive_max_pool1d: ("output_size", "return_indices"),
+    F.adaptive_max_pool2d: ("output_size", "return_indices"), F.adaptive_max_pool3d: ("output_size", "return_indices")}
 _BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul}
 _ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin"}
@@ -144,6 +163,26 @@ def compile_grouped(module: nn.Module, input_rank: int) -> tuple[Optional[Groupe
     return GroupedProgram(inp, steps, output, input_rank), None
 
 
+def check_grouped(program: GroupedProgram, module: nn.Module, example: torch.Tensor) -> Optional[str]:
+    """None when `program`'s forward, for two slots of `module`'s own weights, equals the
+    module's on `example` (a batch, on the module's device) within float tolerance; else why
+    not, in one line. A program that would fail or differ when it trains is caught here."""
+    params = {k: p.detach().unsqueeze(0).repeat(2, *([1] * p.dim())) for k, p in module.named_parameters()}
+    idx = torch.arange(example.shape[0], device=example.device).repeat(2, 1)
+    try:
+        with torch.no_grad():
+            want = module(example)
+            got = program(params, stack_input(example, idx), 2)
+    except Exception as err:  # noqa: BLE001 (any failure means: no program)
+        first = (str(err).strip().splitlines() or [""])[0][:120]
+        return f"its grouped forward fails ({type(err).__name__}: {first})"
+    if not isinstance(want, torch.Tensor) or got.shape[1:] != want.shape:
+        return "its grouped forward has another shape than the model's"
+    if not all(torch.allclose(g, want, rtol=1e-4, atol=1e-5, equal_nan=True) for g in got):
+        return "its grouped forward differs from the model's"
+    return None
+
+
 def _tensor_args(node: fx.Node) -> tuple[str, ...]:
     """Names of the node's tensor inputs; the other arguments must be constants."""
     names = []
@@ -155,6 +194,35 @@ def _tensor_args(node: fx.Node) -> tuple[str, ...]:
     return tuple(names)
 
 
+def canonical(fn: Any) -> Any:
+    """`fn`, or the `torch.nn.functional` function it is a copy of. The max poolings are
+    closures (`boolean_dispatch`), which a pickled graph (a submodel built in a Ray worker)
+    carries as copies: they are matched by module, name and qualified name."""
+    if getattr(fn, "__module__", None) != "torch.nn.functional" or not callable(fn):
+        return fn
+    own = getattr(F, getattr(fn, "__name__", ""), None)
+    return own if own is not None and getattr(own, "__qualname__", None) == getattr(fn, "__qualname__", "") else fn
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__name__", str(fn))
+
+
+def _bind(fn: Any, params: Sequence[str], rest: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A call's arguments after its input, by parameter name (`params`, in order); arguments
+    it does not know, or one given twice, are no grouped form."""
+    if len(rest) > len(params):
+        raise Unsupported(f"function {_name(fn)} with {len(rest)} positional arguments")
+    bound = dict(zip(params, rest))
+    for k, v in kwargs.items():
+        if k not in params or k in bound:
+            raise Unsupported(f"function {_name(fn)} with argument {k!r}")
+        if isinstance(v, fx.Node):
+            raise Unsupported(f"function {_name(fn)} with a tensor argument {k!r}")
+        bound[k] = v
+    return bound
+
+
 def _step(node: fx.Node, mods: Mapping[str, nn.Module]) -> tuple[Step, tuple[str, ...]]:
     """The step of one call node and the names of its inputs."""
     if node.op == "call_module":
@@ -163,24 +231,28 @@ def _step(node: fx.Node, mods: Mapping[str, nn.Module]) -> tuple[Step, tuple[str
             raise Unsupported(f"module {node.target} called with extra arguments")
         return _module_step(str(node.target), m), (node.args[0].name,)
     if node.op == "call_function":
-        fn = node.target
+        fn = canonical(node.target)
         if fn in _BINARY:
             return _binary(node), _tensor_args(node)
         args = _tensor_args(node)
         if len(args) != 1 or not isinstance(node.args[0], fx.Node):
-            raise Unsupported(f"function {getattr(fn, '__name__', fn)}")
+            raise Unsupported(f"function {_name(fn)}")
         rest, kwargs = node.args[1:], dict(node.kwargs)
         if fn in _ELEMENTWISE_FUNCTIONS:
-            return _elementwise(lambda t: fn(t, *rest, **kwargs)), args
-        if fn is F.max_pool2d and not kwargs.get("return_indices") and len(rest) < 6:
-            return _per_channel(lambda t: max_pool2d(t, *rest, **kwargs)), args
+            bound = _bind(fn, _ELEMENTWISE_FUNCTIONS[fn], rest, kwargs)
+            return _elementwise(lambda t: fn(t, **bound)), args
         if fn in _CHANNEL_FUNCTIONS:
-            return _per_channel(lambda t: fn(t, *rest, **kwargs)), args
+            bound = _bind(fn, _CHANNEL_FUNCTIONS[fn], rest, kwargs)
+            if bound.pop("return_indices", False):
+                raise Unsupported(f"function {_name(fn)} with return_indices")
+            if fn is F.max_pool2d:
+                return _per_channel(lambda t: max_pool2d(t, **bound)), args
+            return _per_channel(lambda t: fn(t, **bound)), args
         if fn is torch.flatten:
             return _flatten(*_flatten_dims(rest, kwargs)), args
         if fn in (torch.mean, torch.sum, torch.amax, torch.amin):
             return _reduction(getattr(torch.Tensor, fn.__name__), rest, kwargs), args
-        raise Unsupported(f"function {getattr(fn, '__name__', fn)}")
+        raise Unsupported(f"function {_name(fn)}")
     if node.op == "call_method":
         args = _tensor_args(node)
         name = str(node.target)
@@ -448,10 +520,12 @@ class _MaxPool2d(torch.autograd.Function):
 
 
 def max_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-               ceil_mode: bool = False) -> torch.Tensor:
-    """`F.max_pool2d`, faster on the CPU for many channels (see `_MaxPool2d`)."""
+               ceil_mode: bool = False, return_indices: bool = False) -> Any:
+    """`F.max_pool2d` (every argument of it), faster on the CPU for many channels (see `_MaxPool2d`)."""
+    if return_indices:
+        return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
     if x.device.type != "cpu" or x.dim() != 4:
-        return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+        return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)
     stride = kernel_size if stride is None or (not isinstance(stride, int) and not stride) else stride
     return _MaxPool2d.apply(x, _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), bool(ceil_mode))
 

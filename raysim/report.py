@@ -179,17 +179,20 @@ def summary_text(run: Run) -> str:
 
 
 def _training_line(run: Run) -> str:
-    """Where hosts trained and how: per device, batched, or `auto`'s choice per rate."""
+    """Where hosts trained and how: per device, batched, or per rate (`auto`'s choice, or the
+    rates of `on` whose batched training could not be built)."""
     info = run.manifest.get("info", {})
     mode = str((run.scenario.get("train") or {}).get("batched", "off"))
     if "device" not in info:
         return ""
     how = {"off": "one device at a time", "on": "batched"}.get(mode, "")
     choices = info.get("batched") or {}
-    if mode == "auto" and choices:
+    if mode in ("auto", "on") and choices and (mode == "auto" or not all(choices.values())):
         pick = {True: [], False: []}
         for rate, b in sorted(choices.items(), key=lambda kv: -float(kv[0])):
             pick[bool(b)].append(f"{float(rate):g}")
-        how = "auto: " + "; ".join(f"{word} at rate {', '.join(pick[b])}" for b, word in
-                                   ((True, "batched"), (False, "one at a time")) if pick[b])
+        how = f"{mode}: " + "; ".join(f"{word} at rate {', '.join(pick[b])}" for b, word in
+                                      ((True, "batched"), (False, "one at a time")) if pick[b])
+        if info.get("unbatched"):
+            how += " (why: the manifest's info.unbatched)"
     return f"{info['device']}, {how}" if how else str(info["device"])

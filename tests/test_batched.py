@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from helpers import local_sim, tiny_overrides
 from raysim.autobatch import prefer_batched
@@ -471,3 +472,158 @@ def test_the_run_summary_says_how_hosts_trained():
     assert line("auto", choices={"1.0": False, "0.125": True, "0.5": True}) == \
         "cpu, auto: batched at rate 0.5, 0.125; one at a time at rate 1"
     assert _training_line(SimpleNamespace(manifest={"info": {}}, scenario={})) == ""   # an older run directory
+    fell = _training_line(SimpleNamespace(manifest={"info": {"device": "cpu", "batched": {"1.0": False, "0.5": True},
+                                                            "unbatched": {"1.0": "batched training fails (...)"}}},
+                                          scenario={"train": {"batched": "on"}}))
+    assert fell == "cpu, on: batched at rate 0.5; one at a time at rate 1 (why: the manifest's info.unbatched)"
+    assert line("on", choices={"1.0": True}) == "cpu, batched"
+
+
+# ------------------------------------------------------------------ functional calls, fallbacks
+class FunctionalPoolCNN(nn.Module):
+    """A plain CNN written with functional calls, as users write them: torch.fx records
+    `F.max_pool2d(x, 2)` with every keyword (`return_indices=False`, `ceil_mode=False`...)."""
+
+    def __init__(self, in_ch: int = 1, classes: int = 4):
+        super().__init__()
+        self.c1 = nn.Conv2d(in_ch, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)                                  # 8 -> 4
+        x = F.avg_pool2d(F.leaky_relu(self.c2(x), negative_slope=0.1), 2, stride=2)   # 4 -> 2
+        x = F.max_pool2d(F.relu(self.c3(x), inplace=False), kernel_size=2, stride=1, padding=1)  # 2 -> 3
+        pooled = torch.flatten(F.adaptive_avg_pool2d(x, output_size=1), 1)
+        return self.fc(pooled + x.mean(dim=(2, 3), keepdim=False))
+
+
+class FunctionalDropoutCNN(FunctionalPoolCNN):
+    """Functional dropout: devices' random draws cannot be batched (vmap refuses them)."""
+
+    def forward(self, x):
+        return super().forward(F.dropout(x, 0.1, training=self.training))
+
+
+def fpool_cnn(input_shape, num_classes):
+    torch.manual_seed(0)
+    return FunctionalPoolCNN(input_shape[0], num_classes)
+
+
+def fdrop_cnn(input_shape, num_classes):
+    torch.manual_seed(0)
+    return FunctionalDropoutCNN(input_shape[0], num_classes)
+
+
+def test_functional_calls_with_keywords_train_grouped_as_the_loop():
+    import cloudpickle
+
+    from raysim.grouped import canonical, max_pool2d
+
+    x, y = _data()
+    m = fpool_cnn((1, 8, 8), 4)
+    program, why = compile_grouped(m, 4)
+    assert program is not None, why
+    # A pickled submodel graph (a host's) holds copies of the max poolings (closures): still matched.
+    copy = cloudpickle.loads(cloudpickle.dumps(F.max_pool2d))
+    assert copy is not F.max_pool2d and canonical(copy) is F.max_pool2d
+    every = {"kernel_size": 2, "stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False}
+    assert torch.equal(max_pool2d(x[:4], **every), F.max_pool2d(x[:4], **every))   # every keyword of F's
+    start = {k: p.detach().clone() for k, p in m.named_parameters()}
+    client = LocalSGD(lr=0.1, momentum=0.9)
+    caps = [None, 1, None, 3, None, 2]
+    got = train_group(m, client, start, x, y, _works(range(6), caps), 2, 20, grouped=True)
+    for d, (b, w) in enumerate(zip(got, _works(range(6), caps))):
+        r = _loop(m, client, start, x, y, w, 2)
+        assert b.steps == r.steps and abs(b.loss - r.loss) < 1e-5, d
+        for k in r.delta:
+            torch.testing.assert_close(b.delta[k], r.delta[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_grouped_program_that_fails_its_check_is_not_used(monkeypatch):
+    # The held-out failure: a route that raised TypeError when the first batch ran. Now
+    # arguments are bound when the program is built (unknown ones: no grouped form), and a
+    # program whose forward fails or differs from the module's trains under vmap instead.
+    from raysim import batched, grouped
+
+    with pytest.raises(grouped.Unsupported, match="'output_ratio'"):
+        grouped._bind(F.max_pool2d, grouped._MAX_POOL, (2,), {"output_ratio": 0.5})
+    assert grouped._bind(F.avg_pool2d, grouped._AVG_POOL, (2,), {"stride": 1}) == {"kernel_size": 2, "stride": 1}
+
+    def broken(*a, **k):
+        raise TypeError("max_pool2d() got an unexpected keyword argument 'return_indices'")
+
+    monkeypatch.setattr(grouped, "max_pool2d", broken)
+    x, y = _data()
+    m = fpool_cnn((1, 8, 8), 4)
+    assert grouped.compile_grouped(m, 4)[0] is not None          # compiles, but would fail when run
+    assert batched.grouped_program(m, (1, 8, 8), x.device) is None
+    assert batched._PROGRAMS[m][1].startswith("its grouped forward fails (TypeError")
+    start = {k: p.detach().clone() for k, p in m.named_parameters()}
+    client = LocalSGD(lr=0.1)
+    got = train_group(m, client, start, x, y, _works(range(3)), 1, 20)        # under vmap
+    for b, w in zip(got, _works(range(3))):
+        r = _loop(m, client, start, x, y, w, 1)
+        for k in r.delta:
+            torch.testing.assert_close(b.delta[k], r.delta[k], rtol=1e-4, atol=1e-6)
+
+
+def _whole_host(factory, batched: str) -> HostCore:
+    from raysim.models.base import ModelSpec
+
+    x, y = _data()
+    offs = np.concatenate([[0], np.cumsum(SIZES)])
+    spec = ModelSpec.whole("test", factory, (1, 8, 8), 4)
+    trainer = Trainer(LocalSGD(lr=0.1, momentum=0.9), 1, 20, 0, batched=batched)
+    return HostCore(spec, trainer, x.numpy(), y.numpy(), np.arange(offs[-1]), offs)
+
+
+@pytest.mark.parametrize("mode", ["on", "auto"])
+def test_a_functional_pooling_cnn_trains_batched_on_and_auto_as_the_loop(mode, monkeypatch):
+    from raysim import aggregate, autobatch, batched
+
+    monkeypatch.setattr(autobatch, "prefer_batched", lambda loop_s, batched_s: True)  # auto: take batched
+    calls = []
+    real = batched.train_group
+    monkeypatch.setattr(batched, "train_group", lambda *a, **k: calls.append(len(a[5])) or real(*a, **k))
+    params = {k: p.detach().clone() for k, p in fpool_cnn((1, 8, 8), 4).named_parameters()}
+    tasks = [TrainTask(d, 1.0, 0, None, "uniform") for d in range(6)]
+    res = {}
+    for m in ("off", mode):
+        host = _whole_host(fpool_cnn, m)
+        plan = Static().plan(host.spec, 1.0, 1, -1, None, 0)
+        if m == mode:
+            assert host.choose_batching([1.0]) == {1.0: True} and not host.reasons
+            calls.clear()
+        res[m] = host.train(1, params, {0: plan}, tasks)
+        assert sum(calls) == (6 if m == mode else 0)   # the round's six devices trained batched (or not)
+    a, b = res[mode].partial, res["off"].partial
+    assert [r.status for r in res[mode].reports] == ["ok"] * 6 and a.devices == b.devices == 6
+    for k in b.sums:
+        np.testing.assert_allclose(a.sums[k] / aggregate._SCALE, b.sums[k] / aggregate._SCALE, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["on", "auto"])
+def test_a_rate_whose_batched_training_cannot_be_built_trains_per_device_and_says_why(mode):
+    host = _whole_host(fdrop_cnn, mode)
+    assert host.choose_batching([1.0]) == {1.0: False}
+    assert host.reasons[1.0].startswith("batched training fails (RuntimeError: vmap") and len(host.reasons[1.0]) < 200
+    params = {k: p.detach().clone() for k, p in fdrop_cnn((1, 8, 8), 4).named_parameters()}
+    res = host.train(1, params, {0: Static().plan(host.spec, 1.0, 1, -1, None, 0)},
+                     [TrainTask(d, 1.0, 0, None, "uniform") for d in range(4)])
+    assert [r.status for r in res.reports] == ["ok"] * 4
+
+
+def test_auto_records_a_fallback_in_the_manifest(ray_local, tmp_path):
+    import json
+
+    import raysim
+
+    over = tiny_overrides(rounds=1, **{"train.batched": "auto", "compression.strategy": "full",
+                                       "runtime.hosts": 1, "eval.every": 1})
+    run = raysim.simulate("scenarios/quickstart.yaml", model=fdrop_cnn, overrides=over, out=tmp_path)
+    info = json.loads((run.path / "manifest.json").read_text())["info"]
+    assert info["batched"] == {"1.0": False}
+    assert info["unbatched"]["1.0"].startswith("batched training fails")
+    assert (run.clients.status == "ok").any()

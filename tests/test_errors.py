@@ -30,6 +30,38 @@ def test_an_unanticipated_failure_is_one_line_naming_a_log_with_the_traceback(tm
     assert log.parent == tmp_path and "Traceback" in log.read_text() and "run x.yaml" in log.read_text()
 
 
+def test_an_unanticipated_failure_in_a_ray_task_is_one_short_line(tmp_path, monkeypatch, ray_local):
+    # A host's error reaches the driver as a RayTaskError whose text is the whole remote
+    # traceback (7 KB on one line before): the line says what in a few words, the log has it all.
+    monkeypatch.setenv("RAYSIM_LOG_DIR", str(tmp_path))
+
+    def _deep(n):   # defined here: pickled by value, so a worker needs no test module
+        if n == 0:
+            raise TypeError("max_pool2d() got an unexpected keyword argument 'return_indices'")
+        return _deep(n - 1)
+
+    fails = ray_local.remote(_deep)
+    err = io.StringIO()
+    assert guard(lambda: ray_local.get(fails.remote(40)), stderr=err) == EXIT_FAILED
+    line, = err.getvalue().splitlines()
+    assert len(line) < 300, line
+    assert line.startswith("raysim: error: unexpected failure (TypeError: max_pool2d() got an unexpected keyword")
+    log = Path(line.split("the traceback is in ")[1].split(";")[0])
+    text = log.read_text()
+    assert log.parent == tmp_path and "in _deep" in text and "return_indices" in text
+
+
+def test_the_gist_of_an_error_is_its_last_traceback_line_and_short():
+    from raysim.errors import gist
+
+    died = RuntimeError("The actor died because of an error raised in its creation task, ray::C.__init__() (pid=1)\n"
+                        "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    g()\n"
+                        "ValueError: bad width")
+    assert gist(died) == "RuntimeError: ValueError: bad width"
+    assert len(gist(ValueError("x" * 1000))) == 160 and gist(ValueError("x" * 1000)).endswith("...")
+    assert gist(KeyError("missing")) == "KeyError: 'missing'"
+
+
 def test_anticipated_failures_keep_their_exit_codes():
     def bad():
         raise ScenarioError("fleet.devices: must be positive")

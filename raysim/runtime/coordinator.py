@@ -81,6 +81,7 @@ class Coordinator:
             "hosts": len(self.pool.hosts),
             "device": self.sim.cfg.device,
             "batched": {str(r): bool(b) for r, b in sorted(getattr(self.pool, "choices", {}).items())},
+            "unbatched": {str(r): why for r, why in sorted(getattr(self.pool, "reasons", {}).items())},
             "host_nodes": self.pool.node_ids(),
             "train_samples": int(len(s.dataset.y_train)),
             "eval_samples": int(len(s.dataset.y_test)),

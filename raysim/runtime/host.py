@@ -10,7 +10,8 @@ On a GPU host (`trainer.device == "cuda"`) the training data moves to the GPU on
 host starts, and the process may use only its share of the GPU's memory; a CUDA out-of-memory
 error while training a device records that device `oom`. With `trainer.batched` the devices
 of a plan train together (`raysim.batched`); `auto` decides per rate from a measurement
-(`raysim.autobatch`).
+(`raysim.autobatch`). A rate whose batched training cannot be built trains one device at a
+time, in either mode, and `reasons` says why (the manifest records it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from raysim.aggregate import add_weights
 from raysim.client import LocalResult
 from raysim.config import rate_sizes
 from raysim.cuda import cuda_host, release as _release
+from raysim.errors import gist
 from raysim.models import ModelSpec
 from raysim.records import FAILED, OK, OOM, GroupResult, HostResult, PartialSum, TrainReport, TrainTask
 from raysim.submodel import SubmodelPlan, extract, plan_indices
@@ -67,7 +69,9 @@ class HostCore:
         self.shapes = spec.global_shapes()
         self._modules: dict[tuple, torch.nn.Module] = {}
         self._live: dict[tuple, Optional[list[str]]] = {}   # per shape: batchable (live params) or None
-        self.choices: dict[float, bool] = dict(trainer.choices or ())  # auto: batched per rate
+        self.choices: dict[float, bool] = dict(trainer.choices or ())  # on, auto: batched per rate
+        self.reasons: dict[float, str] = {}   # why a rate of `choices` trains one device at a time
+        self._why: dict[tuple, str] = {}      # per shape: why it cannot batch
 
     def shard(self, device_id: int) -> np.ndarray:
         """Indices of the device's training samples."""
@@ -93,23 +97,42 @@ class HostCore:
 
     # ---------------------------------------------------------------- batched or per device
     def choose_batching(self, rates: Sequence[float]) -> dict[float, bool]:
-        """`auto`: measure loop against batched once per rate (a typical submodel of the rate,
-        `raysim.autobatch`) and keep batched where it is clearly faster; returns the choices (the pool hands host 0's to every host, so
-        that all hosts of a run train alike)."""
+        """Per rate, whether its devices train batched (`on` and `auto`; returns the choices,
+        which the pool hands from host 0 to every host, so that all hosts of a run train alike).
+
+        A rate trains one device at a time when its model or client algorithm cannot batch
+        (`raysim.batched.batchable`) or its batched training cannot be built (`batched.trial`:
+        the run goes on, the reason is kept in `reasons`); `auto` then measures loop against
+        batched (a typical submodel of the rate, `raysim.autobatch`) and keeps batched where it
+        is clearly faster.
+        """
         for rate in rates:
             if rate in self.choices:
                 continue
             sizes = {g: rate_sizes(w, rate) for g, w in self.spec.groups.items()}
             m = self._module(sizes, rate)
-            if self._batchable(m, sizes, rate) is None:
-                self.choices[rate] = False
-                continue
-            loop_s, batched_s = autobatch.measure(m, self.trainer.client, tuple(self.spec.input_shape),
-                                                  self.spec.num_classes, self.trainer.batch_size, self.device,
-                                                  steps=self._typical_steps())
-            self.choices[rate] = autobatch.prefer_batched(loop_s, batched_s)
-            log.info("host %d, rate %g: loop %.4fs, batched %.4fs -> %s", self.host_id, rate, loop_s, batched_s,
-                     "batched" if self.choices[rate] else "loop")
+            live = self._batchable(m, sizes, rate)
+            why = self._why.get(_shape_key(sizes, rate))
+            if live is not None:
+                why = batched.trial(m, self.trainer.client, tuple(self.spec.input_shape), self.spec.num_classes,
+                                    self.trainer.batch_size, self.device, live)
+                if why is not None:
+                    log.warning("host %d: devices at rate %g train one by one: %s", self.host_id, rate, why)
+            if why is None and self.trainer.batched == "auto":
+                try:
+                    loop_s, batched_s = autobatch.measure(m, self.trainer.client, tuple(self.spec.input_shape),
+                                                          self.spec.num_classes, self.trainer.batch_size,
+                                                          self.device, steps=self._typical_steps())
+                except Exception as err:  # noqa: BLE001 (a measurement that fails: the loop, and why)
+                    why = f"the measurement fails ({gist(err, 120)})"
+                else:
+                    log.info("host %d, rate %g: loop %.4fs, batched %.4fs -> %s", self.host_id, rate, loop_s,
+                             batched_s, "batched" if autobatch.prefer_batched(loop_s, batched_s) else "loop")
+                    if not autobatch.prefer_batched(loop_s, batched_s):
+                        why = f"auto measured the loop faster ({loop_s:.3g} s, batched {batched_s:.3g} s)"
+            self.choices[rate] = why is None
+            if why is not None:
+                self.reasons[rate] = why
         return dict(self.choices)
 
     def _typical_steps(self) -> int:
@@ -118,27 +141,28 @@ class HostCore:
         return self.trainer.steps_full(int(np.median(sizes)) if len(sizes) else self.trainer.batch_size)
 
     def set_batching(self, choices: Mapping[float, bool]) -> None:
-        """Adopt `auto` decisions measured elsewhere (host 0's, or a resumed run's)."""
+        """Adopt decisions made elsewhere (host 0's, or a resumed run's `auto` choices)."""
         self.choices = dict(choices)
 
     def _batchable(self, module: torch.nn.Module, sizes: Mapping[str, int], rate: float) -> Optional[list[str]]:
-        """The live parameters of a batchable shape, else None (checked once per shape)."""
+        """The live parameters of a batchable shape, else None (checked once per shape; why
+        not is kept in `_why`)."""
         key = _shape_key(sizes, rate)
         if key not in self._live:
             why = batched.batchable(self.trainer.client, module)
             if why is not None:
                 log.info("host %d: devices at rate %g train one by one: %s", self.host_id, rate, why)
+                self._why[key] = why
             self._live[key] = None if why else batched.live_parameters(module, tuple(self.spec.input_shape),
                                                                         self.device)
         return self._live[key]
 
     def _use_batched(self, plan: SubmodelPlan, module: torch.nn.Module) -> Optional[list[str]]:
-        mode = self.trainer.batched
-        if mode == "off":
+        if self.trainer.batched == "off":
             return None
         live = self._batchable(module, plan.sizes(), plan.rate)
-        if live is None or mode == "on":
-            return live
+        if live is None:
+            return None
         if plan.rate not in self.choices:
             self.choose_batching([plan.rate])
         return live if self.choices[plan.rate] else None

@@ -37,9 +37,11 @@ class LocalBackend:
         s = Shards.from_list(shards)
         self.cores = [HostCore(spec, trainer, x, y, s.flat, s.offsets, h, ids) for h in range(hosts)]
         self.choices: dict[float, bool] = dict(trainer.choices or ())
-        if trainer.batched == "auto" and rates and not self.choices:
-            # As the Ray pool does: measured once, by host 0, and adopted by every host.
+        self.reasons: dict[float, str] = {}
+        if trainer.batched != "off" and rates and not self.choices:
+            # As the Ray pool does: checked (auto: measured) once, by host 0, adopted by every host.
             self.choices = self.cores[0].choose_batching(rates)
+            self.reasons = dict(self.cores[0].reasons)
             for c in self.cores[1:]:
                 c.set_batching(self.choices)
 

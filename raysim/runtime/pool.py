@@ -70,6 +70,9 @@ class DeviceHost:
     def set_batching(self, choices: dict[float, bool]) -> None:
         self.core.set_batching(choices)
 
+    def batching_reasons(self) -> dict[float, str]:
+        return dict(self.core.reasons)
+
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
@@ -97,9 +100,12 @@ class RayPool:
         self.restarts = 0
         self._version_refs: dict[int, Any] = {}  # asynchronous modes: live versions in the object store
         self.choices: dict[float, bool] = dict(trainer.choices or ())
-        if trainer.batched == "auto" and rates and not self.choices:
-            # Measured once, by host 0, and adopted by all: every host of a run trains alike.
+        self.reasons: dict[float, str] = {}   # why a rate trains one device at a time
+        if trainer.batched != "off" and rates and not self.choices:
+            # Checked (and, for auto, measured) once, by host 0, and adopted by all: every host
+            # of a run trains alike.
             self.choices = ray.get(self.hosts[0].choose_batching.remote(list(rates)))
+            self.reasons = ray.get(self.hosts[0].batching_reasons.remote())
             ray.get([h.set_batching.remote(self.choices) for h in self.hosts[1:]])
 
     def _spawn(self, h: int):

@@ -18,7 +18,7 @@ from ray.exceptions import RayActorError
 from raysim.build import Components, build_setup, components, engine
 from raysim.callbacks import Callback
 from raysim.config import Scenario
-from raysim.errors import RunFailed
+from raysim.errors import RunFailed, gist
 from raysim.records import RoundOutput
 from raysim.results import (RunWriter, check_output_root, latest_checkpoint, load_checkpoint, new_run_dir, read_manifest,
                             read_tables)
@@ -123,7 +123,7 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
             writer.finish("interrupted", error=f"{why}; continue with raysim run --resume {writer.path}")
             raise
         except BaseException as err:
-            writer.finish("failed", error=f"{type(err).__name__}: {err}")
+            writer.finish("failed", error=gist(err, 300))   # the traceback: in the CLI's log
             raise
         else:
             done = writer.manifest["completed_rounds"] >= sc.rounds
@@ -184,40 +184,42 @@ def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, firs
                disable=not progress, dynamic_ncols=True)
     restarts = 0
     r = first
-    while r <= sc.rounds:
-        try:
-            out: RoundOutput = ray.get(coord.step.remote())
-            due = r % sc.output.checkpoint_every == 0 or r == sc.rounds
-            state = ray.get(coord.state_dict.remote()) if due else None
-        except RayActorError as err:
-            if restarts >= sc.runtime.coordinator_restarts:
-                raise CoordinatorLost(
-                    f"coordinator lost in round {r} ({type(err).__name__}) after {restarts} restart(s); "
-                    f"{writer.path} keeps its checkpoints: continue with raysim run --resume {writer.path}") from err
-            restarts += 1
-            coord = spawn()
-            upto = _restore(coord, writer.path)
-            writer.rewind(upto)
-            writer.note_restart(r, upto, type(err).__name__)
-            # Printed even with --quiet: the run goes on, but the user should know it was hit.
-            tqdm.write(f"{sc.name}: coordinator lost in round {r} ({type(err).__name__}); restarted from the "
-                       f"checkpoint of round {upto}", file=sys.stderr)
-            bar.n = upto
-            bar.refresh()
-            r = upto + 1
-            continue
-        writer.add(out)
-        for cb in hooks:
-            cb.on_round(out)
-        rec = out.record
-        bar.set_postfix_str(f"t_sim={rec.sim_time:.0f}s acc={rec.accuracy:.3f} "
-                            f"late={rec.n_late} offline={rec.n_offline} excl={rec.n_excluded}",
-                            refresh=False)
-        bar.update(1)
-        if state is not None:
-            writer.checkpoint(state)
-        if stop_after is not None and r >= stop_after:
-            break
-        r += 1
-    bar.close()
+    try:   # closed however the loop ends, so that an error line starts a line of its own
+        while r <= sc.rounds:
+            try:
+                out: RoundOutput = ray.get(coord.step.remote())
+                due = r % sc.output.checkpoint_every == 0 or r == sc.rounds
+                state = ray.get(coord.state_dict.remote()) if due else None
+            except RayActorError as err:
+                if restarts >= sc.runtime.coordinator_restarts:
+                    raise CoordinatorLost(
+                        f"coordinator lost in round {r} ({type(err).__name__}) after {restarts} restart(s); "
+                        f"{writer.path} keeps its checkpoints: continue with raysim run --resume {writer.path}") from err
+                restarts += 1
+                coord = spawn()
+                upto = _restore(coord, writer.path)
+                writer.rewind(upto)
+                writer.note_restart(r, upto, type(err).__name__)
+                # Printed even with --quiet: the run goes on, but the user should know it was hit.
+                tqdm.write(f"{sc.name}: coordinator lost in round {r} ({type(err).__name__}); restarted from the "
+                           f"checkpoint of round {upto}", file=sys.stderr)
+                bar.n = upto
+                bar.refresh()
+                r = upto + 1
+                continue
+            writer.add(out)
+            for cb in hooks:
+                cb.on_round(out)
+            rec = out.record
+            bar.set_postfix_str(f"t_sim={rec.sim_time:.0f}s acc={rec.accuracy:.3f} "
+                                f"late={rec.n_late} offline={rec.n_offline} excl={rec.n_excluded}",
+                                refresh=False)
+            bar.update(1)
+            if state is not None:
+                writer.checkpoint(state)
+            if stop_after is not None and r >= stop_after:
+                break
+            r += 1
+    finally:
+        bar.close()
     return coord
