@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
@@ -148,7 +148,15 @@ def batchable(client: ClientAlgorithm, module: nn.Module) -> Optional[str]:
             return "the model has batch-statistics layers, which would see the padded samples"
         if isinstance(m, nn.modules.dropout._DropoutNd) or isinstance(m, nn.Dropout):
             return "the model has random layers, which would not draw from each device's stream"
+        graph = getattr(m, "graph", None)
+        if isinstance(graph, fx.Graph) and any(n.op == "call_function" and n.target in _BATCH_STATISTICS
+                                               for n in graph.nodes):
+            return "the model has batch-statistics layers, which would see the padded samples"
     return None
+
+
+# Functional forms of batch statistics (a traced-through norm layer calls them directly).
+_BATCH_STATISTICS = (F.batch_norm, F.instance_norm, torch.batch_norm, torch.instance_norm)
 
 
 def _schedule(work: DeviceWork, epochs: int, batch_size: int) -> list[torch.Tensor]:

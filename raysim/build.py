@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
+import numpy as np
+import torch
 from torch import nn
 
 from raysim import registry
@@ -25,6 +27,7 @@ from raysim.config import Scenario, ScenarioError, rate_sizes
 from raysim.data.base import DataError, Dataset, dataset_from
 from raysim.models.base import ModelSpec
 from raysim.policy import Assigner
+from raysim.seeding import seed_sequence
 from raysim.server import ServerOptimizer
 from raysim.simulation import RoundConfig, Setup
 from raysim.submodel.strategies import Strategy
@@ -137,11 +140,18 @@ def _check_type(key: str, obj: Any, base: Optional[type]) -> None:
                             f"(subclass it: docs/plugins.md)")
 
 
-def model_spec(comps: Components, input_shape: tuple[int, ...], num_classes: int) -> ModelSpec:
+def model_spec(comps: Components, input_shape: tuple[int, ...], num_classes: int, seed: int = 0) -> ModelSpec:
     """The global model as a width family: the factory's `ModelSpec`, or a plain module as a
-    family of one width (no channel groups: it trains whole)."""
+    family of one width (no channel groups: it trains whole).
+
+    The factory runs under a generator seeded from `seed` (and torch's own is left as it was):
+    a plain module's tensors that slicing cannot rebuild by a layer's constructor (a weight its
+    forward reads by name, a layer scale) keep the values the module was made with, so those
+    must not depend on what ran before."""
     try:
-        out = comps.model(tuple(input_shape), int(num_classes))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed_sequence(seed, "model.init").generate_state(1, np.uint64)[0] >> 1))
+            out = comps.model(tuple(input_shape), int(num_classes))
     except ScenarioError:
         raise
     except Exception as err:  # noqa: BLE001 - a plug-in model failing to build is bad input
@@ -210,7 +220,7 @@ def build_setup(sc: Scenario, comps: Components, dataset: Dataset) -> Setup:
     from raysim.slicing.trace import TRACE_LOCK  # noqa: PLC0415
 
     with TRACE_LOCK:  # tracing and the cost model's forward passes: one thread at a time (sweeps)
-        spec = model_spec(comps, dataset.input_shape, dataset.num_classes)
+        spec = model_spec(comps, dataset.input_shape, dataset.num_classes, sc.seed)
         rates = ladder(sc, comps, spec)
         copies = comps.client.state_copies
         costs = profile_ladder(spec, rates, sc.train.batch_size, momentum=copies > 0)
@@ -218,7 +228,7 @@ def build_setup(sc: Scenario, comps: Components, dataset: Dataset) -> Setup:
         # rate 1 (before fedavg-smallest narrows it).
         ref_spec = spec if comps.smallest is None else model_spec(
             Components(**{**comps.__dict__, "smallest": None, "narrow": False}), dataset.input_shape,
-            dataset.num_classes)
+            dataset.num_classes, sc.seed)
         ref = profile_ladder(ref_spec, [1.0], sc.train.batch_size)[1.0]
     fleet = make_fleet(sc.fleet, sc.seed, reference_flops=ref.forward_flops_per_sample)
     if sc.selection.per_round > len(fleet):

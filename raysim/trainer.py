@@ -14,13 +14,14 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from raysim.aggregate import fold
 from raysim.client import ClientAlgorithm, LocalData, LocalResult
 from raysim.records import PartialSum
-from raysim.seeding import torch_generator
+from raysim.seeding import seed_sequence, torch_generator
 from raysim.submodel.plan import Index
 
 
@@ -54,7 +55,17 @@ class Trainer:
               round_idx: int, device_id: int, max_steps: Optional[int]) -> LocalResult:
         """Train one device's submodel (loaded with `start`) on its data, from its own stream."""
         data = LocalData(x, y, self.epochs, self.batch_size, max_steps, self.stream(round_idx, device_id))
-        return self.client.train(model, data, start)
+        # Random layers (dropout, drop-path) draw from torch's global generator: seeded per
+        # device and round, they draw the same masks on any host, whatever trained before.
+        cuda = [torch.device(self.device).index or 0] if self.device.startswith("cuda") else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(layer_seed(self.seed, round_idx, device_id))
+            return self.client.train(model, data, start)
+
+
+def layer_seed(seed: int, round_idx: int, device_id: int) -> int:
+    """The seed of torch's global generator while a device trains (its random layers)."""
+    return int(seed_sequence(seed, "layers", round_idx, device_id).generate_state(1, np.uint64)[0] >> 1)
 
 
 def weight_of(res: LocalResult, weighting: str) -> int:
