@@ -170,10 +170,11 @@ def attention(ctx: Analysis, call: OpCall) -> Value:
         raise Unsupported("its query, key or value is not a tensor")
     ctx.atoms.unify(q[-1], k[-1])
     n = len(call.out_shape)
-    batch = _broadcast(ctx, [q[:-2], k[:-2], v[:-2]], n - 2)
     mask = call.tensor(3, "attn_mask")
+    # A mask (or relative-position bias) adds to the scores: its head dimension meets q's.
+    batch = _broadcast(ctx, [q[:-2], k[:-2], v[:-2]] + ([mask[:-2]] if mask is not None else []), n - 2)
     if mask is not None:
-        for d in mask:
+        for d in mask[-2:]:
             ctx.atoms.pin_dim(d)
     return batch + (q[-2], v[-1])
 

@@ -189,7 +189,9 @@ def reshape(ctx: Analysis, call: OpCall) -> Value:
             call.node.target is torch.reshape:
         # Literal widths follow the submodel; sizes computed from a shape are rewritten too,
         # since one read from a shrinking dimension may size a dimension kept whole.
-        ctx.reshapes[call.node.name] = ReshapeUse(out, tuple(_reads_batch(a) for a in _shape_args(call.node)))
+        target = _shape_args(call.node)
+        if not (len(target) == 1 and isinstance(target[0], fx.Node)):  # not `reshape(y.shape)`
+            ctx.reshapes[call.node.name] = ReshapeUse(out, tuple(_reads_batch(a) for a in target))
     return out
 
 
@@ -363,6 +365,36 @@ def norm(ctx: Analysis, call: OpCall) -> Value:
     return tuple(fixed(1) if k in dims else x[k] for k in range(n) if keep or k not in dims)
 
 
+def repeat_interleave(ctx: Analysis, call: OpCall) -> Value:
+    """repeat_interleave(x, repeats, dim): the repeated dimension is kept whole (its entries
+    are copied, not channels of their own); without `dim` the tensor is flattened first."""
+    x = first_tensor(call)
+    if call.out_shape is None:
+        raise Unsupported("returns no tensor")
+    d = call.arg(2, "dim")
+    if d is None:
+        ctx.atoms.pin_layout(x)
+        return tuple(fixed(n) for n in call.out_shape)
+    d = _norm_dim(int(d), len(x))
+    ctx.atoms.pin_dim(x[d])
+    return x[:d] + (fixed(call.out_shape[d]),) + x[d + 1:]
+
+
+def scan(ctx: Analysis, call: OpCall) -> Value:
+    """cumsum / cumprod / flip / roll along a dimension: its entries mix, so it is kept whole."""
+    x = first_tensor(call)
+    d = call.arg(1, "dim" if call.node.target not in ("roll", torch.roll) else "shifts")
+    dims = call.arg(2, "dims") if call.node.target in ("roll", torch.roll) else d
+    if call.node.target in ("flip", torch.flip):
+        dims = call.arg(1, "dims")
+    for k in (dims if isinstance(dims, (tuple, list)) else (dims,)):
+        if isinstance(k, int):
+            ctx.atoms.pin_dim(x[_norm_dim(k, len(x))])
+        else:
+            ctx.atoms.pin_layout(x)
+    return x
+
+
 def factory(ctx: Analysis, call: OpCall) -> Value:
     """A tensor made from sizes (`x.new_zeros(n, 1)`, a drop-path mask): it never shrinks."""
     if call.out_shape is None:
@@ -392,9 +424,10 @@ _ELEMENTWISE_NAMES = {
     "hardswish_", "hardsigmoid_", "relu6_", "silu_", "gelu_", "clamp_", "clamp_min", "clamp_max", "erf",
     "zeros_like", "ones_like", "empty_like", "rand_like", "randn_like", "full_like", "bernoulli_",
     "uniform_", "normal_", "fill_", "zero_", "floor_", "floor", "to", "type_as", "half", "double", "bfloat16",
-    "reciprocal", "sign", "sin", "cos", "softsign", "tanhshrink", "hardshrink", "logsigmoid", "glu_",
+    "invert", "logical_not", "bitwise_not", "not_", "reciprocal", "sign", "sin", "cos", "softsign", "tanhshrink", "hardshrink", "logsigmoid", "glu_",
 }
-_BINARY_NAMES = {"addcmul", "addcdiv", "lerp", "add", "sub", "mul", "div", "truediv", "pow", "iadd", "isub", "imul", "itruediv",
+_BINARY_NAMES = {"eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "logical_and", "logical_or",
+                 "addcmul", "addcdiv", "lerp", "add", "sub", "mul", "div", "truediv", "pow", "iadd", "isub", "imul", "itruediv",
                  "add_", "sub_", "mul_", "div_", "maximum", "minimum", "floordiv", "rsub"}
 _RESHAPE_NAMES = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten"}
 _PERMUTE_NAMES = {"permute", "transpose", "t"}
@@ -416,6 +449,8 @@ _BY_NAME["reshape_as"] = reshape_as
 _BY_NAME["view_as"] = reshape_as
 _BY_NAME["upsample"] = spatial
 _BY_NAME["stack"] = stack
+_BY_NAME.update({n: scan for n in ("cumsum", "cumprod", "flip", "roll")})
+_BY_NAME["repeat_interleave"] = repeat_interleave
 _BY_NAME["norm"] = norm
 _BY_NAME["vector_norm"] = norm
 _BY_NAME["cat"] = cat
