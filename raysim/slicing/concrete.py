@@ -82,7 +82,9 @@ class _Concrete:
     def __round__(self, ndigits: Optional[int] = None) -> Any:
         return self._number(lambda v: round(v, ndigits))
 
-    def __getattr__(self, k: str) -> "ConcreteAttribute":
+    def __getattr__(self, k: str) -> Any:
+        if k == "type" and isinstance(self._value(), torch.device):
+            return self._value().type  # a string Python needs as one (`torch.autocast(x.device.type)`)
         return ConcreteAttribute(self, k)  # type: ignore[arg-type]
 
 
