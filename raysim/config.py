@@ -110,12 +110,13 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """The global model's family and widths, and its rate ladder."""
 
-    arch: str = Field("cnn", description="width-scalable family (cnn, mlp, preresnet18), or an import path "
+    arch: str = Field("cnn", description="width-scalable family (cnn, mlp, preresnet18, mobilenetv3), or an import path "
                       "package.module:attr to a callable (input_shape, num_classes) -> torch.nn.Module or ModelSpec")
     params: dict[str, Any] = _params()
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128],
                               description="global model (rate 1): conv channels per stage (cnn, "
-                              "preresnet18: default [64,128,256,512]) or hidden units per layer (mlp)")
+                              "preresnet18: default [64,128,256,512]) or hidden units per layer (mlp); "
+                              "mobilenetv3's block table is fixed")
     hidden: int = Field(128, ge=1, description="cnn: units of the hidden dense layer")
     rates: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125],
                                description="the rate ladder: width multipliers in (0, 1] a device may train")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from raysim.config import rate_sizes
 from raysim.models.base import ModelSpec
@@ -64,6 +64,16 @@ class RateCost:
     forward_flops_per_sample: float
     activation_bytes: int
     batch_size: int
+
+
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of a convolution's backward: the input gradient and the weight gradient each cost
+    what the forward costs. torch's own formula (2.13) counts the weight gradient of a grouped
+    conv as if it were ungrouped, `groups` times too much (a depthwise conv's backward came
+    out ~C times its forward); for `groups == 1` the two agree."""
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), bool(transposed))
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
 def _sizes(spec: ModelSpec, rate: float) -> dict[str, int]:
@@ -111,7 +121,8 @@ def profile_rate(spec: ModelSpec, rate: float, batch_size: int, momentum: bool =
     x = torch.zeros((batch_size, *spec.input_shape))
     y = torch.zeros(batch_size, dtype=torch.long)
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False,
+                              custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
     # One thread: the profiled batch is tiny, and on a busy machine torch's thread pool spends
     # ~50x longer synchronising than computing. Counts do not depend on threads.
     threads = torch.get_num_threads()

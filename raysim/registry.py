@@ -29,6 +29,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "cnn": "raysim.models.cnn:cnn_spec",
         "mlp": "raysim.models.mlp:mlp_spec",
         "preresnet18": "raysim.models.preresnet:preresnet18_spec",
+        "mobilenetv3": "raysim.models.mobilenet:mobilenetv3_spec",
     },
     "data.dataset": {
         "synthetic": "raysim.data.load:synthetic",

@@ -44,6 +44,25 @@ def test_backward_costs_about_twice_the_forward() -> None:
     assert full.forward_flops_per_sample == pytest.approx(conv + dense)
 
 
+@pytest.mark.parametrize("groups", [1, 4, 16], ids=["plain", "grouped", "depthwise"])
+def test_a_grouped_convs_backward_costs_twice_its_forward(groups) -> None:
+    # torch's formula (2.13) counts a grouped conv's weight gradient `groups` times too high;
+    # raysim counts input and weight gradient at the forward's cost each.
+    from raysim.models.base import ModelSpec
+
+    def make(shape, n):
+        return torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1, groups=groups),
+                                   torch.nn.Conv2d(16, 16, 5, padding=2, groups=groups),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, n))
+
+    cost = profile_rate(ModelSpec.whole("g", make, (16, 6, 6), 4), 1.0, batch_size=2)
+    conv = 2 * 36 * 16 * 16 * 9 // groups, 2 * 36 * 16 * 16 * 25 // groups
+    dense = 2 * 16 * 4
+    assert cost.forward_flops_per_sample == pytest.approx(sum(conv) + dense)
+    # the first conv computes no input gradient: forward + weight gradient
+    assert cost.flops_per_sample == pytest.approx(2 * conv[0] + 3 * conv[1] + 3 * dense)
+
+
 @settings(max_examples=15, deadline=None)
 @given(rate=st.sampled_from(RATES), batch=st.integers(1, 40), momentum=st.booleans())
 def test_memory_covers_params_grads_optimizer_and_activations(rate: float, batch: int, momentum: bool) -> None:

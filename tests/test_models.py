@@ -242,3 +242,70 @@ def test_plain_batch_norm_gets_the_global_models_statistics_before_evaluation():
         h = model[0](x)
     assert torch.allclose(bn.running_mean, h.mean(0), atol=1e-4)
     assert bn.momentum == 0.1 and not bn.training, "the layer's own settings come back"
+
+
+@pytest.fixture(scope="module")
+def mobilenets():
+    from raysim.models.mobilenet import mobilenetv3_spec
+
+    return {norm: mobilenetv3_spec((1, 12, 12), 10, norm=norm) for norm in ("group", "static-bn", "none")}
+
+
+def test_mobilenetv3_builds_and_runs_at_every_rate(mobilenets):
+    for norm, spec in mobilenets.items():
+        sizes = [n_params(spec.build({g: rate_sizes(w, r) for g, w in spec.groups.items()}, r))
+                 for r in (1.0, 0.5, 0.25, 0.125)]
+        assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4, norm
+        if norm != "none":
+            assert sizes == [91_370, 27_146, 8_942, 3_317]
+        for r in (1.0, 0.125):
+            m = spec.build({g: rate_sizes(w, r) for g, w in spec.groups.items()}, r)
+            out = m.train()(torch.randn(4, 1, 12, 12))
+            assert out.shape == (4, 10) and torch.isfinite(out).all()
+            scalers = [s for s in m.modules() if isinstance(s, Scaler)]
+            assert len(scalers) == 16 and all(s.rate == r for s in scalers)
+
+
+def test_mobilenetv3_groups_are_derived_depthwise_and_gates_follow_their_channels(mobilenets):
+    spec = mobilenets["group"]
+    ax = spec.axes
+    assert spec.name == "mobilenetv3"
+    assert list(spec.groups)[:4] == ["stem", "b0.se", "b0.out", "b1.exp"]
+    for i in range(6):
+        dw = ax[f"blocks.{i}.dw.weight"]
+        # a depthwise conv has no group of its own: it carries the channels it reads
+        reads = ax[f"blocks.{i}.expand.weight"][0] if f"blocks.{i}.expand.weight" in ax else "stem"
+        assert dw == (reads, None, None, None), i
+        assert ax[f"blocks.{i}.project.weight"][1] == reads
+        if f"blocks.{i}.se.fc1.weight" in ax:  # the SE reduce conv is its own group; the gate
+            assert ax[f"blocks.{i}.se.fc1.weight"] == (f"b{i}.se", reads, None, None)  # (fc2) gates
+            assert ax[f"blocks.{i}.se.fc2.weight"] == (reads, f"b{i}.se", None, None)  # `reads`
+    assert "blocks.1.se.fc1.weight" not in ax  # blocks 1 and 2 have no SE, as in MobileNetV3-small
+    # residual blocks add into their input's stream: one group
+    assert ax["blocks.2.project.weight"][0] == ax["blocks.1.project.weight"][0] == "b1.out"
+    assert ax["blocks.4.project.weight"][0] == ax["blocks.3.project.weight"][0] == "b3.out"
+    assert ax["classifier.weight"] == (None, "head")
+    assert not any(g.startswith("blocks") for g in spec.groups), "every group is named"
+
+
+def test_a_mobilenetv3_round_trains_submodels_from_the_scenario():
+    assert ModelConfig(arch="mobilenetv3").arch == "mobilenetv3"
+    sim = make_sim(**{"model.arch": "mobilenetv3", "model.norm": "static-bn", "rounds": 1,
+                      "assignment.policy": "fixed", "assignment.fixed_rate": 0.25})
+    out = sim.step()
+    assert sim.spec.name == "mobilenetv3" and out.round_row["trained"] > 0
+    assert {r for r, s in zip(out.clients.rate, out.clients.status) if s == "ok"} == {0.25}
+    assert [e.model for e in out.evals] == ["global", "rate-0.5", "rate-0.25", "rate-0.125"]
+    assert all(0.0 <= e.accuracy <= 1.0 and np.isfinite(e.loss) for e in out.evals)
+
+
+def test_mobilenetv3_study_scenario_loads_and_most_of_its_fleet_cannot_hold_the_full_model():
+    from raysim.cost import profile_ladder
+    from raysim.fleet import make_fleet
+
+    sc = load_scenario("scenarios/framework-vs-baselines-mobilenet.yaml")
+    assert sc.model.arch == "mobilenetv3"
+    ladder = profile_ladder(make_spec(sc.model, (1, 12, 12), 10), [1.0, 0.125], sc.train.batch_size)
+    fleet = make_fleet(sc.fleet, sc.seed, reference_flops=1.0)
+    assert np.mean(fleet.memory < ladder[1.0].memory_bytes) > 0.7
+    assert np.mean(fleet.memory >= ladder[0.125].memory_bytes) > 0.7
