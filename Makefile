@@ -2,8 +2,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test bench clean
+.PHONY: run test check bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -12,11 +13,22 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
 run: $(STAMP)
 	$(BIN)/raysim run scenarios/quickstart.yaml
 
-test: $(STAMP)
+# The linter and the type checker (configured in pyproject.toml), then the tests and the
+# docstring examples.
+check: $(DEV_STAMP)
+	$(BIN)/ruff check raysim tests analysis examples bench
+	$(BIN)/mypy
+
+test: check
 	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --doctest-modules raysim
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -19,8 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from raysim.config import Scenario  # noqa: E402
-from raysim.results import Run, RunError, load_run  # noqa: E402
+from raysim import Run, RunError, Scenario, load_run  # noqa: E402
 
 Key = tuple[str, int]  # (arm, seed)
 
@@ -28,8 +27,7 @@ Key = tuple[str, int]  # (arm, seed)
 def run_arms(scenarios: Sequence[Scenario], out: Path, prefix: str) -> dict[Key, Path]:
     """Run every (already validated) scenario into `out` on one Ray instance; an arm's name is
     its scenario name without `prefix`. Returns the run directory of each (arm, seed)."""
-    from raysim.runtime.runner import run  # noqa: PLC0415
-    from raysim.runtime.session import ray_session  # noqa: PLC0415
+    from raysim import ray_session, run  # noqa: PLC0415
 
     dirs = {}
     with ray_session(scenarios[0].runtime.address, scenarios[0].runtime.num_cpus):
@@ -62,7 +60,7 @@ def arm_runs(args: argparse.Namespace, arms: Sequence, prefix: str,
     """The seeds (`--seeds`, else the scenario's) and the loaded run of each (arm, seed): found
     again (`--reuse`) or run, every scenario (`scenario_of(arm, seed)`) checked before the first
     starts. Bad input or missing runs raise ScenarioError, RunError or ValueError."""
-    from raysim.config import load_scenario  # noqa: PLC0415
+    from raysim import load_scenario  # noqa: PLC0415
 
     seeds = ([int(x) for x in args.seeds.split(",")] if args.seeds
              else [load_scenario(args.scenario, args.overrides).seed])

@@ -36,8 +36,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _study import ROOT, Key, arm_runs, pick, save_plot, spread, study_parser  # noqa: E402
 
-from raysim.config import Scenario, ScenarioError, load_scenario  # noqa: E402
-from raysim.results import Run, RunError  # noqa: E402
+from raysim import Run, RunError, Scenario, ScenarioError, load_scenario  # noqa: E402
 
 SCENARIO = ROOT / "scenarios" / "async-vs-sync.yaml"
 PREFIX = "avs-"
@@ -185,8 +184,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     table.to_csv(args.out / "table.csv", index=False)
     (args.out / "table.md").write_text(text + "\n")
     png = plot(runs, arms, seeds, args.target, args.out / "async-vs-sync.png")
-    from raysim.report import write_report  # noqa: PLC0415
-    from raysim.tables import load_runs  # noqa: PLC0415
+    from raysim import load_runs, write_report  # noqa: PLC0415
 
     rep = write_report(load_runs([runs[(a.name, seeds[0])].path for a in arms]), args.out / "report", args.target)
     print(text)

@@ -35,8 +35,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _study import ROOT, Key, arm_runs, pick, save_plot, spread, study_parser  # noqa: E402
 
-from raysim.config import Scenario, ScenarioError, load_scenario  # noqa: E402
-from raysim.results import Run, RunError  # noqa: E402
+from raysim import Run, RunError, Scenario, ScenarioError, load_scenario  # noqa: E402
 
 SCENARIO = ROOT / "scenarios" / "framework-vs-baselines.yaml"
 PREFIX = "fvb-"

@@ -17,11 +17,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from raysim.config import load_scenario
-from raysim.report import write_report
-from raysim.runtime.runner import run
-from raysim.summaries import rate_label, rate_order, time_to_target
-from raysim.tables import load_runs
+from raysim import load_runs, load_scenario, rate_label, rate_order, run, time_to_target, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "quickstart.yaml"

@@ -32,8 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from raysim.config import ScenarioError  # noqa: E402
-from raysim.results import RunError  # noqa: E402
+from raysim import RunError, ScenarioError  # noqa: E402
 
 SCENARIO = ROOT / "scenarios" / "straggler-study.yaml"
 PNG = ROOT / "docs" / "img" / "straggler-study.png"
@@ -52,7 +51,7 @@ def straggler_rates(clients: pd.DataFrame) -> pd.DataFrame:
 
 def run_table(runs, target: float) -> pd.DataFrame:
     """One row per grid point: time to target, final accuracy, round length, stragglers overall."""
-    from raysim.summaries import time_to_target  # noqa: PLC0415
+    from raysim import time_to_target  # noqa: PLC0415
 
     rows = []
     for run in runs:
@@ -141,9 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
-        from raysim.summaries import default_target  # noqa: PLC0415
-        from raysim.sweep import plan_sweep, run_sweep  # noqa: PLC0415
-        from raysim.tables import load_runs  # noqa: PLC0415
+        from raysim import default_target, load_runs, plan_sweep, run_sweep  # noqa: PLC0415
 
         if args.reuse:
             parent = Path(args.reuse)

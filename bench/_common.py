@@ -39,7 +39,7 @@ def bench_overrides(per_round: int, devices: int, rounds: int) -> list[str]:
 def load_bench_scenario(per_round: int, devices: int, rounds: int, extra: Sequence[str] = (),
                         path: Path = WORKLOAD):
     """The benchmark workload (bench/workload.yaml) turned into a benchmark workload (see `bench_overrides`)."""
-    from raysim.config import load_scenario  # noqa: PLC0415
+    from raysim.scenario.schema import load_scenario  # noqa: PLC0415
 
     return load_scenario(path, bench_overrides(per_round, devices, rounds) + list(extra))
 

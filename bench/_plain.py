@@ -1,6 +1,6 @@
 """Plain local training shared by the benchmark baselines (the compute floor, the Flower client).
 
-The same shuffles and update as `raysim.client.LocalSGD` (same torch generator, batches and
+The same shuffles and update as `raysim.client.algorithms.LocalSGD` (same torch generator, batches and
 in-place SGD step) without its bookkeeping, so a baseline trains exactly what raysim trains.
 """
 

@@ -2,7 +2,8 @@
 
 A device host folds every device's submodel delta into its partial sum: quantise to fixed
 point, scatter-add into the global coordinates the plan names, add the element weights
-(`raysim.aggregate.fold`), and adds the element weights once per plan. This measures that for a PreResNet-18 (11.2M parameters) and 1,000
+(`raysim.server.aggregate.fold`), and adds the element weights once per plan. This measures that
+for a PreResNet-18 (11.2M parameters) and 1,000
 updates spread over the rate ladder, one thread (as in a device host), against
 
 - memcpy: a plain copy of the same bytes (every update's tensors copied into a buffer), and
@@ -41,10 +42,11 @@ def model_spec():
 def make_updates(spec, strategy: str, rates: list[float], n: int, pool: int, seed: int):
     """n updates cycling over the rates: (rate, index, delta). Deltas are drawn once per
     (rate, slot) and reused (at 11M parameters no update stays in any cache anyway)."""
-    from raysim.submodel import make_strategy, plan_indices  # noqa: PLC0415
+    from raysim.scenario import registry  # noqa: PLC0415
+    from raysim.submodel import plan_indices  # noqa: PLC0415
 
     shapes = spec.global_shapes()
-    strat = make_strategy(strategy)
+    strat = registry.instantiate("compression.strategy", registry.resolve("compression.strategy", strategy), {})
     params = {k: torch.zeros(s) for k, s in shapes.items()}
     gen = torch.Generator().manual_seed(seed)
     cache: dict[tuple, Any] = {}   # indices per plan
@@ -94,7 +96,7 @@ def run_float_add(updates, shapes) -> float:
 
 def run_fold(updates, shapes) -> tuple[float, Any]:
     """As a device host folds: deltas one by one, element weights once per distinct plan."""
-    from raysim.aggregate import PartialSum, add_weights, fold  # noqa: PLC0415
+    from raysim.server.aggregate import PartialSum, add_weights, fold  # noqa: PLC0415
 
     acc = PartialSum.zeros(shapes)
     t = time.perf_counter()
@@ -110,7 +112,8 @@ def run_fold(updates, shapes) -> tuple[float, Any]:
 
 def run_coordinator(acc, shapes, hosts: int) -> float:
     """Merging `hosts` partial sums, the per-element mean and a FedAvg server step."""
-    from raysim.aggregate import PartialSum, ServerOptimizer, mean_delta  # noqa: PLC0415
+    from raysim.server.aggregate import PartialSum, mean_delta  # noqa: PLC0415
+    from raysim.server.optimizers import ServerOptimizer  # noqa: PLC0415
 
     params = {k: torch.zeros(s) for k, s in shapes.items()}
     t = time.perf_counter()

@@ -25,9 +25,9 @@ import _common as C  # noqa: E402
 
 
 def one_run(mode: str, steps: int, concurrency: int, buffer: int, hosts: int) -> dict:
-    from raysim.config import load_scenario  # noqa: PLC0415
-    from raysim.results import load_run  # noqa: PLC0415
+    from raysim.rundir.reader import load_run  # noqa: PLC0415
     from raysim.runtime.runner import run  # noqa: PLC0415
+    from raysim.scenario.schema import load_scenario  # noqa: PLC0415
 
     sc = load_scenario(C.ROOT / "scenarios" / "quickstart.yaml", [
         f"server.mode={mode}", f"server.concurrency={concurrency}", f"server.buffer={buffer}", f"rounds={steps}",

@@ -6,7 +6,7 @@ by one `HostCore` (one torch thread, no Ray: what batching changes is the host's
 three ways, back to back on the same tasks, the order rotating from round to round:
 
 - `loop`: `train.batched: off`, one device after another (the baseline);
-- `batched`: `on`, the devices of a plan together (`raysim.batched`);
+- `batched`: `on`, the devices of a plan together (`raysim.client.batched`);
 - `auto`: per rate whichever the host's start-up measurement chose.
 
 Per rate, the tasks of that rate alone are timed the same way. Reported: medians over the
@@ -40,7 +40,8 @@ FLEETS = {
     # mostly microcontrollers: the fleets where per-step overhead dominates most
     "mcu": ["fleet.mix={mcu: 0.6, mcu-psram: 0.25, rpi-zero: 0.1, rpi4: 0.05}"],
 }
-PRERESNET = ["model.arch=preresnet18", "model.widths=[64,128,256,512]", "data.synthetic.image_size=32", "data.synthetic.channels=3",
+PRERESNET = ["model.arch=preresnet18", "model.widths=[64,128,256,512]", "data.synthetic.image_size=32",
+             "data.synthetic.channels=3",
              "data.synthetic.samples=6000", "model.rates=[1.0,0.5,0.25,0.125,0.0625]",
              # microcontrollers cannot hold even 1/16 of it: the classes that can
              "fleet.mix={rpi4: 0.4, rpi-zero: 0.4, phone-low: 0.2}"]
@@ -51,7 +52,7 @@ def _hosts(sim, device: str) -> dict[str, Any]:
     """One host per mode over the same data (auto measures its rates at start, as a pool does)."""
     from dataclasses import replace  # noqa: PLC0415
 
-    from raysim.runtime.host import HostCore  # noqa: PLC0415
+    from raysim.hosts.host import HostCore  # noqa: PLC0415
 
     core = sim.backend.cores[0]
     base = replace(core.trainer, device=device)
@@ -74,9 +75,9 @@ def _timed(host, r: int, params, plans, tasks) -> tuple[float, Any]:
 
 
 def bench_fleet(name: str, extra: list[str], rounds: int, device: str, per_round: int) -> dict[str, Any]:
-    from raysim.build import local_simulation  # noqa: PLC0415
-    from raysim.config import load_scenario  # noqa: PLC0415
+    from raysim.inprocess import local_simulation  # noqa: PLC0415
     from raysim.records import OK  # noqa: PLC0415
+    from raysim.scenario.schema import load_scenario  # noqa: PLC0415
 
     sc = load_scenario(QUICKSTART, [f"selection.per_round={per_round}", "selection.overcommit=0",
                                     "deadline.seconds=null", "train.batched=off", "runtime.device=cpu", *extra])
@@ -118,8 +119,8 @@ def bench_fleet(name: str, extra: list[str], rounds: int, device: str, per_round
 def bench_preresnet(device: str, per_round: int, rounds: int = 3) -> dict[str, Any]:
     """PreResNet-18 rounds (CIFAR-10-shaped synthetic data): seconds of the loop, batched and
     auto (medians over `rounds` after a warm-up round), and the ratios."""
-    from raysim.build import local_simulation  # noqa: PLC0415
-    from raysim.config import load_scenario  # noqa: PLC0415
+    from raysim.inprocess import local_simulation  # noqa: PLC0415
+    from raysim.scenario.schema import load_scenario  # noqa: PLC0415
 
     sc = load_scenario(QUICKSTART, [f"selection.per_round={per_round}", "selection.overcommit=0",
                                     "deadline.seconds=null", "fleet.devices=200", "train.epochs=1",

@@ -36,14 +36,14 @@ def _work(work_dir: str) -> dict[str, Any]:
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
-    from raysim.config import parse_scenario  # noqa: PLC0415
-    from raysim.models import make_spec  # noqa: PLC0415
+    from raysim.scenario.resolve import model_factory  # noqa: PLC0415
+    from raysim.scenario.schema import parse_scenario  # noqa: PLC0415
 
     torch.set_num_threads(1)
     meta = json.loads((Path(work_dir) / "meta.json").read_text())
     z = np.load(Path(work_dir) / "work.npz")
     sc = parse_scenario(meta["scenario"])
-    spec = make_spec(sc.model, tuple(meta["input_shape"]), meta["num_classes"])
+    spec = model_factory(sc.model)(tuple(meta["input_shape"]), meta["num_classes"])
     _CACHE.clear()
     _CACHE.update(
         dir=work_dir, meta=meta, sc=sc, model=spec.build(),
@@ -59,12 +59,12 @@ def build_apps(work_dir: str):
     """ClientApp and ServerApp for the exported workload."""
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
+    from _plain import plain_sgd  # noqa: PLC0415
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: PLC0415
     from flwr.clientapp import ClientApp  # noqa: PLC0415
     from flwr.serverapp import Grid, ServerApp  # noqa: PLC0415
     from flwr.serverapp.strategy import FedAvg  # noqa: PLC0415
 
-    from _plain import plain_sgd  # noqa: PLC0415
     from raysim.seeding import torch_generator  # noqa: PLC0415
 
     client = ClientApp()

@@ -72,8 +72,9 @@ class _Recorder:
 
 def record_work(sc, setup) -> list[RoundWork]:
     """The work of every round of the scenario, exactly as the coordinator will hand it out."""
-    from raysim.build import components, round_config  # noqa: PLC0415
-    from raysim.simulation import Simulation  # noqa: PLC0415
+    from raysim.engine.rounds import Simulation  # noqa: PLC0415
+    from raysim.scenario.build import round_config  # noqa: PLC0415
+    from raysim.scenario.resolve import components  # noqa: PLC0415
 
     if sc.compression.strategy not in ("static", "full", "rolling"):
         raise SystemExit("overhead: needs a strategy whose plans do not depend on the weights")
@@ -91,7 +92,8 @@ _W: dict[str, Any] = {}
 
 def _floor_init(sc, x: np.ndarray, y: np.ndarray, shards: list[np.ndarray], num_classes: int) -> None:
     """Worker start-up: one torch thread, the dataset, the model family (raysim's own)."""
-    from raysim.build import components, model_spec  # noqa: PLC0415
+    from raysim.scenario.build import model_spec  # noqa: PLC0415
+    from raysim.scenario.resolve import components  # noqa: PLC0415
 
     torch.set_num_threads(1)
     spec = model_spec(components(sc), tuple(x.shape[1:]), num_classes)
@@ -105,9 +107,9 @@ def _floor_init(sc, x: np.ndarray, y: np.ndarray, shards: list[np.ndarray], num_
 
 def _floor_share(job: tuple) -> tuple[dict, dict, float]:
     """Train one worker's share of a round; return its float32 delta sum and element counts."""
+    from raysim.client.evaluate import load_params  # noqa: PLC0415
     from raysim.seeding import torch_generator  # noqa: PLC0415
     from raysim.submodel import extract, plan_indices  # noqa: PLC0415
-    from raysim.train import load_params  # noqa: PLC0415
 
     t0 = time.perf_counter()
     round_idx, params_np, plans, tasks = job
@@ -168,7 +170,7 @@ class Floor:
         self.params = {k: p.detach().clone() for k, p in model.named_parameters()}
 
     def round(self, work: RoundWork) -> dict[str, Any]:
-        from raysim.simulation import host_work  # noqa: PLC0415
+        from raysim.engine.rounds import host_work  # noqa: PLC0415
 
         pids = [os.getpid()] + [p.pid for p in self.pool._pool]  # parent and pool workers
         c0 = C.cpu_seconds(pids)
@@ -208,7 +210,7 @@ def _noop(_: int) -> int:
 # ------------------------------------------------------------------------------ (b) raysim
 def run_raysim(sc, after_round: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     """One run through raysim's own driver loop on the already started Ray instance."""
-    from raysim.results import latest_checkpoint, load_checkpoint  # noqa: PLC0415
+    from raysim.rundir.reader import latest_checkpoint, load_checkpoint  # noqa: PLC0415
     from raysim.runtime.runner import run  # noqa: PLC0415
 
     rows: list[dict] = []
@@ -244,8 +246,9 @@ class RaysimRounds:
     def __init__(self, sc, setup) -> None:
         import ray  # noqa: PLC0415
 
-        from raysim.build import components, engine  # noqa: PLC0415
         from raysim.runtime.coordinator import start_coordinator  # noqa: PLC0415
+        from raysim.runtime.runner import engine  # noqa: PLC0415
+        from raysim.scenario.resolve import components  # noqa: PLC0415
 
         t = time.perf_counter()
         # As the driver (raysim.runtime.runner) starts it: next to the driver, one host per CPU.
@@ -310,7 +313,7 @@ def paired_repeat(sc, setup, work: list[RoundWork], workers: int, rounds: int, r
 
 def measure(k: int, args) -> dict[str, Any]:
     """Paired rounds: round r by the floor and by raysim back to back, order alternating."""
-    from raysim.runtime.runner import prepare  # noqa: PLC0415
+    from raysim.scenario.build import prepare  # noqa: PLC0415
 
     fleet = max(args.fleet, k)
     # Two rounds more than are run: the scenario evaluates only in its last round, never reached.

@@ -127,7 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
-    from raysim.runtime.runner import prepare  # noqa: PLC0415
+    from raysim.scenario.build import prepare  # noqa: PLC0415
 
     py = flower_python(install=not args.no_install)
     info = C.machine_info()

@@ -48,7 +48,8 @@ def main() -> None:
     args = ap.parse_args()
     tiny = ["rounds=3", "fleet.devices=60", "selection.per_round=8", "data.synthetic.samples=1500",
             "model.widths=[8,16]", "model.hidden=16", "output.plots=false"] if args.tiny else ["rounds=20"]
-    run = raysim.simulate(Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.yaml", client=FedProx(lr=0.05, mu=args.mu),
+    run = raysim.simulate(Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.yaml",
+                          client=FedProx(lr=0.05, mu=args.mu),
                           server=ClippedDecay(decay=0.95), out=args.out,
                           overrides=["name=fedprox-clipped", "deadline.policy=partial", *tiny],
                           progress=not args.tiny)

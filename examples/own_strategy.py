@@ -22,10 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 import raysim
-from raysim.api import Strategy, SubmodelPlan
-from raysim.config import rate_sizes
-from raysim.seeding import rng
-from raysim.submodel.strategies import channel_l1
+from raysim.api import Strategy, SubmodelPlan, channel_l1, rate_sizes, rng
 
 
 class WeakestFirst(Strategy):
@@ -62,7 +59,8 @@ def main() -> None:
     args = ap.parse_args()
     tiny = ["rounds=3", "fleet.devices=60", "selection.per_round=8", "data.synthetic.samples=1500",
             "model.widths=[8,16]", "model.hidden=16", "output.plots=false"] if args.tiny else ["rounds=20"]
-    run = raysim.simulate(Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.yaml", strategy=WeakestFirst(explore=0.25), out=args.out,
+    run = raysim.simulate(Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.yaml",
+                          strategy=WeakestFirst(explore=0.25), out=args.out,
                           overrides=["name=weakest-first", *tiny], progress=not args.tiny)
     trained = run.clients[run.clients["status"] == "ok"]
     print(f"run {run.path}")

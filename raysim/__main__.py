@@ -1,3 +1,6 @@
+"""`python -m raysim`: the command line."""
+
 from raysim.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

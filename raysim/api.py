@@ -40,22 +40,25 @@ from typing import Any, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
-from raysim.callbacks import Callback
-from raysim.client import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD
-from raysim.config import Scenario, ScenarioError, load_scenario, parse_scenario
+from raysim.client.algorithms import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD
 from raysim.data.base import Dataset
+from raysim.engine.assignment import Assigner, Assignment, AssignRequest, FitDeadline, FitMemory, Fixed
+from raysim.engine.callbacks import Callback
 from raysim.models.base import ModelSpec
-from raysim.policy import Assigner, Assignment, AssignRequest, FitDeadline, Fixed, FitMemory
-from raysim.records import RoundOutput, ServerState
-from raysim.server import FedAdam, FedAvg, FedAvgM, FedOpt, FedYogi, ServerOptimizer
-from raysim.submodel.plan import SubmodelPlan
-from raysim.submodel.strategies import Full, Magnitude, Random, Rolling, Static, Strategy
+from raysim.records import RoundOutput
+from raysim.scenario.schema import Scenario, ScenarioError, load_scenario, parse_scenario
+from raysim.seeding import rng, torch_generator
+from raysim.server.optimizers import FedAdam, FedAvg, FedAvgM, FedOpt, FedYogi, ServerOptimizer, ServerState
+from raysim.slicing import SlicingError, infer_spec
+from raysim.submodel.plan import SubmodelPlan, rate_sizes
+from raysim.submodel.strategies import Full, Magnitude, Random, Rolling, Static, Strategy, channel_l1
 
 __all__ = [
     "simulate", "ModelFactory", "DatasetFactory", "ModelSpec", "Dataset", "Strategy", "SubmodelPlan",
     "Static", "Rolling", "Random", "Magnitude", "Full", "Assigner", "AssignRequest", "Assignment", "FitMemory",
     "FitDeadline", "Fixed", "ClientAlgorithm", "LocalSGD", "FedProx", "LocalData", "LocalResult",
     "ServerOptimizer", "ServerState", "FedAvg", "FedAvgM", "FedOpt", "FedAdam", "FedYogi", "Callback", "RoundOutput",
+    "as_scenario", "rate_sizes", "rng", "torch_generator", "channel_l1", "infer_spec", "SlicingError",
 ]
 
 
@@ -95,8 +98,8 @@ def simulate(scenario: Union[str, Path, Mapping[str, Any], Scenario, None] = Non
     (default: `runtime.address`, else a private local instance). `resume` continues a stopped
     run directory from its last checkpoint (its own scenario; pass the same objects again).
 
-        >>> run = simulate({"rounds": 5, "fleet": {"devices": 200}}, model=my_model, out="/tmp/runs")
-        >>> run.rounds.accuracy.iloc[-1]
+        run = simulate({"rounds": 5, "fleet": {"devices": 200}}, model=my_model, out="/tmp/runs")
+        run.rounds.accuracy.iloc[-1]
     """
     from raysim.errors import api_boundary  # noqa: PLC0415
 
@@ -110,9 +113,9 @@ def simulate(scenario: Union[str, Path, Mapping[str, Any], Scenario, None] = Non
 
 def _simulate(scenario, *, model, dataset, strategy, assigner, client, server, callbacks, out, overrides, progress,
               address, resume):
-    from raysim.build import components  # noqa: PLC0415
-    from raysim.results import load_run  # noqa: PLC0415
+    from raysim.rundir.reader import load_run  # noqa: PLC0415
     from raysim.runtime.runner import run  # noqa: PLC0415
+    from raysim.scenario.resolve import components  # noqa: PLC0415
 
     if resume is not None:
         if scenario is not None:

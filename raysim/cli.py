@@ -9,16 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, NoReturn, Optional, Sequence
 
 if TYPE_CHECKING:
-    from raysim.tables import Runs
+    from raysim.report.tables import Runs
 
 from raysim.errors import EXIT_BAD_INPUT, guard
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
         sys.stderr.write(f"raysim: error: {message}\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
@@ -81,7 +81,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "report":
         return _cmd_report(args)
     if args.cmd == "reference":
-        from raysim.reference import scenario_reference  # noqa: PLC0415
+        from raysim.scenario.reference import scenario_reference  # noqa: PLC0415
 
         sys.stdout.write(scenario_reference())
         return 0
@@ -91,13 +91,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from raysim.config import ScenarioError, load_scenario  # noqa: PLC0415
+    from raysim.scenario.schema import ScenarioError, load_scenario  # noqa: PLC0415
 
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
         if args.scenario is not None:
             raise ScenarioError(f"run: give a scenario file or --resume {resume}, not both")
-        from raysim.resume import resume_scenario  # noqa: PLC0415
+        from raysim.rundir.resume import resume_scenario  # noqa: PLC0415
 
         sc = resume_scenario(resume, args.overrides)
         _check_resumable_here(resume)
@@ -108,9 +108,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from raysim.runtime.runner import run  # noqa: PLC0415
 
     res = run(sc, out_root=args.out, address=args.address, progress=not args.quiet, resume=resume)
-    from raysim.report import summary_text, write_report  # noqa: PLC0415
-    from raysim.results import load_run  # noqa: PLC0415
-    from raysim.tables import load_runs  # noqa: PLC0415
+    from raysim.report.markdown import summary_text, write_report  # noqa: PLC0415
+    from raysim.report.tables import load_runs  # noqa: PLC0415
+    from raysim.rundir.reader import load_run  # noqa: PLC0415
 
     loaded = load_run(res.path)
     print(summary_text(loaded))
@@ -127,7 +127,7 @@ def _check_resumable_here(path: Path) -> None:
     """A run whose components were Python objects cannot be rebuilt from its scenario file."""
     import json  # noqa: PLC0415
 
-    from raysim.results import RunError  # noqa: PLC0415
+    from raysim.rundir.reader import RunError  # noqa: PLC0415
 
     try:
         info = json.loads((path / "manifest.json").read_text()).get("info", {})
@@ -141,10 +141,9 @@ def _check_resumable_here(path: Path) -> None:
 
 
 def _cmd_fleet(args: argparse.Namespace) -> int:
-    from raysim.config import load_scenario  # noqa: PLC0415
-    from raysim.fleet_view import fleet_summary  # noqa: PLC0415
-
-    from raysim.sizes import check_sizes  # noqa: PLC0415
+    from raysim.scenario.fleet_view import fleet_summary  # noqa: PLC0415
+    from raysim.scenario.preflight import check_sizes  # noqa: PLC0415
+    from raysim.scenario.schema import load_scenario  # noqa: PLC0415
 
     sc = load_scenario(args.scenario, args.overrides)
     check_sizes(sc)  # the fleet is built in this process
@@ -173,7 +172,7 @@ def _target(value: Optional[float]) -> Optional[float]:
         return None
     acc = value / 100.0 if value > 1.0 else value
     if not 0.0 < acc <= 1.0:
-        from raysim.config import ScenarioError  # noqa: PLC0415 - cheap: rejecting a flag needs no torch
+        from raysim.scenario.schema import ScenarioError  # noqa: PLC0415 - cheap: rejecting a flag needs no torch
 
         raise ScenarioError(f"--target {value:g}: expected an accuracy in (0, 1] or a percentage in (1, 100]")
     return acc
@@ -182,7 +181,7 @@ def _target(value: Optional[float]) -> Optional[float]:
 def _load_runs(paths: Sequence[str], allow_incomplete: bool = False) -> Runs:
     import warnings  # noqa: PLC0415
 
-    from raysim.tables import load_runs  # noqa: PLC0415
+    from raysim.report.tables import load_runs  # noqa: PLC0415
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -194,7 +193,7 @@ def _load_runs(paths: Sequence[str], allow_incomplete: bool = False) -> Runs:
 
 
 def _write_report(runs: Runs, out: Path, target: Optional[float]) -> None:
-    from raysim.report import write_report  # noqa: PLC0415
+    from raysim.report.markdown import write_report  # noqa: PLC0415
 
     rep = write_report(runs, out, target)
     cols = ["rounds", "final_acc_pct", "best_acc_pct", "time_to_target_s", "late_pct", "offline_pct", "excluded_pct"]
@@ -211,7 +210,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     target = _target(args.target)
     plan = plan_sweep(args.scenario, args.grid, args.overrides)
     if args.parallel < 1:
-        from raysim.config import ScenarioError  # noqa: PLC0415
+        from raysim.scenario.schema import ScenarioError  # noqa: PLC0415
 
         raise ScenarioError(f"--parallel {args.parallel}: must be at least 1")
     if args.dry_run:

@@ -11,10 +11,10 @@ raysim derives from one of them:
 Anything else is a bug or an environment failure nobody anticipated: the boundary writes its
 traceback to a log file and reports one line with the log's path (exit code 1).
 
-    >>> from raysim.errors import guard
-    >>> guard(lambda: do_the_work())          # CLI: prints one line on failure, returns the exit code
-    >>> with api_boundary():                  # Python API: one-line exceptions, no chained noise
-    ...     simulate(...)
+    from raysim.errors import guard
+    guard(lambda: do_the_work())          # CLI: prints one line on failure, returns the exit code
+    with api_boundary():                  # Python API: one-line exceptions, no chained noise
+        simulate(...)
 
 This module imports nothing beyond the standard library, so that reporting an error never
 waits for torch or Ray to load.
@@ -45,6 +45,10 @@ class BadInput(ValueError):
 
 class RunFailed(RuntimeError):
     """A run could not go on; the message is one line saying what happened and what to do."""
+
+
+class ScenarioError(BadInput):
+    """A scenario (or override) is invalid; the message is one line naming the field."""
 
 
 class ClusterError(BadInput):

@@ -10,7 +10,10 @@ nothing. Ray is started once for the whole sweep.
     >>> plan = plan_sweep("scenarios/quickstart.yaml", ["deadline.seconds=30,120"], ["rounds=5"])
     >>> [p.label for p in plan.points]
     ['deadline.seconds=30', 'deadline.seconds=120']
-    >>> result = run_sweep(plan)
+
+and `run_sweep` runs them (one run directory each, under the scenario's `output.dir`):
+
+    result = run_sweep(plan)
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from raysim.config import Scenario, ScenarioError, load_scenario
-from raysim.results import SWEEP_FILE
+from raysim.rundir.reader import SWEEP_FILE
+from raysim.scenario.schema import Scenario, ScenarioError, load_scenario
 
 _OPEN, _CLOSE = "[{(", "]})"
 
@@ -89,7 +92,9 @@ def split_values(text: str) -> list[str]:
 
     Raises SweepError when the brackets do not balance.
     """
-    values, depth, cur = [], 0, []
+    values: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch in _OPEN:
             depth += 1
@@ -179,7 +184,7 @@ def run_sweep(plan: SweepPlan, out_root: Optional[str | Path] = None, address: O
     `sweep.json` records it); finished points stay readable.
     """
     # Imported here: planning (and rejecting) a grid must not wait for torch and Ray to load.
-    from raysim.results import new_run_dir  # noqa: PLC0415
+    from raysim.rundir.writer import new_run_dir  # noqa: PLC0415
     from raysim.runtime.runner import run  # noqa: PLC0415
     from raysim.runtime.session import cluster_cpus, ray_session  # noqa: PLC0415
 
@@ -233,7 +238,7 @@ def _in_threads(job: Callable[[Point], PointResult], points: list[Point], width:
         # Interrupted: do not wait for running points; shutting Ray down ends them.
         pool.shutdown(wait=False, cancel_futures=True)
     ran = [f for f in futures if not f.cancelled()]
-    errors = [f.exception() for f in ran if f.exception() is not None]
+    errors = [e for f in ran if (e := f.exception()) is not None]
     if errors:
         raise errors[0]
     return [f.result() for f in ran]
@@ -274,6 +279,6 @@ class _Book:
             self._write()
 
     def _write(self) -> None:
-        from raysim.results import atomic_write_text  # noqa: PLC0415
+        from raysim.rundir.writer import atomic_write_text  # noqa: PLC0415
 
         atomic_write_text(self.path, json.dumps(self.data, indent=2))

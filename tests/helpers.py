@@ -14,30 +14,31 @@ def tiny_overrides(**extra):
 
 def make_strategy(name, **params):
     """A built-in strategy by its scenario name, as the builder makes it."""
-    from raysim import registry
+    from raysim.scenario import registry
 
     return registry.instantiate("compression.strategy", registry.resolve("compression.strategy", name), params)
 
 
 def local_sim(sc, hosts=1, comps=None, setup=None):
     """The engine in-process (no Ray) for a scenario."""
-    from raysim.build import local_simulation
+    from raysim.inprocess import local_simulation
 
     return local_simulation(sc, comps, hosts, setup)
 
 
 def make_spec(model_cfg, input_shape, num_classes):
     """A built-in model family from a scenario's model section."""
-    from raysim.build import model_factory
+    from raysim.scenario.resolve import model_factory
 
     return model_factory(model_cfg)(tuple(input_shape), num_classes)
 
 
 def coordinator(sc, hosts=None):
     """A coordinator actor for a scenario, as the driver starts it (`hosts` overrides runtime.hosts)."""
-    from raysim.build import components, engine
     from raysim.runtime.coordinator import start_coordinator
-    from raysim.runtime.runner import prepare
+    from raysim.runtime.runner import engine
+    from raysim.scenario.build import prepare
+    from raysim.scenario.resolve import components
 
     if hosts is not None:
         sc = sc.model_copy(update={"runtime": sc.runtime.model_copy(update={"hosts": hosts})})

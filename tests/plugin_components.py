@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from raysim.api import LocalSGD, ServerOptimizer, Strategy, SubmodelPlan
-from raysim.config import rate_sizes
+from raysim.submodel.plan import rate_sizes
 
 
 class TinyMLP(nn.Module):

@@ -5,7 +5,6 @@ width), so a submodel can be compared exactly with the masked global model."""
 import torch
 from torch import nn
 from torch.nn import functional as F
-
 from zoo_replicas import REPLICAS
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
 from helpers import tiny_overrides
+
 from raysim.cli import main
-from raysim.config import load_scenario
+from raysim.scenario.schema import load_scenario
 
 QUICK = "scenarios/quickstart.yaml"
 TINY = [a for o in tiny_overrides() for a in ("--set", o)]
@@ -33,8 +33,8 @@ TINY = [a for o in tiny_overrides() for a in ("--set", o)]
 @pytest.fixture(scope="module")
 def complete_run(tmp_path_factory) -> Path:
     """A real, complete tiny run directory, made in-process without Ray."""
-    from raysim.build import local_simulation
-    from raysim.results import RunWriter
+    from raysim.inprocess import local_simulation
+    from raysim.rundir.writer import RunWriter
 
     sc = load_scenario(QUICK, tiny_overrides(rounds=2))
     sim = local_simulation(sc)
@@ -232,7 +232,7 @@ CASES = [
     Case("mnist-bad-deflate", lambda t, r: with_data(t, "mnist", _bad_deflate(mnist_files(t / "mnist"))),
          "cannot read"),
     Case("mnist-zero-training-samples", lambda t, r: with_data(t, "mnist", mnist_files(t / "mnist", n_train=0)),
-         "no training samples"),
+         "train-images-idx3-ubyte: holds no images"),
     Case("mnist-truncated", lambda t, r: with_data(t, "mnist", _truncated_idx(mnist_files(t / "mnist"))),
          "truncated IDX file"),
     Case("mnist-absurd-header", lambda t, r: with_data(t, "mnist", _absurd_idx(mnist_files(t / "mnist"))),

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny_overrides
 from ray_start import session_pids
-from raysim.config import ScenarioError, load_scenario
+
 from raysim.errors import EXIT_BAD_INPUT, EXIT_FAILED, InternalError, RunFailed, api_boundary, guard
+from raysim.scenario.schema import ScenarioError, load_scenario
 
 
 def test_an_unanticipated_failure_is_one_line_naming_a_log_with_the_traceback(tmp_path, monkeypatch):
@@ -82,16 +82,16 @@ def test_the_api_boundary_raises_one_line_errors(tmp_path, monkeypatch):
         try:
             raise KeyError("inner")
         except KeyError:
-            raise ScenarioError("rounds: must be at least 1")
+            raise ScenarioError("rounds: must be at least 1")  # noqa: B904 - the boundary must drop the context
     assert info.value.__cause__ is None and info.value.__suppress_context__
     with pytest.raises(InternalError, match="ZeroDivisionError.*traceback is in"), api_boundary():
-        1 / 0
+        1 / 0  # noqa: B018
     assert len(list(tmp_path.glob("raysim-*.log"))) == 1
 
 
 def test_a_dedicated_round_must_fit_the_measured_cluster(ray_local):
     from raysim.runtime.capacity import check_dedicated_fits
-    from raysim.runtime.runner import prepare
+    from raysim.scenario.build import prepare
 
     sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.placement": "dedicated"}))
     spec = prepare(sc).spec

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from plugin_components import CountingAvg, LastChannels, StepsAsLoss, blobs, tiny_mlp
 
 import raysim
 from raysim.api import FedProx, Fixed, LocalData, LocalSGD
 from raysim.cli import main
-from plugin_components import CountingAvg, LastChannels, StepsAsLoss, blobs, tiny_mlp
 
 ROUNDS = 3
 
@@ -154,8 +154,8 @@ def test_a_run_made_from_objects_resumes_from_python_not_the_cli(objects_run, tm
     common = dict(model=tiny_mlp, dataset=blobs, strategy=LastChannels(), assigner=Fixed(0.5),
                   client=StepsAsLoss(lr=0.1), server=CountingAvg())
     whole = objects_run  # the same scenario and objects, run without a stop
-    from raysim.build import components
     from raysim.runtime.runner import run
+    from raysim.scenario.resolve import components
 
     sc = raysim.api.as_scenario(scenario())
     part = run(sc, out_root=str(tmp_path / "part"), progress=False, stop_after=1,
@@ -169,7 +169,7 @@ def test_a_run_made_from_objects_resumes_from_python_not_the_cli(objects_run, tm
 
 @pytest.mark.parametrize("strategy", ["static", "rolling", "random", "magnitude"])
 def test_a_model_from_a_test_file_trains_below_rate_1_with_every_width_strategy(strategy):
-    from raysim.build import local_simulation
+    from raysim.inprocess import local_simulation
 
     sc = raysim.api.as_scenario({**scenario(), "model": {"arch": "plugin_components:tiny_mlp", "rates": [1.0, 0.5, 0.25]},
                                  "data": {"dataset": "plugin_components:blobs", "partition": {"kind": "natural"}},

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from test_data_formats import idx_bytes, write_cifar, write_leaf
 
 from raysim.cli import main
-from raysim.results import load_run
-from test_data_formats import idx_bytes, write_cifar, write_leaf
+from raysim.rundir.reader import load_run
 
 SMALL = ["--set", "rounds=2", "--set", "fleet.devices=40", "--set", "selection.per_round=4",
          "--set", "runtime.num_cpus=2", "--set", "data.partition.min_samples=1", "--set", "eval.per_rate=false"]

@@ -16,9 +16,7 @@ from ray.cluster_utils import Cluster
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import coordinator, tiny_overrides  # noqa: E402
 
-from raysim.config import load_scenario  # noqa: E402
-
-from raysim.runtime.runner import prepare  # noqa: E402
+from raysim.scenario.schema import load_scenario  # noqa: E402
 
 
 def raysim_run(out: Path, address: str) -> Path:
@@ -68,7 +66,7 @@ def plugin_run(tmp: Path, address: str) -> dict:
 def one_node() -> dict:
     """The cluster run's scenario in this process, on one machine (the engine without Ray, which
     gives a Ray run's numbers): its final weights."""
-    from raysim.build import local_simulation  # noqa: PLC0415
+    from raysim.inprocess import local_simulation  # noqa: PLC0415
 
     sim = local_simulation(load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts": 2})), hosts=2)
     while sim.round < sim.cfg.rounds:
@@ -114,7 +112,9 @@ def node_loss(cluster: Cluster, worker) -> dict:
         ray.kill(coord)
     finally:
         ray.shutdown()
-    return {"coordinator_beside_driver": beside_driver, "host_nodes_before": len(set(before)), "host_nodes_after": len(set(after)), "hosts_after": len(after),
+    return {"coordinator_beside_driver": beside_driver, "host_nodes_before": len(set(before)),
+            "host_nodes_after": len(set(after)),
+            "hosts_after": len(after),
             "failed": [o.round_row["n_failed"] for o in outs], "trained": [o.round_row["trained"] for o in outs]}
 
 

@@ -1,12 +1,12 @@
 """Datasets and their partitions over devices.
 
-    >>> from raysim.config import DataConfig
-    >>> from raysim.build import load_dataset
+    >>> from raysim.scenario.schema import DataConfig
+    >>> from raysim.scenario.resolve import load_dataset
     >>> from raysim.data import partition, label_histograms
     >>> cfg = DataConfig()                       # synthetic, Dirichlet(0.5) label skew
     >>> ds = load_dataset(cfg, seed=0)
     >>> parts = partition(ds, 1000, cfg.partition, seed=0)
-    >>> label_histograms(ds.y_train, parts, ds.num_classes).sum() == len(ds.y_train)
+    >>> int(label_histograms(ds.y_train, parts, ds.num_classes).sum()) == len(ds.y_train)
     True
 """
 

@@ -25,6 +25,8 @@ class Dataset:
     `[0, num_classes)`. `writers` gives the writer (or
     latent style) of every *training* sample where the data has one (femnist), else None.
 
+        >>> from raysim.scenario.schema import DataConfig
+        >>> from raysim.scenario.resolve import load_dataset
         >>> ds = load_dataset(DataConfig(dataset="digits"), seed=0)
         >>> ds.input_shape, ds.num_classes
         ((1, 8, 8), 10)

@@ -26,13 +26,33 @@ own users: real feature skew across devices. `style` scales all of it; 0 makes u
 from __future__ import annotations
 
 from dataclasses import dataclass
-import numpy as np
+from typing import Literal
 
-from raysim.config import HarConfig
+import numpy as np
+from pydantic import Field
+
 from raysim.data.base import Dataset, normalise, rng_for
+from raysim.settings import Section
 
 HARMONICS = 3
 _RENDER_BUDGET = 1 << 22  # floats per rendering chunk (bounds the temporaries' memory)
+
+
+class HarConfig(Section):
+    """Embedded human-activity-recognition set: wearable accelerometer/gyroscope windows with
+    a per-user style (no files needed)."""
+
+    users: int = Field(30, ge=1, description="people wearing the sensor; each has a style of their own")
+    samples: int = Field(6000, ge=20, description="windows in all (train and test)")
+    steps: int = Field(64, ge=16, le=1024, description="time steps per window")
+    rate_hz: float = Field(32.0, gt=4.0, le=200.0, description="sensor sampling rate (Hz); with steps, the window length")
+    channels: Literal[3, 6] = Field(6, description="3: accelerometer only; 6: accelerometer and gyroscope")
+    activities: int = Field(6, ge=2, le=8, description="how many of: walking, running, sitting, standing, lying, "
+                            "upstairs, downstairs, cycling")
+    noise: float = Field(0.1, ge=0.0, description="std of the sensor noise (g, or rad/s for the gyroscope)")
+    style: float = Field(1.0, ge=0.0, description="strength of the per-user style (gain, offset, tempo, "
+                         "orientation, noise level); 0 = all users alike")
+
 
 
 @dataclass(frozen=True)

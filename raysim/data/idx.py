@@ -59,6 +59,8 @@ def read_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     labels = parse_idx(read_bytes(lbl_path), lbl_path, LABELS_MAGIC)
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{lbl_path}: {labels.shape[0]} labels but {img_path.name} has {images.shape[0]} images")
+    if images.shape[0] == 0:
+        raise DataError(f"{img_path}: holds no images (its header says 0); the {split} split needs at least one")
     if labels.size and labels.max() > 9:
         raise DataError(f"{lbl_path}: label {int(labels.max())} outside 0..9")
     return images[:, None, :, :], labels.astype(np.int64)

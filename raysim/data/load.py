@@ -15,20 +15,21 @@ from __future__ import annotations
 
 from typing import Optional
 
-from raysim.config import HarConfig, SyntheticConfig
 from raysim.data.base import Dataset
+from raysim.data.har import HarConfig
+from raysim.data.synthetic import SyntheticConfig
 
 # Loaders are imported lazily: the file formats are irrelevant to most runs.
 
 
-def synthetic(seed: int, synthetic: SyntheticConfig = SyntheticConfig(), test_fraction: float = 0.2) -> Dataset:
+def synthetic(seed: int, synthetic: SyntheticConfig = SyntheticConfig(), test_fraction: float = 0.2) -> Dataset:  # noqa: B008
     """The embedded synthetic image set (`data.synthetic` sets its size and difficulty)."""
     from raysim.data.synthetic import load_synthetic  # noqa: PLC0415
 
     return load_synthetic(synthetic, test_fraction, seed)
 
 
-def har(seed: int, har: HarConfig = HarConfig(), test_fraction: float = 0.2) -> Dataset:
+def har(seed: int, har: HarConfig = HarConfig(), test_fraction: float = 0.2) -> Dataset:  # noqa: B008
     """The embedded human-activity-recognition set: accelerometer/gyroscope windows (N, C, T)
     with a per-user style; its users are the writers (`partition.kind: natural`)."""
     from raysim.data.har import load_har  # noqa: PLC0415

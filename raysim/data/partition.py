@@ -4,6 +4,10 @@ Every kind first decides an *owner* device for each training sample and then tur
 index arrays, so every kind is a true partition of `range(N)` by construction: each sample goes
 to exactly one device. Each device's indices come out in ascending order.
 
+    >>> from raysim.data import label_histograms
+    >>> from raysim.scenario.resolve import load_dataset
+    >>> from raysim.scenario.schema import DataConfig
+    >>> ds = load_dataset(DataConfig(dataset="digits"), seed=0)
     >>> parts = partition(ds, 100, PartitionConfig(kind="dirichlet", alpha=0.1), seed=0)
     >>> label_histograms(ds.y_train, parts, ds.num_classes).shape
     (100, 10)
@@ -13,14 +17,28 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from raysim.config import PartitionConfig
 from raysim.data.base import DataError, Dataset, rng_for
 from raysim.data.shards import Shards
+from raysim.settings import Section
 
 DIRICHLET_REDRAWS = 10  # fresh draws tried before topping up small devices by moving samples
+
+
+class PartitionConfig(Section):
+    """How training samples are split over devices."""
+
+    kind: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = Field(
+        "dirichlet", description="natural keeps each writer's samples on one device (femnist, synthetic)")
+    alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration (label skew)")
+    classes_per_device: int = Field(2, ge=1, description="for kind=shards")
+    power: float = Field(1.5, gt=0.0, description="quantity skew: power-law exponent")
+    min_samples: int = Field(1, ge=0, description="samples every device gets at least, where the data allows")
+
 
 
 def partition(ds: Dataset, n_devices: int, cfg: PartitionConfig, seed: int) -> Shards:
@@ -93,6 +111,7 @@ def _dirichlet(y: np.ndarray, n_devices: int, alpha: float, floor: int, rng: np.
             best = (short, owner.copy())
         if short == 0:
             break
+    assert best is not None  # DIRICHLET_REDRAWS >= 1
     return _top_up(best[1], n_devices, floor, rng)
 
 
@@ -132,10 +151,10 @@ def _top_up(owner: np.ndarray, n_devices: int, floor: int, rng: np.random.Genera
     # Each donor gives a random subset of its samples, handed out in move order.
     by_owner = np.argsort(owner, kind="stable")
     start = np.concatenate([[0], np.cumsum(counts)])
-    pools = {d: iter(rng.permutation(by_owner[start[d]:start[d + 1]])[: given[d]]) for d in np.flatnonzero(given)}
+    pools = {int(k): iter(rng.permutation(by_owner[start[k]:start[k + 1]])[: given[k]]) for k in np.flatnonzero(given)}
     owner = owner.copy()
-    for d, r in moves:
-        owner[next(pools[d])] = r
+    for donor, recipient in moves:
+        owner[next(pools[donor])] = recipient
     return owner
 
 

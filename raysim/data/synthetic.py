@@ -18,9 +18,10 @@ own writers, i.e. its own input distribution.
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
-from raysim.config import SyntheticConfig
 from raysim.data.base import Dataset, normalise, rng_for
+from raysim.settings import Section
 
 WAVES = 6  # plane waves per class and channel
 MIN_FREQ, MAX_FREQ = 0.25, 1.0  # cycles per image for up to 10 classes: large-scale shapes
@@ -28,6 +29,19 @@ SHIFT = 1.0 / 16.0  # largest shift, as a fraction of the image side
 GAIN = 0.25  # sample gain is uniform in 1 +- GAIN
 SAMPLES_PER_WRITER = 16  # so the default 20000 samples give 1000 writers, the default fleet
 _RENDER_BUDGET = 1 << 22  # wave-by-pixel-row values per rendering chunk (bounds memory)
+
+
+class SyntheticConfig(Section):
+    """Embedded synthetic image-classification set (no files needed)."""
+
+    samples: int = Field(20000, ge=20, description="images in all (train and test)")
+    classes: int = Field(10, ge=2, le=100, description="labels")
+    image_size: int = Field(12, ge=4, le=64, description="height and width in pixels")
+    channels: int = Field(1, ge=1, le=4, description="colour channels")
+    noise: float = Field(0.6, ge=0.0, description="std of the Gaussian noise added to every pixel")
+    feature_skew: float = Field(0.0, ge=0.0, description="per-writer style and contrast shift (feature "
+                                "skew across devices under partition kind=natural); 0 = none")
+
 
 
 def _max_freq(classes: int, size: int) -> float:

@@ -1,9 +1,13 @@
 """Simulated IoT devices: device classes, fleets, trace files and availability.
 
     >>> from raysim.fleet import make_fleet, Availability
+    >>> from raysim.scenario.schema import load_scenario
+    >>> scenario = load_scenario("scenarios/quickstart.yaml")
     >>> fleet = make_fleet(scenario.fleet, seed=scenario.seed)
     >>> av = Availability(fleet, scenario.fleet.availability, seed=scenario.seed)
     >>> online_ids = fleet.device_id[av.online(fleet.device_id, t=0.0)]
+    >>> len(online_ids)   # the quickstart's devices are always online
+    1000
 """
 
 from __future__ import annotations

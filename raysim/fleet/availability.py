@@ -22,16 +22,34 @@ during [t0, t1] when one interval holds the whole closed range.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Union
+from typing import Literal, Optional, Protocol, Union
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from raysim.config import AvailabilityConfig
 from raysim.fleet.errors import FleetError
 from raysim.fleet.fleet import Fleet
 from raysim.fleet.trace import Intervals, load_intervals
+from raysim.settings import Section
 
 __all__ = ["Availability"]
+
+
+class AvailabilityConfig(Section):
+    """When devices are online (see `raysim.fleet.availability`)."""
+
+    kind: Literal["always", "markov", "trace"] = Field(
+        "always", description="markov: on/off periods of exponential length around each device's means; "
+        "trace: online intervals from a file")
+    trace: Optional[str] = Field(None, description="kind=trace: CSV/parquet of device_id,start_s,end_s")
+    loop: bool = Field(True, description="kind=trace: repeat the trace after its last interval ends")
+
+    @model_validator(mode="after")
+    def _needs_trace(self) -> "AvailabilityConfig":
+        if self.kind == "trace" and not self.trace:
+            raise ValueError("trace: required when kind is 'trace'")
+        return self
+
 
 
 class _Model(Protocol):
@@ -41,8 +59,12 @@ class _Model(Protocol):
 class Availability:
     """Online status of a fleet's devices over simulated time.
 
+        >>> from raysim.fleet import make_fleet
+        >>> from raysim.scenario.schema import FleetConfig
+        >>> fleet = make_fleet(FleetConfig(), seed=0)
         >>> av = Availability(fleet, FleetConfig().availability, seed=0)
-        >>> mask = av.online(np.array([3, 7, 11]), t=3600.0)
+        >>> av.online(np.array([3, 7, 11]), t=3600.0)
+        array([ True,  True,  True])
     """
 
     def __init__(self, fleet: Fleet, cfg: AvailabilityConfig, seed: int) -> None:

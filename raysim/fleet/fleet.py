@@ -3,7 +3,7 @@
 One numpy array per attribute keeps 10^5..10^6 devices cheap to build, slice and ship (a
 million devices take about 70 MB), and lets the cost model and policies work on whole
 selections at once. Rows are sorted by `device_id`; a row's position is what `idx` arguments
-elsewhere (e.g. `raysim.cost.device_times`) index. Fleets made from a class mix have
+elsewhere (e.g. `raysim.engine.cost.device_times`) index. Fleets made from a class mix have
 `device_id == position`; trace fleets keep the trace's ids (see `index_of`).
 """
 

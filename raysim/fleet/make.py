@@ -4,13 +4,37 @@ from __future__ import annotations
 
 from typing import Optional
 
-from raysim.config import FleetConfig
+from pydantic import Field, field_validator
+
+from raysim.fleet.availability import AvailabilityConfig
 from raysim.fleet.catalogue import load_catalogue
 from raysim.fleet.fleet import Fleet
 from raysim.fleet.mix import fleet_from_mix
 from raysim.fleet.trace import fleet_from_trace
+from raysim.settings import Section
 
 __all__ = ["make_fleet"]
+
+
+class FleetConfig(Section):
+    """The simulated devices (classes from raysim/fleet/catalogue.yaml, or a trace)."""
+
+    devices: int = Field(1000, ge=1, description="fleet size (ignored with a trace)")
+    mix: dict[str, float] = Field(default_factory=lambda: {"mcu": 0.4, "mcu-psram": 0.3, "rpi-zero": 0.2, "rpi4": 0.1},
+                                  description="share of each catalogue class; normalised to 1")
+    trace: Optional[str] = Field(None, description="CSV/parquet device trace instead of mix")
+    spread: float = Field(0.25, ge=0.0, le=2.0, description="log-normal sigma around class means")
+    availability: AvailabilityConfig = AvailabilityConfig()
+
+    @field_validator("mix")
+    @classmethod
+    def _mix(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("needs at least one device class")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("shares must be non-negative and not all zero")
+        return v
+
 
 
 def make_fleet(cfg: FleetConfig, seed: int, *, reference_flops: Optional[float] = None) -> Fleet:

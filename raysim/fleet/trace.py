@@ -40,7 +40,7 @@ import pandas as pd
 from raysim.fleet.catalogue import DeviceClass
 from raysim.fleet.errors import FleetError
 from raysim.fleet.fleet import Fleet
-from raysim.fleet.table import Table, optional_column, read_table
+from raysim.fleet.trace_table import Table, optional_column, read_table
 
 __all__ = ["fleet_from_trace", "Intervals", "load_intervals"]
 
@@ -85,6 +85,7 @@ def fleet_from_trace(path: str | Path, catalogue: Mapping[str, DeviceClass],
             raise FleetError(f"{t.path}: column 'ms_per_sample' needs the forward FLOPs per sample of the "
                              "model it was timed with (reference_flops); or give a 'flops' column")
         flops = float(reference_flops) / (ms / 1000.0)
+    assert memory_col is not None  # else `t.require("memory_bytes")` raised above
     memory = t.numbers(memory_col)
     if memory_col == "memory_mb":
         memory = memory * 2**20

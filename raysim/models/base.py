@@ -17,7 +17,10 @@ from typing import Callable, Mapping, Optional
 import torch
 from torch import nn
 
-Axes = tuple[Optional[str], ...]
+from raysim.models.span import Axis
+
+# Per dimension of a parameter: its group, None (never shrinks) or a Span (see raysim.models.span).
+Axes = tuple[Axis, ...]
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ A plain BatchNorm layer (with running statistics, as in a user's model trained w
 the same treatment: its running statistics are device-local buffers that the server never
 aggregates, so the global model's own are recomputed the same way before it is evaluated.
 
-    >>> x = calibration_sample(dataset.x_train, seed)
-    >>> recompute_bn_stats(model, x)
-    >>> accuracy, loss = evaluate(model, x_test, y_test)
+    x = calibration_sample(dataset.x_train, seed)
+    recompute_bn_stats(model, x)
+    accuracy, loss = evaluate(model, x_test, y_test)
 """
 
 from __future__ import annotations

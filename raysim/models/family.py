@@ -8,7 +8,7 @@ Nothing else about its groups is written by hand: `infer_spec` derives them by t
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Mapping, Protocol, cast
 
 import torch
 from torch import nn
@@ -30,5 +30,5 @@ def sliced_family(name: str, make: Callable[[], nn.Module], input_shape: tuple[i
 
     with torch.random.fork_rng(devices=[]):
         module = make()
-    names = module.group_names() if hasattr(module, "group_names") else None
+    names = cast(NamedGroups, module).group_names() if hasattr(module, "group_names") else None
     return infer_spec(module, tuple(input_shape), int(num_classes), name, scaler=scaler, group_names=names)

@@ -6,8 +6,11 @@ residual stream), a downsampling conv stage, global average pooling over time an
 classifier. Pooling halves the time axis twice, so a 64-step window (2 s at 32 Hz) ends at
 16 steps, about one stride of walking.
 
+    >>> from raysim.slicing import infer_spec
     >>> model = har_cnn((6, 64), 6)
     >>> spec = infer_spec(model, (6, 64), 6, name="har-cnn")
+    >>> spec.groups
+    {'stem.0': 32, 'conv1': 32, 'stage2.0': 64}
 """
 
 from __future__ import annotations

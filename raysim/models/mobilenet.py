@@ -35,7 +35,7 @@ recomputed before evaluation) or `none`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -110,6 +110,7 @@ class InvertedResidual(nn.Module):
         super().__init__()
         mid = cfg.expanded
         self.use_res = cfg.stride == 1 and cin == cfg.out
+        self.expand: Optional[nn.Conv2d]
         if mid != cin:
             self.expand = nn.Conv2d(cin, mid, 1, bias=False)
             self.expand_scaler = Scaler(1.0)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from raysim.config import ScenarioError
+from raysim.errors import ScenarioError
 from raysim.models.base import ModelSpec, Scaler, make_norm
 from raysim.models.family import sliced_family
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import ray
 
-from raysim.config import Scenario, ScenarioError
 from raysim.models import ModelSpec
+from raysim.scenario.schema import Scenario, ScenarioError
 
 MB = 1 << 20
 

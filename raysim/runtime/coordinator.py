@@ -13,17 +13,17 @@ from typing import Any, Optional
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from raysim.asynchronous import AsyncConfig, AsyncSimulation
-from raysim.clock import Clock, VirtualClock
-from raysim.policy import Assigner
+from raysim.client.trainer import Trainer
+from raysim.engine.assignment import Assigner
+from raysim.engine.asynchronous import AsyncConfig, AsyncSimulation
+from raysim.engine.clock import Clock, VirtualClock
+from raysim.engine.rounds import RoundConfig, Setup, Simulation
 from raysim.records import RoundOutput
 from raysim.runtime.gpu import coordinator_gpu_options
 from raysim.runtime.placement import Placement, Pooled
 from raysim.runtime.shared import SharedData, attach, share
-from raysim.server import ServerOptimizer
-from raysim.simulation import RoundConfig, Setup, Simulation
+from raysim.server.optimizers import ServerOptimizer
 from raysim.submodel.strategies import Strategy
-from raysim.trainer import Trainer
 
 
 @dataclass
@@ -55,6 +55,7 @@ class Coordinator:
         self.data = data
         e = engine
         self.pool = e.placement.start(self.setup, e.trainer, data, host_options)
+        self.sim: Simulation
         if e.asynchronous is not None:
             self.sim = AsyncSimulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.asynchronous)
         else:
@@ -131,8 +132,9 @@ def spawn_coordinator(engine: Engine, light: Setup, data: SharedData, host_optio
     # driver's fate and no other node's: losing a worker node never costs the coordinator.
     # A GPU run evaluates on the GPU where the driver's node has one (a small share of it).
     gpu = coordinator_gpu_options(here) if engine.cfg.device == "cuda" else {}
-    return Coordinator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False), **gpu).remote(
-        engine, light, data, host_options)
+    actor = Coordinator.options(  # type: ignore[attr-defined]  # ray.remote's stub keeps the plain class
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False), **gpu)
+    return actor.remote(engine, light, data, host_options)
 
 
 def start_coordinator(engine: Engine, setup: Setup, host_options: Optional[dict[str, Any]] = None):

@@ -15,7 +15,7 @@ virtual clock gives the same numbers as a pooled one, and adds two real constrai
   deadline with real timeouts (`ray.wait`); it keeps the first K results (over-commitment),
   and work that misses the deadline is discarded and recorded `late`.
 
-The memory cap is `raysim.runtime.memcap`; one device's trainer is `raysim.runtime.device`.
+The memory cap is `raysim.hosts.memcap`; one device's trainer is `raysim.hosts.device`.
 
 Costs and limits. Small-block mmaps make training about 2x slower than in a pooled host. The
 limit is per process, so while a device trains near its cap, Ray's own threads may be refused
@@ -38,13 +38,14 @@ import ray
 import torch
 from ray.exceptions import RayActorError, WorkerCrashedError
 
+from raysim.client.trainer import Trainer
+from raysim.hosts.device import DeviceCore
+from raysim.hosts.memcap import MALLOC_ENV
+from raysim.messages import HostResult, PartialSum, TrainReport, TrainTask
 from raysim.models import ModelSpec
-from raysim.records import FAILED, LATE, TRAINED, HostResult, PartialSum, TrainReport, TrainTask
-from raysim.runtime.device import DeviceCore
-from raysim.runtime.memcap import MALLOC_ENV
+from raysim.records import FAILED, LATE, TRAINED
 from raysim.runtime.shared import SharedData
 from raysim.submodel import SubmodelPlan
-from raysim.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class DedicatedPool:
             if old not in want:
                 ray.kill(self.actors.pop(old))
         for d in missing:
-            self.actors[d] = DeviceActor.options(**self._opts).remote(
+            self.actors[d] = DeviceActor.options(**self._opts).remote(  # type: ignore[attr-defined]  # ray.remote's stub keeps the plain class
                 self._spec, self.trainer, self._data, d, self._memory[d], self.realtime)
             self.created += 1
         return {d: self.actors[d] for d in devices}
@@ -235,7 +236,7 @@ class DedicatedPool:
         realtime = self.realtime is not None
         start = time.time() if realtime else None
         futures = {actors[t.device_id].train.remote(round_idx, pref, plans[t.plan_id], t, start): t for t in ready}
-        if realtime:
+        if start is not None:  # realtime
             out, late = self._collect_realtime(futures, start)
         else:
             out, late = self._collect_all(futures), []
@@ -250,7 +251,7 @@ class DedicatedPool:
             kept.append(HostResult(PartialSum.zeros(self.shapes), reports, -1, 0.0))
         return kept
 
-    def _get(self, ref, task: TrainTask) -> Optional[HostResult]:
+    def _get(self, ref, task: TrainTask) -> HostResult:
         try:
             return ray.get(ref)
         except (RayActorError, WorkerCrashedError) as err:
@@ -259,10 +260,10 @@ class DedicatedPool:
             return HostResult(PartialSum.zeros(self.shapes), [_report(task.device_id, FAILED, "device actor lost")],
                               task.device_id, 0.0)
 
-    def _collect_all(self, futures: dict) -> list[Optional[HostResult]]:
+    def _collect_all(self, futures: dict) -> list[HostResult]:
         return [self._get(ref, t) for ref, t in futures.items()]
 
-    def _collect_realtime(self, futures: dict, start: float) -> tuple[list[Optional[HostResult]], list[TrainReport]]:
+    def _collect_realtime(self, futures: dict, start: float) -> tuple[list[HostResult], list[TrainReport]]:
         """Wait for results until K have arrived or the deadline passes (real timeouts)."""
         assert self.realtime is not None
         scale = self.realtime.time_scale
@@ -270,7 +271,7 @@ class DedicatedPool:
         close_at = None if deadline is None else start + deadline * scale
         k = self.realtime.per_round
         pending = list(futures)
-        out: list[Optional[HostResult]] = []
+        out: list[HostResult] = []
         kept = 0
         while pending and kept < k:
             timeout = None if close_at is None else close_at - time.time()

@@ -7,8 +7,8 @@ and placement is pooled. Every device host then reserves `runtime.gpus_per_host`
 (Ray's fractional `num_gpus`) and may use that share of the GPU's memory; the coordinator,
 which evaluates, reserves a small share of its own when its node has a GPU.
 
-    >>> check_device_here("cuda", address=None)     # before Ray starts: DeviceError without a GPU
-    >>> device = resolve_device("auto", "pooled")   # after: "cuda" or "cpu"
+    check_device_here("cuda", address=None)     # before Ray starts: DeviceError without a GPU
+    device = resolve_device("auto", "pooled")   # after: "cuda" or "cpu"
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import math
 from dataclasses import replace
 from typing import Any, Optional, Sequence
 
-from raysim.cuda import EVAL_GPU_SHARE
 from raysim.errors import BadInput
-
+from raysim.hosts.cuda import EVAL_GPU_SHARE
 
 
 class DeviceError(BadInput):
@@ -77,7 +76,8 @@ def hosts_that_fit(share: float, node_gpus: Sequence[float], used: float) -> int
     GPUs; `used`: what is taken already (the evaluator's share, other work), packed onto the
     first GPUs as Ray packs fractions.
 
-        >>> hosts_that_fit(0.6, [2.0], 0.05)   # 2
+        >>> hosts_that_fit(0.6, [2.0], 0.05)
+        2
     """
     room: list[float] = []
     for g in node_gpus:

@@ -8,20 +8,40 @@
 
 A placement is a small description that the coordinator turns into a backend with `start`.
 
-    >>> backend = Pooled(hosts=2).start(setup, trainer, data)
+    backend = Pooled(hosts=2).start(setup, trainer, data)
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
+
+from raysim.engine.rounds import Backend
 
 if TYPE_CHECKING:
+    from raysim.client.trainer import Trainer
+    from raysim.engine.rounds import Setup
     from raysim.runtime.dedicated import RealTime
     from raysim.runtime.shared import SharedData
-    from raysim.simulation import Backend, Setup
-    from raysim.trainer import Trainer
+
+
+class ActorBackend(Backend, Protocol):
+    """A backend whose hosts are Ray actors (`RayPool`, `DedicatedPool`), as the coordinator
+    reports on them and injects faults into them."""
+
+    restarts: int
+
+    @property
+    def hosts(self) -> list[Any]: ...
+
+    def node_ids(self) -> list[str]: ...
+
+    def pids(self) -> list[int]: ...
+
+    def data_ref_ids(self) -> list[list[str]]: ...
+
+    def arm_crash(self, host: int, round_idx: int) -> None: ...
 
 
 class Placement(ABC):
@@ -29,7 +49,7 @@ class Placement(ABC):
 
     @abstractmethod
     def start(self, setup: "Setup", trainer: "Trainer", data: "SharedData",
-              options: Optional[dict[str, Any]] = None) -> "Backend":
+              options: Optional[dict[str, Any]] = None) -> ActorBackend:
         """The backend that trains rounds (actors started or started lazily)."""
 
 

@@ -17,14 +17,14 @@ import ray
 import torch
 from ray.exceptions import RayActorError, WorkerCrashedError
 
+from raysim.client.trainer import Trainer
+from raysim.hosts.host import HostCore
+from raysim.hosts.local import balance
+from raysim.messages import GroupResult, HostResult, TrainTask
 from raysim.models import ModelSpec
-from raysim.records import GroupResult, HostResult, TrainTask
-from raysim.runtime.host import HostCore
-from raysim.runtime.local import balance
 from raysim.runtime.session import host_placements, node_alive
 from raysim.runtime.shared import SharedData, prefault
 from raysim.submodel import SubmodelPlan
-from raysim.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class RayPool:
         node = getattr(opts.get("scheduling_strategy"), "node_id", None)
         if node is not None and not node_alive(node):
             opts = {**opts, "scheduling_strategy": "SPREAD"}
-        host = DeviceHost.options(**opts).remote(*self._args, h)
+        host = DeviceHost.options(**opts).remote(*self._args, h)  # type: ignore[attr-defined]  # ray.remote's stub keeps the plain class
         if getattr(self, "choices", None):
             host.set_batching.remote(self.choices)  # a replacement trains as its predecessor did
         return host

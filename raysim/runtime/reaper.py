@@ -124,6 +124,7 @@ def release() -> None:
     w, _watcher = _watcher, None
     if w is None:
         return
+    assert w.stdin is not None  # started with stdin=PIPE
     try:
         w.stdin.write(RELEASE)
         w.stdin.close()

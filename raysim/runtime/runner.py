@@ -15,16 +15,17 @@ from typing import Any, Callable, Optional, Sequence
 import ray
 from ray.exceptions import RayActorError
 
-from raysim.build import Components, build_setup, components, engine
-from raysim.callbacks import Callback
-from raysim.config import Scenario
+from raysim.engine.callbacks import Callback
+from raysim.engine.clock import RealtimeClock, VirtualClock
 from raysim.errors import RunFailed, gist
 from raysim.records import RoundOutput
-from raysim.results import (RunWriter, check_output_root, latest_checkpoint, load_checkpoint, new_run_dir, read_manifest,
-                            read_tables)
+from raysim.rundir.reader import latest_checkpoint, load_checkpoint, read_manifest, read_tables
+from raysim.rundir.writer import RunWriter, check_output_root, new_run_dir
 from raysim.runtime.gpu import check_device_here, resolve_device, with_device
 from raysim.runtime.session import pickle_by_value, start_ray, stop_ray, user_modules
-from raysim.simulation import Setup
+from raysim.scenario.build import async_config, ladder_note, prepare, round_config, trainer
+from raysim.scenario.resolve import Components, components
+from raysim.scenario.schema import Scenario
 
 
 class CoordinatorLost(RunFailed):
@@ -38,13 +39,22 @@ class RunResult:
     wall_s: float
 
 
-def prepare(sc: Scenario, comps: Optional[Components] = None) -> Setup:
-    """Load data and derive model, costs, fleet and shards (raises one-line errors on bad input)."""
-    from raysim.sizes import check_sizes  # noqa: PLC0415
+def engine(sc: Scenario, comps: Components):
+    """The coordinator's `Engine`: the components plus the placement and clock the scenario picks."""
+    from raysim.runtime.coordinator import Engine  # noqa: PLC0415
+    from raysim.runtime.dedicated import RealTime  # noqa: PLC0415
+    from raysim.runtime.placement import Dedicated, Placement, Pooled  # noqa: PLC0415
 
-    comps = comps or components(sc)
-    check_sizes(sc)  # before anything large is allocated
-    return build_setup(sc, comps, comps.load_dataset(sc.seed))
+    rt = sc.runtime
+    realtime = rt.clock == "realtime"
+    if rt.placement == "dedicated":
+        timing = RealTime(rt.time_scale, sc.selection.per_round, sc.deadline.policy == "partial") if realtime else None
+        placement: Placement = Dedicated(rt.hosts, timing)
+    else:
+        placement = Pooled(rt.hosts, rt.hosts_per)
+    clock = RealtimeClock(rt.time_scale) if realtime else VirtualClock()
+    return Engine(comps.strategy, comps.assigner, comps.server, trainer(sc, comps), round_config(sc), placement, clock,
+                  async_config(sc))
 
 
 def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = None,
@@ -67,7 +77,7 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     setup = prepare(sc, comps)
     if resume is not None:
         # Everything the resume reads is checked before Ray starts and before anything is written.
-        from raysim.resume import check_checkpoint  # noqa: PLC0415
+        from raysim.rundir.resume import check_checkpoint  # noqa: PLC0415
 
         check_checkpoint(resume, setup.spec.global_shapes(), sc.rounds)
         read_tables(resume, ("rounds", "clients", "evals"))
@@ -95,6 +105,11 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
         coord = spawn()
         info = ray.get(coord.info.remote())
         info["components"] = dict(comps.sources)
+        note = ladder_note(sc)
+        if note is not None:
+            info["notes"] = [note]
+            if progress:
+                print(f"note: {note}", file=sys.stderr)
         # `train.batched: auto` measured once: a restarted coordinator (spawn reads `eng`
         # when called) and a resumed run train as this one decided, so they stay identical.
         eng = with_choices(eng, info.get("batched"))

@@ -24,8 +24,10 @@ from typing import Any, Iterable, Iterator, Optional
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-import raysim
 from raysim.errors import ClusterError, one_line
+
+# The package's directory, shipped to a cluster's workers that may not have raysim installed.
+RAYSIM_DIR = str(Path(__file__).resolve().parents[1])
 
 PROBE_TIMEOUT_S = 5.0
 
@@ -39,7 +41,7 @@ def start_ray(address: Optional[str], num_cpus: Optional[int], modules: Iterable
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
+    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
     if address:
         join_cluster(address, kwargs, modules)
     else:
@@ -117,7 +119,7 @@ def needs_token(target: str) -> bool:
     if target.startswith("ray://"):
         return False
     try:
-        from ray._raylet import GcsClient  # noqa: PLC0415
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]  # noqa: PLC0415 (compiled module: no stub for it)
     except ImportError:
         return False
     with _stderr_held():
@@ -163,7 +165,7 @@ def join_cluster(address: str, kwargs: dict[str, Any], modules: Iterable[ModuleT
     with _stderr_held() as held:
         try:
             # On a cluster the workers may not have raysim installed: ship the package with the job.
-            ray.init(address=target, runtime_env={"py_modules": [raysim, *modules]}, **kwargs)
+            ray.init(address=target, runtime_env={"py_modules": [RAYSIM_DIR, *modules]}, **kwargs)
         except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, AuthenticationError
             failure = err
     if failure is None:
@@ -202,9 +204,10 @@ def user_modules(objects: Any) -> list[ModuleType]:
         name = getattr(target, "__module__", None) or type(target).__module__
         top = name.split(".")[0]
         mod = sys.modules.get(top)
-        if top in ("raysim", "__main__", "builtins") or mod is None or not getattr(mod, "__file__", None):
+        file = getattr(mod, "__file__", None) if mod is not None else None
+        if top in ("raysim", "__main__", "builtins") or mod is None or not file:
             continue
-        where = str(Path(mod.__file__).resolve())
+        where = str(Path(file).resolve())
         if any(where.startswith(p + os.sep) for p in installed):
             continue
         found[top] = mod

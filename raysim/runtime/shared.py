@@ -17,7 +17,7 @@ import numpy as np
 import ray
 
 from raysim.data import Shards
-from raysim.simulation import Setup
+from raysim.engine.rounds import Setup
 
 PAGE = 4096
 

@@ -1,22 +1,52 @@
-"""What the analysis of a traced model records: layouts of parameters, how each leaf layer's
-widths follow the groups, which reshapes and splits carry literal widths."""
+"""What the analysis of a traced model records (layouts of parameters, how each leaf layer's
+widths follow the groups, which reshapes and splits carry literal widths), and the contract of
+a layer rule that records them."""
 
 from __future__ import annotations
 
+import copy
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
+
+from torch import nn
 
 from raysim.slicing.layout import Atoms, Dim, Layout
 
-if TYPE_CHECKING:
-    from raysim.slicing.layers import LayerRule
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How the builder treats layers whose behaviour is a choice (see the module docstring),
+    and the rate of the submodel being built (for its scalers)."""
+
+    static_bn: bool = True
+    scaler: bool = True
+    rate: float = 1.0
+
+
+class LayerRule(ABC):
+    """How one kind of leaf layer is analysed and narrowed."""
+
+    @abstractmethod
+    def propagate(self, ctx: Analysis, path: str, m: nn.Module, x: Layout,
+                  out_shape: tuple[int, ...]) -> Layout:
+        """The output layout; records parameters and the layer's width dimensions."""
+
+    def rebuild(self, m: nn.Module, widths: tuple[int, ...], opts: BuildOptions) -> nn.Module:
+        """A fresh layer at `widths` (parameter-free layers are copied)."""
+        return copy.deepcopy(m)
+
+    def resize(self, m: nn.Module, widths: tuple[int, ...], opts: BuildOptions) -> None:  # noqa: B027 - optional
+        """Narrow `m`, a materialised copy of a subclass of this rule's layer, in place to
+        `widths`: its width attributes and fresh tensors (then `Subclass` re-initialises them
+        with the layer's own `reset_parameters`)."""
 
 
 @dataclass
 class LayerUse:
     """A leaf layer: its rule and the dimensions its constructor widths follow (rule order)."""
 
-    rule: "LayerRule"
+    rule: LayerRule
     dims: tuple[Dim, ...]
     # The (input, output) channel dimensions of a conv or linear, for the scaler rule.
     io: Optional[tuple[Dim, Dim]] = None

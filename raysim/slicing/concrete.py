@@ -21,7 +21,7 @@ not in evaluation, as in the module. A Python branch on it (`if self.training:`)
 in the module's mode when traced (training); `raysim.slicing.layers` makes the usual such
 modules (drop-path) leaves, so they keep their branch.
 
-    >>> gm = concrete_trace(model, torch.zeros(2, 3, 32, 32))
+    gm = concrete_trace(model, torch.zeros(2, 3, 32, 32))
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import fx, nn
 from torch.fx.node import map_arg
-from torch.fx.proxy import Attribute, Proxy, TraceError
+from torch.fx.proxy import Attribute, Proxy, TraceError, TracerBase
 
 try:  # fx patches nn.Module.__call__ while it traces; a concrete run must see torch unpatched
     from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
@@ -46,11 +46,13 @@ except ImportError:  # pragma: no cover - an fx without it traces leaves as befo
 class _Concrete:
     """What the concrete proxies add to fx's: Python conversions answered from the value."""
 
-    tracer: "ConcreteTracer"
+    tracer: TracerBase  # always a ConcreteTracer (its `proxy` makes these)
     node: fx.Node
 
     def _value(self) -> Any:
-        return self.tracer.value_of(self.node)
+        tracer = self.tracer
+        assert isinstance(tracer, ConcreteTracer)
+        return tracer.value_of(self.node)
 
     def _number(self, cast: Callable[[Any], Any]) -> Any:
         v = self._value()
@@ -127,15 +129,16 @@ class ConcreteTracer(fx.Tracer):
             except AttributeError:  # a constant fx stored on the module being traced
                 return _fetch(self.root, str(node.target))
         if node.op == "call_module":
+            assert self._shadow is not None  # set for the length of `trace`
             return self._shadow.get_submodule(str(node.target))(*args, **kwargs)
         if node.op == "call_function":
-            return node.target(*args, **kwargs)  # type: ignore[operator]
+            return node.target(*args, **kwargs)  # type: ignore[operator]  # a call_function target is callable
         if node.op == "call_method":
             return getattr(args[0], str(node.target))(*args[1:], **kwargs)
         return None
 
     # ------------------------------------------------------------------ fx hooks
-    def trace(self, root: Any, concrete_args: Optional[dict[str, Any]] = None) -> fx.Graph:  # type: ignore[override]
+    def trace(self, root: Any, concrete_args: Optional[dict[str, Any]] = None) -> fx.Graph:
         self._shadow = copy.deepcopy(root).eval()
         self._values.clear()
         self._modes = {m: m.training for m in root.modules()}
@@ -178,6 +181,7 @@ class ConcreteTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if super().is_leaf_module(m, module_qualified_name):
             return True
+        assert self._shadow is not None  # set for the length of `trace`
         with _unpatched():
             return self._leaf(self._shadow.get_submodule(module_qualified_name), self._first_arg)
 
@@ -191,7 +195,7 @@ class ConcreteTracer(fx.Tracer):
         v = self.value_of(obj.node)
         if isinstance(v, torch.Tensor):
             raise TraceError("iteration over a tensor")
-        return iter([obj[i] for i in range(len(v))])
+        return iter([obj[i] for i in range(len(v))])  # type: ignore[index]  # fx adds Proxy's __getitem__ at import
 
 
 def _defaults(root: nn.Module, given: Optional[dict[str, Any]]) -> dict[str, Any]:

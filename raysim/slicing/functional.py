@@ -205,7 +205,7 @@ def expand(ctx: Analysis, call: OpCall) -> Value:
     sizes = _expand_sizes(call)
     if sizes is not None:
         at, literal = sizes
-        for d, (s, dim) in enumerate(zip(literal, out)):
+        for s, dim in zip(literal, out):
             if isinstance(s, int) and s != -1 and ctx.atoms.sliced(dim):
                 ctx.literal(call.node.name, at, "expand", tuple(out), tuple(literal))
                 break

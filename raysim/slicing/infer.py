@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import operator
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -37,10 +37,10 @@ from torch import fx, nn
 
 from raysim.models.base import ModelSpec, Scaler
 from raysim.models.span import Axis, Span, axis_width, span_indices
-from raysim.slicing.analysis import Analysis
-from raysim.slicing.layers import BuildOptions, LayerRule, narrowed_num_groups
+from raysim.slicing.analysis import Analysis, BuildOptions, LayerRule
+from raysim.slicing.layers import narrowed_num_groups
 from raysim.slicing.layout import Layout, dim_size
-from raysim.slicing.trace import EXAMPLE_BATCH, walk
+from raysim.slicing.walk import EXAMPLE_BATCH, walk
 
 SCALER_NAME = "rate_scaler"
 
@@ -205,7 +205,7 @@ def _rewrite_shape(node: fx.Node, widths: tuple[int, ...], dims: Dims, batch: tu
 
     if "shape" in node.kwargs or "size" in node.kwargs:
         key = "shape" if "shape" in node.kwargs else "size"
-        node.kwargs = {**node.kwargs, key: tuple(fix(list(node.kwargs[key])))}
+        node.kwargs = {**node.kwargs, key: tuple(fix(list(cast(Sequence[Any], node.kwargs[key]))))}  # a shape
         return
     args = list(node.args)
     if len(args) == 2 and isinstance(args[1], (tuple, list)):
@@ -241,13 +241,14 @@ def _literal(kind: str, dims: Dims, value: object, sizes: Mapping[str, int]) -> 
     raise AssertionError(f"literal kind {kind}")
 
 
-def _rewrite_literal(node: fx.Node, at: "int | str", value: object) -> None:
+def _rewrite_literal(node: fx.Node, at: "int | str", value: Any) -> None:
     """Write `value` into a node's argument `at`: a position, a keyword, "*" for the
     arguments after the first, or a position inside an indexing tuple ("stop")."""
-    if isinstance(at, str) and at != "*":
-        node.kwargs = {**node.kwargs, at: value}
-    elif at == "*":
-        node.args = (node.args[0], *value)  # type: ignore[misc]
+    if isinstance(at, str):
+        if at == "*":
+            node.args = (node.args[0], *value)
+        else:
+            node.kwargs = {**node.kwargs, at: value}
     elif node.target is operator.getitem:
         index = node.args[1]
         if isinstance(index, tuple):
@@ -286,8 +287,8 @@ def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
     for name, pieces in s.splits.items():
         _rewrite_split(by_name[name], list(pieces.widths(sizes)))
     for name, uses in s.literals.items():
-        for at, kind, dims, value in uses:
-            _rewrite_literal(by_name[name], at, _literal(kind, dims, value, sizes))
+        for at, kind, dims, literal in uses:
+            _rewrite_literal(by_name[name], at, _literal(kind, dims, literal, sizes))
     if s.options.scaler and rate < 1.0 and s.scaled:
         root.add_module(SCALER_NAME, Scaler(rate))
         scaled = set(s.scaled)
@@ -295,7 +296,7 @@ def build(s: Slicing, sizes: Mapping[str, int], rate: float) -> nn.Module:
             if node.op == "call_module" and node.target in scaled:
                 with graph.inserting_after(node):
                     out = graph.call_module(SCALER_NAME, (node,))
-                node.replace_all_uses_with(out, delete_user_cb=lambda user: user is not out)
+                node.replace_all_uses_with(out, delete_user_cb=lambda user: user is not out)  # noqa: B023 - used at once
     return _registration_order(fx.GraphModule(root, graph, s.class_name), root)
 
 
@@ -327,9 +328,9 @@ def infer_spec(module: nn.Module, input_shape: tuple[int, ...], num_classes: int
     line naming the module and the op) for a model that cannot be sliced: data-dependent
     control flow or an unknown op.
 
-        >>> spec = infer_spec(MyNet(), (6, 64), num_classes=8)
-        >>> plan = make_strategy("rolling").plan(spec, 0.5, round_idx, device_id, params, seed)
-        >>> sub = spec.build(plan.sizes(), plan.rate)
+        spec = infer_spec(MyNet(), (6, 64), num_classes=8)
+        plan = make_strategy("rolling").plan(spec, 0.5, round_idx, device_id, params, seed)
+        sub = spec.build(plan.sizes(), plan.rate)
     """
     input_shape = tuple(int(n) for n in input_shape)
     s, param_axes, out_shape = _slicing(module, input_shape, BuildOptions(static_bn=static_bn, scaler=scaler),

@@ -40,45 +40,16 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch import nn
 
 from raysim.models.base import Scaler
-from raysim.slicing.analysis import Analysis, LayerUse
+from raysim.slicing.analysis import Analysis, LayerRule, LayerUse
 from raysim.slicing.errors import SlicingError
-from raysim.slicing.layout import Dim, Layout, Seg, dim_size, fixed
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """How the builder treats layers whose behaviour is a choice (see the module docstring),
-    and the rate of the submodel being built (for its scalers)."""
-
-    static_bn: bool = True
-    scaler: bool = True
-    rate: float = 1.0
-
-
-class LayerRule(ABC):
-    """How one kind of leaf layer is analysed and narrowed."""
-
-    @abstractmethod
-    def propagate(self, ctx: Analysis, path: str, m: nn.Module, x: Layout,
-                  out_shape: tuple[int, ...]) -> Layout:
-        """The output layout; records parameters and the layer's width dimensions."""
-
-    def rebuild(self, m: nn.Module, widths: tuple[int, ...], opts: BuildOptions) -> nn.Module:
-        """A fresh layer at `widths` (parameter-free layers are copied)."""
-        return copy.deepcopy(m)
-
-    def resize(self, m: nn.Module, widths: tuple[int, ...], opts: BuildOptions) -> None:
-        """Narrow `m`, a materialised copy of a subclass of this rule's layer, in place to
-        `widths`: its width attributes and fresh tensors (then `Subclass` re-initialises them
-        with the layer's own `reset_parameters`)."""
+from raysim.slicing.layout import Dim, Layout, Seg, fixed
+from raysim.slicing.ops import reshape_layout
 
 
 class RateScaler(LayerRule):
@@ -159,7 +130,7 @@ class Conv(LayerRule):
             m.bias = nn.Parameter(torch.empty(cout))
 
 
-def _kept_groups(m: nn.Module, cin: int) -> int:
+def _kept_groups(m: nn.modules.conv._ConvNd, cin: int) -> int:
     """A grouped conv keeps whole groups: as many as its kept inputs fill."""
     return 1 if m.groups == 1 else m.groups * cin // m.in_channels
 
@@ -298,7 +269,6 @@ class Flatten(LayerRule):
     """nn.Flatten: a reshape (see `raysim.slicing.ops.reshape_layout`)."""
 
     def propagate(self, ctx, path, m, x, out_shape):
-        from raysim.slicing.ops import reshape_layout  # noqa: PLC0415 (ops imports this module)
 
         return reshape_layout(ctx, x, out_shape)
 
@@ -363,12 +333,12 @@ class Subclass(LayerRule):
         return out
 
 
-def _base_of(m: nn.Module) -> Optional[tuple[type, LayerRule]]:
+def _base_of(m: nn.Module) -> Optional[tuple[type[nn.Module], LayerRule]]:
     """The torch layer a module extends, with its rule, nearest first."""
     for cls in type(m).__mro__:
         for types, rule in _RULES:
             if cls in types:
-                return cls, rule
+                return cast("type[nn.Module]", cls), rule  # one of the rules' torch layers
     return None
 
 
@@ -420,7 +390,7 @@ def is_leaf(m: nn.Module, x: object) -> bool:
     return isinstance(x, torch.Tensor) and behaves_as_base(m, cls, x)
 
 
-def behaves_as_base(m: nn.Module, base: type, x: torch.Tensor) -> bool:
+def behaves_as_base(m: nn.Module, base: type[nn.Module], x: torch.Tensor) -> bool:
     """Whether a subclass that overrides `forward` still computes what its base's rule
     assumes, on a random input shaped like `x`: a BatchNorm subclass may add per-element
     work after the norm (a fused activation, drop) as long as it stays `channel_local`; any

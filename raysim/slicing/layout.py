@@ -134,9 +134,11 @@ class Atoms:
         consecutive channels (a grouped conv's groups); False, and nothing changed, when that
         cannot be expressed (a concatenation, a pinned or refined class, another grouping)."""
         c = self.canonical(dim)
-        if len(c) != 1 or c[0].atom is None:
+        if len(c) != 1:
             return False
         seg = c[0]
+        if seg.atom is None:
+            return False
         if seg.width == units:  # already seen as these units
             return True
         r = self.find(seg.atom)

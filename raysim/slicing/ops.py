@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Optional
+from typing import Any, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
 from torch import fx
-
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from raysim.slicing.analysis import Analysis, ReshapeUse, SplitUse
@@ -58,19 +57,20 @@ def cat(ctx: Analysis, call: OpCall) -> Value:
     """Concatenation: the parts of the joined dimension side by side; the others meet."""
     seq = call.arg(0, "tensors")
     whole = call.value(seq) if isinstance(seq, fx.Node) else None
-    parts = list(whole.layouts) if isinstance(whole, Parts) else [call.value(t) for t in seq]
-    if any(isinstance(p, Other) for p in parts):
+    values = list(whole.layouts) if isinstance(whole, Parts) else [call.value(t) for t in seq]
+    parts = [p for p in values if not isinstance(p, Other)]
+    if len(parts) != len(values):
         raise Unsupported("joins non-tensors")
     n = len(parts[0])
     d = _norm_dim(int(call.arg(1, "dim", 0)), n)
     out: list[Dim] = []
     for k in range(n):
         if k == d:
-            out.append(tuple(s for p in parts for s in p[k]))  # type: ignore[index]
+            out.append(tuple(s for p in parts for s in p[k]))
         else:
             for p in parts[1:]:
-                ctx.atoms.unify(parts[0][k], p[k])  # type: ignore[index]
-            out.append(parts[0][k])  # type: ignore[index]
+                ctx.atoms.unify(parts[0][k], p[k])
+            out.append(parts[0][k])
     return tuple(out)
 
 
@@ -159,7 +159,7 @@ def _shape_args(node: fx.Node) -> list:
     """The target shape of a view/reshape node, one entry per dimension."""
     for key in ("shape", "size"):
         if key in node.kwargs:
-            return list(node.kwargs[key])
+            return list(cast(Sequence[Any], node.kwargs[key]))  # a shape: a list or tuple of sizes
     args = list(node.args[1:])
     return list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
 
@@ -170,12 +170,12 @@ def _reads_batch(a: object) -> bool:
     if not isinstance(a, fx.Node):
         return False
     if a.op == "call_method" and a.target == "size" and len(a.args) > 1:
-        return a.args[1] == 0
+        return bool(a.args[1] == 0)
     if a.op == "call_function" and a.target is operator.getitem and isinstance(a.args[0], fx.Node):
         src = a.args[0]
         if (src.op == "call_function" and src.target is getattr and src.args[1] == "shape") or \
                 (src.op == "call_method" and src.target == "size" and len(src.args) == 1):
-            return a.args[1] == 0
+            return bool(a.args[1] == 0)
     if "tensor_meta" in a.meta:  # a tensor: not a size
         return False
     return any(_reads_batch(n) for n in a.all_input_nodes)
@@ -232,10 +232,10 @@ def permute(ctx: Analysis, call: OpCall) -> Value:
     n = len(x)
     name = call.node.target if isinstance(call.node.target, str) else call.node.target.__name__
     if name == "permute":
-        order = call.node.args[1:]
-        if len(order) == 1 and isinstance(order[0], (tuple, list)):
-            order = tuple(order[0])
-        order = [_norm_dim(int(d), n) for d in order]
+        dims: Sequence[Any] = call.node.args[1:]
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        order = [_norm_dim(int(d), n) for d in dims]
     else:
         if name == "t":
             i, j = 0, n - 1
@@ -424,7 +424,8 @@ _ELEMENTWISE_NAMES = {
     "hardswish_", "hardsigmoid_", "relu6_", "silu_", "gelu_", "clamp_", "clamp_min", "clamp_max", "erf",
     "zeros_like", "ones_like", "empty_like", "rand_like", "randn_like", "full_like", "bernoulli_",
     "uniform_", "normal_", "fill_", "zero_", "floor_", "floor", "to", "type_as", "half", "double", "bfloat16",
-    "invert", "logical_not", "bitwise_not", "not_", "reciprocal", "sign", "sin", "cos", "softsign", "tanhshrink", "hardshrink", "logsigmoid", "glu_",
+    "invert", "logical_not", "bitwise_not", "not_", "reciprocal", "sign", "sin", "cos", "softsign", "tanhshrink",
+    "hardshrink", "logsigmoid", "glu_",
 }
 _BINARY_NAMES = {"eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "logical_and", "logical_or",
                  "addcmul", "addcdiv", "lerp", "add", "sub", "mul", "div", "truediv", "pow", "iadd", "isub", "imul", "itruediv",

@@ -8,17 +8,23 @@ sharing a group (residual streams) keep the same channels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from raysim.config import rate_sizes
 from raysim.models.base import ModelSpec
 from raysim.models.span import Axis, Span, span_indices
 
 Index = tuple[Union[slice, torch.Tensor], ...]
+
+
+def rate_sizes(width: int, rate: float) -> int:
+    """Channels kept at `rate` of a layer `width` wide: ceil(rate * width), at least 1."""
+    return max(1, math.ceil(rate * width - 1e-9))
+
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,9 @@ def param_index(axes: Sequence[Axis], plan: SubmodelPlan, shape: tuple[int, ...]
             ix = plan.keep[g]
         s = _as_slice(ix)
         parts.append(s if s is not None else ix)
-    if all(isinstance(p, slice) for p in parts):
-        return tuple(parts)  # type: ignore[return-value]
+    slices = [p for p in parts if isinstance(p, slice)]
+    if len(slices) == len(parts):
+        return tuple(slices)
     n = len(shape)
     mesh = []
     for d, p in enumerate(parts):

@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from raysim.config import rate_sizes
 from raysim.models.base import ModelSpec
 from raysim.models.span import Fixed, Span
 from raysim.seeding import rng
-from raysim.submodel.plan import SubmodelPlan, full_plan, prefix_plan
+from raysim.submodel.plan import SubmodelPlan, full_plan, prefix_plan, rate_sizes
 
 
 class Strategy(ABC):

@@ -1,0 +1,357 @@
+"""Asynchronous FL on the event-queue clock: FedBuff and FedAsync, with compressed submodels.
+
+`AsyncSimulation` has the same face as the round loop (`step()` returns one server step's
+records; `state_dict()` / `load_state_dict()` resume it exactly), so the coordinator, the
+run directory and `raysim report` treat it like any run.
+
+- The timeline (`raysim.engine.events`) decides, from predictions alone, which device trains from
+  which global version and which server step its update goes into.
+- Devices train their rate's submodel of the version they downloaded. Their deltas are
+  remapped into global coordinates and folded, exactly (int64), into one partial sum per
+  (step, start version): the devices of such a group share their staleness.
+- A server step combines the groups of its arrivals: FedBuff takes the per-element mean of
+  s(staleness) x delta over the devices that held each element (Nguyen et al., 2022: the
+  buffer of K updates, each down-weighted by staleness); FedAsync mixes the one arrival into
+  the model, x <- x + alpha s (x_start + delta - x) on the elements it held (Xie et al., 2019).
+  Either result goes through the server optimizer; elements nobody held do not move.
+- Devices are trained ahead of time: once their start version exists, the arrivals of the
+  next steps are trained in one backend call (grouped by start version), so hosts stay busy
+  even when a step takes one update. Which call trains a device changes nothing in the numbers.
+
+    sim = AsyncSimulation(setup, Static(), FitMemory(), FedAvg(), backend, cfg, AsyncConfig("fedbuff", 100, 10))
+    out = sim.step()       # one server step
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from raysim.engine.assignment import Assigner, AssignRequest
+from raysim.engine.cost import device_times
+from raysim.engine.events import Dispatched, Job, Refusal, Timeline, Window
+from raysim.engine.rounds import Backend, RoundConfig, Setup, Simulation, host_work, round_totals
+from raysim.messages import GroupResult, PartialSum, TrainReport, TrainTask
+from raysim.records import EXCLUDED, FAILED, OFFLINE, OK, ClientRecords, RoundOutput, RoundRecord
+from raysim.seeding import rng
+from raysim.server.aggregate import buffered_mean, mixed_update
+from raysim.server.optimizers import ServerOptimizer
+from raysim.server.staleness import Polynomial, Staleness
+from raysim.submodel import SubmodelPlan
+from raysim.submodel.strategies import Strategy
+
+MODES = ("fedbuff", "fedasync")
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """The asynchronous server: `mode` fedbuff (step every `buffer` arrivals) or fedasync (every
+    arrival, mixed in with weight `alpha` x staleness); `concurrency` devices train at once."""
+
+    mode: str
+    concurrency: int
+    buffer: int = 10
+    staleness: Staleness = Polynomial(0.5)
+    alpha: float = 0.6
+    poll_s: float = 10.0        # retry an empty training slot after this many simulated seconds
+    batch: Optional[int] = None  # devices per backend call to aim for (None: 4 per host)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"server.mode: {self.mode!r} is not one of {MODES}")
+
+    @property
+    def per_step(self) -> int:
+        """Arrivals that trigger a server step."""
+        return 1 if self.mode == "fedasync" else self.buffer
+
+
+class Dispatcher:
+    """Picks idle online devices for free training slots and assigns their rates and times."""
+
+    def __init__(self, setup: Setup, assigner: Assigner, cfg: RoundConfig) -> None:
+        self.setup, self.assigner, self.cfg = setup, assigner, cfg
+        self.samples = setup.shards.sizes()
+        self.ids = setup.fleet.device_id
+
+    def candidates(self, n: int, t: float, busy: frozenset, key: int) -> np.ndarray:
+        """Up to n distinct fleet positions of devices online at t and not training, at random."""
+        g = rng(self.cfg.seed, "dispatch", key)
+        size = len(self.ids)
+        # Rejection sampling first: a handful of random devices is almost always enough, and
+        # asking the availability model about the whole fleet per dispatch would not scale.
+        draw = g.integers(0, size, size=4 * n + 8)
+        _, first = np.unique(draw, return_index=True)
+        draw = draw[np.sort(first)]
+        draw = draw[~np.isin(self.ids[draw], list(busy))] if busy else draw
+        ok = draw[self.setup.availability.online(self.ids[draw], t)] if len(draw) else draw
+        if len(ok) >= n:
+            return ok[:n]
+        free = np.flatnonzero(self.setup.availability.online(self.ids, t))
+        if busy:
+            free = free[~np.isin(self.ids[free], list(busy))]
+        if len(free) <= n:
+            return free
+        return np.sort(g.choice(free, size=n, replace=False))
+
+    def __call__(self, n: int, t: float, version: int, first_job: int, busy: frozenset) -> Dispatched:
+        setup, cfg = self.setup, self.cfg
+        jobs: list[Job] = []
+        refused: list[Refusal] = []
+        job = first_job
+        for _attempt in range(4):  # devices that cannot train are refused; try others at once
+            want = n - len(jobs)
+            if want <= 0:
+                break
+            taken = busy | {j.device for j in jobs} | {r.device for r in refused}
+            pos = self.candidates(want, t, frozenset(taken), job)
+            if len(pos) == 0:
+                break
+            ids = self.ids[pos]
+            samples = self.samples[pos]
+            times_at = {rt: device_times(setup.fleet, pos, setup.costs[rt], samples, cfg.epochs,
+                                         rng(cfg.seed, "jitter", job)) for rt in setup.rates}
+            req = AssignRequest(version + 1, ids, list(setup.rates),
+                                {rt: c.memory_bytes for rt, c in setup.costs.items()}, setup.fleet.memory[pos],
+                                lambda rt: times_at[rt].total, None)  # noqa: B023 - called before the loop moves on
+            assign = self.assigner.assign(req)
+            rate = np.asarray(assign.rate, dtype=np.float64)
+            off = ~np.isnan(rate) & ~np.isin(rate, list(setup.rates))
+            if off.any():
+                raise ValueError(f"assignment: {type(self.assigner).__name__} assigned rate {float(rate[off][0]):g}, "
+                                 f"which is not on the ladder {list(setup.rates)}")
+            for i in range(len(pos)):
+                p, dev = int(pos[i]), int(ids[i])
+                if np.isnan(rate[i]) or samples[i] == 0:
+                    why = "no training samples" if not np.isnan(rate[i]) else str(assign.reason[i])
+                    refused.append(Refusal(job, dev, p, version, t, why))
+                else:
+                    tm = times_at[float(rate[i])]
+                    d, c, u = float(tm.download[i]), float(tm.compute[i]), float(tm.upload[i])
+                    stays = bool(setup.availability.online_during(np.array([dev]), t, t + d + c + u)[0])
+                    jobs.append(Job(job, dev, p, float(rate[i]), version, t, d, c, u, int(samples[i]), not stays))
+                job += 1
+        return Dispatched(jobs, refused, job - first_job)
+
+
+class AsyncSimulation(Simulation):
+    """The asynchronous engine: one `step()` per server step (see the module docstring)."""
+
+    def __init__(self, setup: Setup, strategy: Strategy, assigner: Assigner, server: ServerOptimizer,
+                 backend: Backend, cfg: RoundConfig, acfg: AsyncConfig) -> None:
+        super().__init__(setup, strategy, assigner, server, backend, cfg)
+        self.acfg = acfg
+        self.timeline = Timeline(Dispatcher(setup, assigner, cfg), acfg.concurrency, acfg.per_step, acfg.poll_s)
+        self.windows: dict[int, Window] = {}     # computed, not yet applied (step -> window)
+        self.versions: dict[int, dict[str, torch.Tensor]] = {0: self._copy(self.params)}
+        self.results: dict[tuple[int, int], PartialSum] = {}  # (step, start version) -> exact sum
+        self.reports: dict[int, TrainReport] = {}              # job -> report
+        self.trained: set[int] = set()                         # jobs trained (or lost with their host)
+        self._applied_state = self.timeline.snapshot()  # the timeline as of the last applied step
+        self._plans: dict[tuple, SubmodelPlan] = {}
+
+    @staticmethod
+    def _copy(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in params.items()}
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        st = super().state_dict()
+        tl = self._applied_state
+        keep = sorted(tl.versions() | {self.round})
+        st["async"] = {"timeline": tl.plain(), "versions": {v: self.versions[v] for v in keep}}
+        return st
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        a = state["async"]
+        self.timeline.load_state(a["timeline"])
+        self._applied_state = self.timeline.snapshot()
+        self.versions = {int(v): {k: t.clone() for k, t in p.items()} for v, p in a["versions"].items()}
+        self.windows.clear()
+        self.results.clear()
+        self.reports.clear()
+        self.trained.clear()
+        self._plans.clear()
+
+    # ---------------------------------------------------------------- one server step
+    def window(self, step: int) -> Window:
+        """The timeline's window of `step` (the timeline runs ahead as far as asked)."""
+        while self.timeline.steps < step:
+            w = self.timeline.next_window()
+            self.windows[w.step] = w
+        return self.windows[step]
+
+    def step(self) -> RoundOutput:
+        """Run the next server step and return its records."""
+        cfg = self.cfg
+        w = self.round + 1
+        wall0 = time.perf_counter()
+        win = self.window(w)
+        train_s = 0.0
+        if any(j.job not in self.trained for j in win.arrivals):
+            train_s = self.train_ahead(w)
+        applied = self.apply(win)
+        self.round = w
+        self.clock = win.time
+        self.versions[w] = self._copy(self.params)
+        assert win.state is not None  # `Timeline.next_window` always records it
+        self._applied_state = win.state
+        del self.windows[w]
+        clients = self.window_rows(win, applied)
+        self._release(w)
+        evals = self.evaluate(w) if (w % cfg.eval_every == 0 or w == cfg.rounds) else []
+        wall = time.perf_counter() - wall0
+        ok = [j for j in win.arrivals if j.job in applied]
+        record = RoundRecord(round=w, sim_start=win.start, sim_time=win.time, duration=win.time - win.start,
+                             wall_s=wall, coordinator_s=wall - train_s, train_s=train_s,
+                             selected=win.dispatched + len(win.refused), trained=len(ok),
+                             samples_trained=int(sum(self.reports[j.job].samples for j in ok)),
+                             **round_totals(clients, evals))
+        for j in win.arrivals:
+            self.reports.pop(j.job, None)
+            self.trained.discard(j.job)
+        return RoundOutput(record, clients, evals)
+
+    def train_ahead(self, w: int) -> float:
+        """Train every arrival of step w, and of the next steps whose start version exists,
+        in one backend call; returns the seconds it took."""
+        batch = self.acfg.batch or 4 * max(1, int(getattr(self.backend, "parallelism", 1)))
+        jobs: list[tuple[int, Job]] = []
+        step = w
+        # Whole windows only: a (step, version) group is always trained in one call.
+        while step == w or (len(jobs) < batch and step <= self.cfg.rounds and step < w + 4 * batch):
+            win = self.window(step)
+            jobs += [(step, j) for j in win.arrivals if j.version <= w - 1 and j.job not in self.trained]
+            step += 1
+        plans: dict[int, SubmodelPlan] = {}
+        plan_ids: dict[tuple, int] = {}
+        groups: dict[tuple[int, int], int] = {}
+        tasks: list[TrainTask] = []
+        for arrival, j in jobs:
+            key = self._plan_key(j)
+            if key not in plan_ids:
+                plan_ids[key] = len(plans)
+                plans[plan_ids[key]] = self._plan(j)
+            gid = groups.setdefault((arrival, j.version), len(groups))
+            steps = math.ceil(j.samples / self.cfg.batch_size) * self.cfg.epochs
+            hint = host_work(steps, self.cfg.batch_size, self.setup.costs[j.rate].flops_per_sample)
+            tasks.append(TrainTask(j.device, j.rate, plan_ids[key], None, self.cfg.weighting, hint, j.t_download,
+                                   j.t_compute, j.t_upload, None, version=j.version, group=gid, stream=j.job))
+        versions = {v: self.versions[v] for v in sorted({j.version for _, j in jobs})}
+        t0 = time.perf_counter()
+        results: list[GroupResult] = self.backend.train_groups(versions, plans, tasks, self._live())
+        took = time.perf_counter() - t0
+        by_gid = {g: k for k, g in groups.items()}
+        for res in sorted(results, key=lambda r: r.host):
+            for gid, part in res.partials.items():
+                gkey = by_gid[gid]
+                if gkey in self.results:
+                    self.results[gkey].merge(part)
+                else:  # a writable copy: what hosts send back is read-only
+                    self.results[gkey] = PartialSum({k: v.copy() for k, v in part.sums.items()},
+                                                   {k: v.copy() for k, v in part.weights.items()},
+                                                   part.devices, part.samples)
+            for rep in res.reports:
+                self.reports[rep.job] = rep
+        self.trained.update(j.job for _, j in jobs)
+        return took
+
+    def _plan_key(self, j: Job) -> tuple[int, float, int]:
+        """Devices that share a plan: one per (version, rate), or per device where the strategy
+        draws one per device."""
+        return j.version, j.rate, j.device if self.strategy.per_device else -1
+
+    def _plan(self, j: Job) -> SubmodelPlan:
+        key = self._plan_key(j)
+        plan = self._plans.get(key)
+        if plan is None:
+            # The strategy sees the step the device joins (rolling windows move per version) and
+            # the weights it downloaded (magnitude).
+            plan = self.strategy.plan(self.spec, j.rate, j.version + 1, key[2], self.versions[j.version],
+                                      self.cfg.seed)
+            self._plans[key] = plan
+        return plan
+
+    def apply(self, win: Window) -> set[int]:
+        """Combine the step's groups into one update and take the server step; returns the jobs
+        whose update went in."""
+        w = win.step
+        applied = {j.job for j in win.arrivals if j.job in self.reports and self.reports[j.job].status == OK}
+        keys = sorted(k for k in self.results if k[0] == w)
+        if keys:
+            if self.acfg.mode == "fedbuff":
+                delta, held = self._buffered(w, keys)
+            else:
+                delta, held = self._mixed(w, keys)
+            self.server.step(self.params, delta, held, self.server_state)
+            self.server_state.steps += 1
+        for k in keys:
+            del self.results[k]
+        return applied
+
+    def _buffered(self, w: int, keys: list[tuple[int, int]]):
+        # ascending start version: a fixed order of float additions
+        parts = [(self.acfg.staleness(w - 1 - v), self.results[(w, v)]) for _, v in keys]
+        return buffered_mean(parts, self.shapes)
+
+    def _mixed(self, w: int, keys: list[tuple[int, int]]):
+        ((_, v),) = keys  # one arrival per step
+        mix = self.acfg.alpha * self.acfg.staleness(w - 1 - v)
+        return mixed_update(self.results[(w, v)], mix, self.versions[v], self.params)
+
+    def _live(self) -> set[int]:
+        """Versions some device still needs (in flight, or arriving in a computed window)."""
+        live = {j.version for j in self.timeline.in_flight()}
+        for win in self.windows.values():
+            live.update(j.version for j in win.arrivals)
+        live.add(self.round)
+        return live
+
+    def _release(self, w: int) -> None:
+        live = self._live()
+        for v in [v for v in self.versions if v not in live]:
+            del self.versions[v]
+        self._plans = {k: p for k, p in self._plans.items() if k[0] in live}
+
+    # ---------------------------------------------------------------- records
+    def window_rows(self, win: Window, applied: set[int]) -> ClientRecords:
+        """One record per dispatch concluded in this step: refused, lost, or arrived."""
+        costs, fleet = self.setup.costs, self.setup.fleet
+        classes = fleet.classes()
+        out = ClientRecords()
+        w = win.step
+        nan = float("nan")
+        for r in win.refused:
+            out.append(round=w, device_id=r.device, device_class=str(classes[r.pos]), rate=nan, status=EXCLUDED,
+                       reason=r.reason, t_download=nan, t_compute=nan, t_upload=nan, t_total=nan, t_finish=nan,
+                       work_fraction=0.0, samples=int(self.samples[r.pos]), samples_trained=0, steps=0, loss=nan,
+                       bytes_down=0, bytes_up=0, host=-1, wall_s=0.0, version_start=r.version,
+                       version_applied=-1, staleness=-1)
+        for j in win.lost + win.arrivals:
+            rep = self.reports.get(j.job)
+            if j.lost:
+                st, why = OFFLINE, "went offline while training: the update never arrived"
+            elif rep is None:
+                st, why = FAILED, "device host lost"
+            elif rep.status != OK:
+                st, why = rep.status, rep.reason
+            else:
+                st, why = OK, ""
+            ok = j.job in applied
+            nbytes = int(costs[j.rate].param_bytes)
+            out.append(round=w, device_id=j.device, device_class=str(classes[j.pos]), rate=j.rate, status=st,
+                       reason=why, t_download=j.t_download, t_compute=j.t_compute, t_upload=j.t_upload,
+                       t_total=j.t_download + j.t_compute + j.t_upload, t_finish=j.finish - win.start,
+                       work_fraction=1.0 if ok else 0.0, samples=j.samples,
+                       samples_trained=int(rep.samples) if ok and rep is not None else 0, steps=int(rep.steps) if rep else 0,
+                       loss=float(rep.loss) if rep else nan, bytes_down=nbytes, bytes_up=nbytes if ok else 0,
+                       host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0,
+                       version_start=j.version, version_applied=w if ok else -1,
+                       staleness=w - 1 - j.version if ok else -1)
+        return out

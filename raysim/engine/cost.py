@@ -1,0 +1,259 @@
+"""Cost model: what training a submodel costs, and how long a device takes to do it.
+
+Two halves, both pure numerics (no Ray):
+
+* `profile_rate` / `profile_ladder` *measure* a model at a width rate: parameters, bytes on the
+  wire, training FLOPs per sample (torch's own flop counter around one forward+backward) and
+  training memory (parameters, gradients, optimizer state, and the activations autograd saves
+  for backward, caught with saved-tensor hooks).
+* `device_times` turns those figures and a device profile into download, compute and upload
+  durations, vectorised over devices (each device may run a different rate).
+
+    spec = cnn_spec((1, 12, 12), 10, [32, 64, 128], 128)
+    ladder = profile_ladder(spec, [1.0, 0.5], batch_size=20)
+    work = Workload.of([ladder[1.0], ladder[0.5]])
+    times = device_times(fleet, np.array([0, 1]), work, np.array([100, 100]), 1, rng)
+    times.total
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+from raysim.models.base import ModelSpec
+from raysim.submodel.plan import rate_sizes
+
+if TYPE_CHECKING:  # only for annotations: the cost model needs no fleet machinery at import
+    from raysim.fleet import Fleet
+
+__all__ = [
+    "RateCost",
+    "profile_rate",
+    "profile_ladder",
+    "clear_profile_cache",
+    "Workload",
+    "DeviceTimes",
+    "device_times",
+]
+
+# Parameters travel as float32.
+_WIRE_BYTES_PER_PARAM = 4
+
+
+@dataclass(frozen=True)
+class RateCost:
+    """Measured cost of training the submodel at one width rate.
+
+    `flops_per_sample` is forward + backward (what training costs); `forward_flops_per_sample`
+    is the forward pass alone (what FedScale-style ms-per-sample traces time). Both count what
+    torch's flop counter counts: convolutions and matrix products, which dominate; element-wise
+    work (norms, activations, pooling) is not counted.
+    """
+
+    rate: float
+    params: int
+    param_bytes: int
+    flops_per_sample: float
+    memory_bytes: int
+    forward_flops_per_sample: float
+    activation_bytes: int
+    batch_size: int
+
+
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of a convolution's backward: the input gradient and the weight gradient each cost
+    what the forward costs. torch's own formula (2.13) counts the weight gradient of a grouped
+    conv as if it were ungrouped, `groups` times too much (a depthwise conv's backward came
+    out ~C times its forward); for `groups == 1` the two agree."""
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), bool(transposed))
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def _sizes(spec: ModelSpec, rate: float) -> dict[str, int]:
+    return {g: rate_sizes(w, rate) for g, w in spec.groups.items()}
+
+
+def _saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Loss of one batch, and the bytes autograd saved for its backward.
+
+    Tensors are deduplicated by storage (a view and its base are one allocation) and the
+    parameters' own storages are skipped: they are already counted as parameter bytes.
+    """
+    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in param_storages and ptr not in seen:
+            seen[ptr] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = nn.functional.cross_entropy(model(x), y)
+    return loss, sum(seen.values())
+
+
+def profile_rate(spec: ModelSpec, rate: float, batch_size: int, momentum: bool = False) -> RateCost:
+    """Measure parameters, training FLOPs and training memory of `spec` at `rate`.
+
+    One forward+backward of a batch of `batch_size` zero inputs runs under torch's
+    `FlopCounterMode`; FLOPs are reported per sample. Memory is parameters + gradients (same
+    bytes) + a momentum buffer when `momentum`, + activations saved for backward at this batch
+    size. Transient buffers of the backward pass and allocator overhead are not included, so
+    the figure is a lower bound on a real process's peak, comparable across rates and devices.
+    The global torch RNG and thread count are left as they were.
+    """
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"rate must be in (0, 1], got {rate}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    with torch.random.fork_rng(devices=[]):
+        model = spec.build(_sizes(spec, rate), rate)
+    model.train()
+    x = torch.zeros((batch_size, *spec.input_shape))
+    y = torch.zeros(batch_size, dtype=torch.long)
+
+    counter = FlopCounterMode(display=False,
+                              custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
+    # One thread: the profiled batch is tiny, and on a busy machine torch's thread pool spends
+    # ~50x longer synchronising than computing. Counts do not depend on threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with counter:
+            loss, act_bytes = _saved_activation_bytes(model, x, y)
+            forward = counter.get_total_flops()
+            loss.backward()
+            total = counter.get_total_flops()
+    finally:
+        torch.set_num_threads(threads)
+
+    params = sum(p.numel() for p in model.parameters())
+    tensor_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    optimizer_bytes = tensor_bytes if momentum else 0
+    return RateCost(
+        rate=float(rate),
+        params=int(params),
+        param_bytes=int(params * _WIRE_BYTES_PER_PARAM),
+        flops_per_sample=total / batch_size,
+        memory_bytes=int(2 * tensor_bytes + optimizer_bytes + act_bytes),
+        forward_flops_per_sample=forward / batch_size,
+        activation_bytes=int(act_bytes),
+        batch_size=int(batch_size),
+    )
+
+
+_LADDER_CACHE: dict[tuple, dict[float, RateCost]] = {}
+
+
+def _spec_key(spec: ModelSpec) -> tuple:
+    # The builder is a closure (a new object per spec), so identity is the spec's description.
+    # Axes are included because they tell norm layers apart (`none` has no norm parameters).
+    axes = tuple(sorted((k, tuple(v)) for k, v in spec.axes.items()))
+    return (spec.name, tuple(sorted(spec.groups.items())), axes, tuple(spec.input_shape), spec.num_classes)
+
+
+def profile_ladder(spec: ModelSpec, rates: Sequence[float], batch_size: int,
+                   momentum: bool = False) -> dict[float, RateCost]:
+    """`profile_rate` for each rate, cached per (spec description, rates, batch size, momentum).
+
+    Returns a fresh dict (rate -> RateCost) in the order of `rates`.
+    """
+    key = (_spec_key(spec), tuple(float(r) for r in rates), int(batch_size), bool(momentum))
+    if key not in _LADDER_CACHE:
+        _LADDER_CACHE[key] = {float(r): profile_rate(spec, float(r), batch_size, momentum) for r in rates}
+    return dict(_LADDER_CACHE[key])
+
+
+def clear_profile_cache() -> None:
+    """Forget cached ladders (tests, or after changing a model family in place)."""
+    _LADDER_CACHE.clear()
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Per-device work of one round: bytes each way and training FLOPs per sample.
+
+    Devices may train different rates, so both are arrays aligned with the devices.
+    """
+
+    param_bytes: np.ndarray
+    flops_per_sample: np.ndarray
+
+    @classmethod
+    def of(cls, costs: Union[RateCost, Sequence[RateCost]]) -> "Workload":
+        """From one RateCost per device (or a single RateCost, shared by all)."""
+        if isinstance(costs, RateCost):
+            costs = [costs]
+        return cls(
+            param_bytes=np.array([c.param_bytes for c in costs], dtype=np.float64),
+            flops_per_sample=np.array([c.flops_per_sample for c in costs], dtype=np.float64),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceTimes:
+    """Predicted durations in simulated seconds, one entry per device."""
+
+    download: np.ndarray
+    compute: np.ndarray
+    upload: np.ndarray
+
+    @property
+    def total(self) -> np.ndarray:
+        """Download, then compute, then upload (sequential on a device)."""
+        return self.download + self.compute + self.upload
+
+
+def device_times(
+    fleet: Fleet,
+    idx: np.ndarray,
+    work: Union[Workload, RateCost, Sequence[RateCost]],
+    samples: Union[np.ndarray, int],
+    epochs: int,
+    rng: np.random.Generator,
+    jitter: float = 0.1,
+) -> DeviceTimes:
+    """Download, compute and upload time of devices at positions `idx` of `fleet`.
+
+    download = latency + param_bytes * 8 / down_bps; upload = latency + param_bytes * 8 / up_bps;
+    compute = epochs * samples * flops_per_sample / flops. Each is multiplied by its own
+    log-normal factor exp(N(0, jitter)) per device, drawn from `rng` (3 x len(idx) normals, in
+    the order download, compute, upload); `jitter == 0` draws nothing and gives the exact
+    formula. `work` holds one entry per device (or one entry for all); `samples` likewise.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    n = idx.shape[0]
+    if not isinstance(work, Workload):
+        work = Workload.of(work)
+    nbytes = _per_device(work.param_bytes, n, "param_bytes")
+    fps = _per_device(work.flops_per_sample, n, "flops_per_sample")
+    samples_arr = _per_device(np.asarray(samples, dtype=np.float64), n, "samples")
+    if epochs < 0 or jitter < 0:
+        raise ValueError("epochs and jitter must be non-negative")
+
+    latency = fleet.latency[idx]
+    download = latency + nbytes * 8.0 / fleet.down_bps[idx]
+    upload = latency + nbytes * 8.0 / fleet.up_bps[idx]
+    compute = epochs * samples_arr * fps / fleet.flops[idx]
+    if jitter > 0:
+        factors = np.exp(rng.normal(0.0, jitter, size=(3, n)))
+        download, compute, upload = download * factors[0], compute * factors[1], upload * factors[2]
+    return DeviceTimes(download=download, compute=compute, upload=upload)
+
+
+def _per_device(values: np.ndarray, n: int, name: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 0 or values.shape == (1,):
+        return np.full(n, float(values.reshape(-1)[0]))
+    if values.shape != (n,):
+        raise ValueError(f"{name}: expected {n} per-device values, got shape {values.shape}")
+    return values

@@ -1,0 +1,293 @@
+"""The report's figures (matplotlib, headless). Each takes runs and a path and writes one PNG.
+
+Every figure draws one colour per run, the same in every figure, and puts the run legend
+below the axes so long labels never cover data.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from raysim.records import STATUSES  # noqa: E402
+from raysim.report.summaries import (  # noqa: E402
+    bytes_by_class,
+    final_rate_accuracy,
+    outcome_shares,
+    rate_order,
+    staleness_of,
+    time_to_target,
+)
+from raysim.rundir.reader import Run  # noqa: E402
+
+DPI = 120
+STATUS_COLOURS = {"ok": "#2ca02c", "partial": "#98df8a", "late": "#ff7f0e", "offline": "#7f7f7f",
+                  "excluded": "#c5b0d5", "failed": "#8c564b", "oom": "#d62728"}
+
+
+def run_colours(n: int) -> list:
+    """One distinct colour per run: tab10 up to 10 runs, then an evenly spaced colormap."""
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    return [plt.get_cmap("viridis")(x) for x in np.linspace(0.0, 0.92, n)]
+
+
+def time_unit(max_seconds: float) -> tuple[float, str]:
+    """Divisor and name of the unit that keeps simulated times readable (s, min or h)."""
+    if not np.isfinite(max_seconds) or max_seconds < 180:
+        return 1.0, "s"
+    if max_seconds < 3 * 3600:
+        return 60.0, "min"
+    return 3600.0, "h"
+
+
+def wrap(label: str, width: int = 32) -> str:
+    """Break a long label at its commas/spaces so a tick label stays narrow."""
+    return "\n".join(textwrap.wrap(label, width, break_long_words=False, break_on_hyphens=False)) or label
+
+
+def _legend_below(fig, handles, labels) -> None:
+    ncol = 1 if max((len(s) for s in labels), default=0) > 45 else min(len(labels), 3)
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
+
+
+def _save(fig, out: Path) -> Path:
+    out = Path(out)
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out
+
+
+def plot_accuracy(runs: Sequence[Run], out: Path, labels: Sequence[str] | None = None) -> Path:
+    """Global test accuracy vs round and vs simulated time, one line per run."""
+    labels = list(labels) if labels is not None else [r.name for r in runs]
+    colours = run_colours(len(runs))
+    div, unit = time_unit(max((float(r.rounds["sim_time"].max()) for r in runs if not r.rounds.empty), default=0.0))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2 + 0.22 * _legend_rows(labels)), layout="constrained")
+    lines = []
+    for run, colour in zip(runs, colours):
+        r = run.rounds.dropna(subset=["accuracy"]) if not run.rounds.empty else run.rounds
+        if r.empty:
+            lines.append(a.plot([], [], color=colour)[0])
+            continue
+        marker = "." if len(r) <= 60 else None
+        lines.append(a.plot(r["round"], 100 * r["accuracy"], marker=marker, color=colour)[0])
+        b.plot(r["sim_time"] / div, 100 * r["accuracy"], marker=marker, color=colour)
+    a.set(xlabel="round", ylabel="global test accuracy (%)", title="Accuracy per round")
+    b.set(xlabel=f"simulated time ({unit})", ylabel="global test accuracy (%)", title="Accuracy over simulated time")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    _legend_below(fig, lines, labels)
+    return _save(fig, out)
+
+
+def _legend_rows(labels: Sequence[str]) -> int:
+    ncol = 1 if max((len(s) for s in labels), default=0) > 45 else min(len(labels), 3)
+    return -(-len(labels) // max(1, ncol))
+
+
+def plot_time_to_target(runs: Sequence[Run], out: Path, target: float, labels: Sequence[str]) -> Path:
+    """Simulated time each run needs to first reach `target` global accuracy (one bar per run)."""
+    hits = [time_to_target(r.rounds.dropna(subset=["accuracy"]), target) if not r.rounds.empty else (None, None)
+            for r in runs]
+    times = [t for _, t in hits if t is not None]
+    div, unit = time_unit(max(times, default=0.0))
+    colours = run_colours(len(runs))
+    ticks = [wrap(s) for s in labels]
+    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.5 * sum(t.count("\n") + 1 for t in ticks)), layout="constrained")
+    y = np.arange(len(runs))
+    right = max(times, default=1.0) / div
+    for i, ((rnd, t), colour) in enumerate(zip(hits, colours)):
+        if t is None:
+            ax.text(0.01 * right, i, "not reached", va="center", fontsize=8, color="0.35")
+            continue
+        ax.barh(i, t / div, color=colour, height=0.6)
+        ax.text(t / div + 0.01 * right, i, f"round {rnd}", va="center", fontsize=8)
+    ax.set_yticks(y, ticks, fontsize=8)
+    ax.set_ylim(len(runs) - 0.5, -0.5)  # first run on top; rows without a bar keep their place
+    ax.set_xlim(0, right * 1.18 if right > 0 else 1.0)
+    ax.set(xlabel=f"simulated time to {100 * target:.0f}% global test accuracy ({unit})",
+           title=f"Time to target accuracy ({100 * target:.0f}%)")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out)
+
+
+def plot_round_durations(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Path:
+    """Distribution of simulated round durations per run (box, every round as a dot, the deadline)."""
+    data = [r.rounds["duration"].to_numpy(float) if not r.rounds.empty else np.zeros(0) for r in runs]
+    colours = run_colours(len(runs))
+    ticks = [wrap(s) for s in labels]
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.55 * sum(t.count("\n") + 1 for t in ticks)), layout="constrained")
+    y = np.arange(len(runs))
+    box = ax.boxplot([d if len(d) else [np.nan] for d in data], positions=y, orientation="horizontal",
+                     widths=0.55, showfliers=False, patch_artist=True, medianprops={"color": "black"})
+    jitter = np.random.default_rng(0)  # fixed: the same runs give the same picture
+    for i, (d, colour, patch) in enumerate(zip(data, colours, box["boxes"])):
+        patch.set_facecolor((*colour[:3], 0.25))
+        patch.set_edgecolor(colour)
+        ax.scatter(d, i + jitter.uniform(-0.18, 0.18, len(d)), s=8, color=colour, alpha=0.7, zorder=3)
+    longest = max((float(d.max()) for d in data if len(d)), default=1.0)
+    deadlines = [_deadline(r) for r in runs]
+    # A deadline far beyond every round would squash the boxes: then it is written, not drawn.
+    right = max([longest] + [d for d in deadlines if d is not None and d <= 2 * longest]) * 1.08
+    deadline_drawn = False
+    for i, dl in enumerate(deadlines):
+        if dl is None:
+            continue
+        if dl <= right:
+            ax.plot([dl] * 2, [i - 0.38, i + 0.38], ls="--", color="black", lw=1.2, zorder=4)
+            deadline_drawn = True
+        else:
+            ax.annotate(f"deadline {dl:g} s \u2192", (1.0, i - 0.38), xycoords=("axes fraction", "data"),
+                        xytext=(-4, 0), textcoords="offset points", ha="right", va="center", fontsize=8)
+    ax.set_yticks(y, ticks, fontsize=8)
+    ax.set_ylim(len(runs) - 0.5, -0.5)
+    ax.set(xlabel="simulated round duration (s)", title="Round duration")
+    ax.set_xlim(0, right)
+    ax.grid(axis="x", alpha=0.3)
+    if deadline_drawn:
+        ax.legend([plt.Line2D([], [], ls="--", color="black")], ["round deadline"], fontsize=8,
+                  loc="lower right" if len(runs) > 1 else "upper right")
+    return _save(fig, out)
+
+
+def _deadline(run: Run) -> float | None:
+    """The run's round deadline in seconds, or None when rounds wait for everyone."""
+    dl = run.scenario.get("deadline") or {}
+    return None if dl.get("seconds") is None or dl.get("policy") == "wait" else float(dl["seconds"])
+
+
+def plot_outcomes(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Path:
+    """Per run: what became of the selected devices (% per status), by device class and by rate."""
+    n = len(runs)
+    tables = [(outcome_shares(r.clients, "device_class"), outcome_shares(r.clients, "rate")) for r in runs]
+    titles = ["" if n == 1 else wrap(label, 110) for label in labels]
+    # One band per run: its label across the full width, then the two panels.
+    heights = [0.75 + 0.3 * max(len(a), len(b), 1) + 0.18 * (t.count("\n") + 1 if t else 0)
+               for (a, b), t in zip(tables, titles)]
+    fig = plt.figure(figsize=(11, sum(heights) + 0.9), layout="constrained")
+    bands = fig.subfigures(n, 1, height_ratios=heights, squeeze=False)[:, 0]
+    for i, (band, (by_class, by_rate), title) in enumerate(zip(bands, tables, titles)):
+        axes = band.subplots(1, 2)
+        for ax, table, what in ((axes[0], by_class, "device class"), (axes[1], by_rate, "assigned rate")):
+            _stacked_shares(ax, table)
+            ax.set_title(f"by {what}", fontsize=9)
+            ax.set_xlabel("share of selected devices (%)" if i == n - 1 else "")
+        if title:
+            band.suptitle(title, fontsize=9, fontweight="bold")
+    handles = [Patch(color=STATUS_COLOURS[s]) for s in STATUSES]
+    fig.legend(handles, list(STATUSES), loc="outside lower center", ncol=len(STATUSES), fontsize=8, frameon=False)
+    fig.suptitle("Outcome of selected devices (participation = ok + partial)", fontsize=11)
+    return _save(fig, out)
+
+
+def _stacked_shares(ax, table) -> None:
+    if table.empty:
+        ax.text(0.5, 0.5, "no selections", ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])
+        return
+    y = np.arange(len(table))
+    left = np.zeros(len(table))
+    for s in STATUSES:
+        v = table[s].fillna(0.0).to_numpy()
+        ax.barh(y, v, left=left, color=STATUS_COLOURS[s], height=0.7)
+        left += v
+    ax.set_yticks(y, [f"{k} (n={int(n)})" for k, n in zip(table.index, table["selected"])], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def plot_bytes(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Path:
+    """Megabytes downloaded and uploaded per device class over each run (grouped bars, one per run)."""
+    tables = [bytes_by_class(r.clients) for r in runs]
+    classes = sorted(set().union(*[set(t.index) for t in tables])) if tables else []
+    colours = run_colours(len(runs))
+    n = len(runs)
+    height = 0.8 / max(1, n)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.6 + max(1, len(classes)) * (0.3 + 0.12 * n)
+                                            + 0.22 * _legend_rows(labels)),
+                             layout="constrained", sharey=True)
+    values = np.array([[t.reindex(classes)[col].fillna(0.0).to_numpy() for col in ("mb_down", "mb_up")]
+                       for t in tables]) if classes else np.zeros((n, 2, 0))
+    positive = values[values > 0]
+    log = positive.size > 0 and positive.max() / positive.min() > 50
+    y = np.arange(len(classes))
+    bars = []
+    for ax, j, what in ((axes[0], 0, "downloaded"), (axes[1], 1, "uploaded")):
+        for i, colour in enumerate(colours):
+            offset = (i - (n - 1) / 2) * height
+            b = ax.barh(y + offset, values[i, j] if classes else [], height=height * 0.95, color=colour)
+            if j == 0:
+                bars.append(b)
+        ax.set(xlabel=f"MB {what} over the run" + (" (log scale)" if log else ""), title=f"Bytes {what}")
+        if log:
+            ax.set_xscale("log")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, classes, fontsize=8)
+    axes[0].set_ylabel("device class")
+    axes[0].invert_yaxis()
+    if n > 1:
+        _legend_below(fig, bars, list(labels))
+    return _save(fig, out)
+
+
+def plot_rate_accuracy(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Path:
+    """Final test accuracy of the global model and of each rate's submodel (grouped bars, one per run)."""
+    finals = [final_rate_accuracy(r) for r in runs]
+    order = rate_order([k for f in finals for k in f.index]) if any(len(f) for f in finals) else []
+    colours = run_colours(len(runs))
+    n = len(runs)
+    width = 0.8 / max(1, n)
+    fig, ax = plt.subplots(figsize=(8, 4.0 + 0.22 * _legend_rows(labels)), layout="constrained")
+    x = np.arange(len(order))
+    bars = []
+    for i, (f, colour) in enumerate(zip(finals, colours)):
+        v = f.groupby(level=0).first().reindex(order).to_numpy(float) if order else np.zeros(0)
+        bars.append(ax.bar(x + (i - (n - 1) / 2) * width, v, width=width * 0.95, color=colour))
+    ax.set_xticks(x, [("global (1)" if k == "1" else k) for k in order])
+    ax.set(xlabel="model rate (width of the evaluated submodel)", ylabel="test accuracy at the last round (%)",
+           title="Accuracy of each rate's submodel")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    if n > 1:
+        _legend_below(fig, bars, list(labels))
+    return _save(fig, out)
+
+
+def plot_staleness(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Path:
+    """How stale the applied updates were: their distribution per run, and the mean by device
+    class (synchronous rounds apply every update fresh: staleness 0)."""
+    tables = [staleness_of(r.clients) for r in runs]
+    colours = run_colours(len(runs))
+    n = len(runs)
+    classes = sorted(set().union(*[set(t["device_class"]) for t in tables])) if tables else []
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.0 + 0.22 * _legend_rows(labels)), layout="constrained")
+    top = max((int(t["staleness"].max()) for t in tables if len(t)), default=0)
+    edges = np.arange(-0.5, top + 1.5, max(1, (top + 1) // 40))
+    lines = []
+    for t, colour in zip(tables, colours):
+        counts, _ = np.histogram(t["staleness"], bins=edges)
+        share = 100 * counts / max(1, counts.sum())
+        lines.append(a.step(edges[:-1] + 0.5, share, where="mid", color=colour)[0])
+    a.set(xlabel="staleness of an applied update (server steps)", ylabel="share of applied updates (%)",
+          title="Staleness distribution")
+    a.grid(alpha=0.3)
+    width = 0.8 / max(1, n)
+    x = np.arange(len(classes))
+    for i, (t, colour) in enumerate(zip(tables, colours)):
+        mean = t.groupby("device_class")["staleness"].mean().reindex(classes).to_numpy(float) if classes else []
+        b.bar(x + (i - (n - 1) / 2) * width, mean, width=width * 0.95, color=colour)
+    b.set_xticks(x, classes, fontsize=8)
+    b.set(xlabel="device class", ylabel="mean staleness (server steps)", title="Staleness by device class")
+    b.grid(axis="y", alpha=0.3)
+    _legend_below(fig, lines, list(labels))
+    return _save(fig, out)

@@ -1,0 +1,35 @@
+"""The builder's choices about a scenario's rate ladder."""
+
+import pytest
+from helpers import tiny_overrides
+
+from raysim.errors import ScenarioError
+from raysim.scenario.build import ladder, ladder_note, model_spec
+from raysim.scenario.resolve import components
+from raysim.scenario.schema import load_scenario
+
+
+def scenario(*extra):
+    return load_scenario("scenarios/quickstart.yaml", tiny_overrides() + list(extra))
+
+
+def test_a_ladder_without_1_is_refused_with_the_static_strategy():
+    sc = scenario("model.rates=[0.5,0.25]", "compression.strategy=static")
+    comps = components(sc)
+    spec = model_spec(comps, (1, 12, 12), 10)
+    with pytest.raises(ScenarioError, match=r"model.rates: \[0.5, 0.25\] has no 1.*never train"):
+        ladder(sc, comps, spec)
+
+
+@pytest.mark.parametrize("strategy", ["rolling", "random"])
+def test_a_ladder_without_1_runs_with_a_note_when_channels_rotate(strategy):
+    sc = scenario("model.rates=[0.5,0.25]", f"compression.strategy={strategy}")
+    comps = components(sc)
+    assert ladder(sc, comps, model_spec(comps, (1, 12, 12), 10)) == [0.5, 0.25]
+    note = ladder_note(sc)
+    assert note is not None and "no device trains the full global model" in note and "0.5" in note
+
+
+def test_a_ladder_with_1_has_no_note():
+    assert ladder_note(scenario()) is None
+    assert ladder_note(scenario("model.rates=[0.5]", "compression.baseline=fedavg-capable")) is None
