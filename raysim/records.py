@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+import numpy as np
+
 
 class Status(str, Enum):
     """What happened to a selected device in a round."""
@@ -57,6 +59,7 @@ class RoundRecord:
     n_oom: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
+    energy_j: float = float("nan")  # the selected devices' joules this round (NaN: some power unknown)
     accuracy: float = float("nan")
     loss: float = float("nan")
 
@@ -102,6 +105,13 @@ class ClientRecords:
     loss: list[float] = field(default_factory=list)
     bytes_down: list[int] = field(default_factory=list)
     bytes_up: list[int] = field(default_factory=list)
+    # Joules this round (raysim.engine.energy): compute, radio transmit, receive, idle waiting,
+    # and their sum; NaN where the device's power is unknown.
+    energy_compute_j: list[float] = field(default_factory=list)
+    energy_tx_j: list[float] = field(default_factory=list)
+    energy_rx_j: list[float] = field(default_factory=list)
+    energy_idle_j: list[float] = field(default_factory=list)
+    energy_j: list[float] = field(default_factory=list)
     host: list[int] = field(default_factory=list)
     wall_s: list[float] = field(default_factory=list)
     # The global version the device trained from, the server step its update went into (-1:
@@ -112,9 +122,19 @@ class ClientRecords:
     staleness: list[int] = field(default_factory=list)
 
     def append(self, **row: Any) -> None:
-        """Add one device's row (every column, by name)."""
+        """Add one device's row (every column by name; the energy columns may come later, for
+        all rows at once, from `add_energy`)."""
         for c in CLIENT_COLUMNS:
-            getattr(self, c).append(row[c])
+            if c in row or c not in ENERGY_COLUMNS:
+                getattr(self, c).append(row[c])
+
+    def add_energy(self, compute: Any, tx: Any, rx: Any, idle: Any) -> None:
+        """Fill the energy columns of every row (joules per phase; the total is their sum)."""
+        parts = [np.asarray(x, dtype=np.float64) for x in (compute, tx, rx, idle)]
+        if any(len(p) != len(self) for p in parts):
+            raise ValueError("energy: one value per row")
+        self.energy_compute_j, self.energy_tx_j, self.energy_rx_j, self.energy_idle_j = (p.tolist() for p in parts)
+        self.energy_j = (parts[0] + parts[1] + parts[2] + parts[3]).tolist()
 
     def columns(self) -> dict[str, list]:
         """Column name -> values (what a DataFrame is built from)."""
@@ -131,6 +151,7 @@ class ClientRecords:
 
 
 CLIENT_COLUMNS: list[str] = [f.name for f in fields(ClientRecords)]
+ENERGY_COLUMNS: tuple[str, ...] = ("energy_compute_j", "energy_tx_j", "energy_rx_j", "energy_idle_j", "energy_j")
 # -1 in memory means "no update was applied"; the table stores a null, so a mean skips it.
 NOT_APPLIED_COLUMNS: tuple[str, ...] = ("version_applied", "staleness")
 

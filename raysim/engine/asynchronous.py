@@ -34,6 +34,7 @@ import torch
 
 from raysim.engine.assignment import Assigner, AssignRequest
 from raysim.engine.cost import device_times
+from raysim.engine.energy import Phases, phase_energy, seconds
 from raysim.engine.events import Dispatched, Job, Refusal, Timeline, Window
 from raysim.engine.rounds import Backend, RoundConfig, Setup, Simulation, host_work, round_totals
 from raysim.messages import GroupResult, PartialSum, TrainReport, TrainTask
@@ -327,13 +328,18 @@ class AsyncSimulation(Simulation):
         out = ClientRecords()
         w = win.step
         nan = float("nan")
+        # energy inputs, row by row: (position, download, compute, upload, sent)
+        phases: list[tuple[int, float, float, float, bool]] = []
         for r in win.refused:
+            phases.append((r.pos, 0.0, 0.0, 0.0, False))
             out.append(round=w, device_id=r.device, device_class=str(classes[r.pos]), rate=nan, status=EXCLUDED,
                        reason=r.reason, t_download=nan, t_compute=nan, t_upload=nan, t_total=nan, t_finish=nan,
                        work_fraction=0.0, samples=int(self.samples[r.pos]), samples_trained=0, steps=0, loss=nan,
                        bytes_down=0, bytes_up=0, host=-1, wall_s=0.0, version_start=r.version,
                        version_applied=-1, staleness=-1)
         for j in win.lost + win.arrivals:
+            # no round closes on a device here: it does its whole timeline; a lost one never sends
+            phases.append((j.pos, j.t_download, j.t_compute, 0.0 if j.lost else j.t_upload, True))
             rep = self.reports.get(j.job)
             if j.lost:
                 st, why = OFFLINE, "went offline while training: the update never arrived"
@@ -354,4 +360,8 @@ class AsyncSimulation(Simulation):
                        host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0,
                        version_start=j.version, version_applied=w if ok else -1,
                        staleness=w - 1 - j.version if ok else -1)
+        pos, dl, comp, up, sent = (np.array(c) for c in zip(*phases)) if phases else (np.zeros(0, np.int64),) * 5
+        todo = Phases(dl.astype(float), comp.astype(float), up.astype(float), np.ones(len(pos)), sent.astype(bool))
+        e = phase_energy(seconds(todo, np.inf), fleet.power_of(pos.astype(np.int64)))
+        out.add_energy(e.compute, e.tx, e.rx, e.idle)
         return out

@@ -24,11 +24,12 @@ from raysim.engine.assignment import Assigner, AssignRequest
 from raysim.engine.clock import Clock, Predicted, VirtualClock
 from raysim.engine.cost import RateCost, device_times
 from raysim.engine.deadlines import Schedule
+from raysim.engine.energy import Phases, phase_energy, seconds
 from raysim.fleet import Availability, Fleet
 from raysim.messages import GroupResult, HostResult, TrainReport, TrainTask
 from raysim.models import ModelSpec
 from raysim.models.calibrate import calibration_sample, recompute_bn_stats
-from raysim.records import EXCLUDED, FAILED, OK, PARTIAL, STATUSES, ClientRecords, EvalRecord, RoundOutput, RoundRecord
+from raysim.records import EXCLUDED, FAILED, OK, OOM, PARTIAL, STATUSES, ClientRecords, EvalRecord, RoundOutput, RoundRecord
 from raysim.seeding import rng
 from raysim.server.aggregate import mean_delta, merge_results
 from raysim.server.optimizers import ServerOptimizer, ServerState
@@ -135,6 +136,7 @@ def round_totals(clients: ClientRecords, evals: list[EvalRecord]) -> dict[str, A
     row: dict[str, Any] = {f"n_{s}": int(np.sum(status == s)) for s in STATUSES}
     row["bytes_down"] = int(np.sum(clients.bytes_down))
     row["bytes_up"] = int(np.sum(clients.bytes_up))
+    row["energy_j"] = float(np.sum(clients.energy_j))
     glob = [e for e in evals if e.model == "global"]
     row["accuracy"] = glob[0].accuracy if glob else float("nan")
     row["loss"] = glob[0].loss if glob else float("nan")
@@ -338,6 +340,13 @@ class Simulation:
                            host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0,
                            version_start=d.round - 1, version_applied=d.round if applied else -1,
                            staleness=0 if applied else -1)
+        status = np.array(clients.status, dtype=object)
+        # an out-of-memory device fails at its first step: no compute, no upload
+        oom = status == OOM
+        work = np.where(status == PARTIAL, sched.step_fraction, np.where(oom, 0.0, 1.0))
+        timeline = Phases(d.t_down, d.t_comp, np.where(oom, 0.0, d.t_up), work, status != EXCLUDED)
+        e = phase_energy(seconds(timeline, sched.duration), self.setup.fleet.power_of(d.pos))
+        clients.add_energy(e.compute, e.tx, e.rx, e.idle)
         return clients
 
     def evaluate(self, r: int) -> list[EvalRecord]:

@@ -10,15 +10,14 @@ can be read, cited and changed without touching code.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from raysim.fleet.errors import FleetError
+from raysim.fleet.figures import finite_number, read_mapping
+from raysim.fleet.radios import load_radios
 
 __all__ = ["DeviceClass", "load_catalogue", "CATALOGUE_PATH"]
 
@@ -36,12 +35,16 @@ class DeviceClass:
     down_bps: float  # bits/s
     up_bps: float  # bits/s
     latency_s: float
+    radio: str  # radio technology (raysim/fleet/radios.yaml): power states, framing
+    compute_w: float  # whole-device power while training, W
+    idle_w: float  # whole-device power awake but not computing (radio excluded), W
     mean_online_s: float  # availability on/off process
     mean_offline_s: float
     source: str  # where the figures come from
 
 
-_NUMERIC = ("flops", "memory_bytes", "down_bps", "up_bps", "latency_s", "mean_online_s", "mean_offline_s")
+_NUMERIC = ("flops", "memory_bytes", "down_bps", "up_bps", "latency_s", "compute_w", "idle_w", "mean_online_s",
+            "mean_offline_s")
 # Zero throughput, bandwidth or on-time would make durations infinite; latency and memory
 # may be zero (a device with no memory simply fits no rate).
 _POSITIVE = ("flops", "down_bps", "up_bps", "mean_online_s", "mean_offline_s")
@@ -59,35 +62,30 @@ def _parse_class(name: str, entry: Any, where: str) -> DeviceClass:
         raise FleetError(f"{where}: class {name!r} has unknown field {unknown[0]!r}")
     values: dict[str, Any] = {"name": name}
     for key in _NUMERIC:
-        raw = entry[key]
-        if isinstance(raw, str):
-            # YAML 1.1 reads `8.0e7` (no exponent sign) as a string; accept it as a number.
-            try:
-                raw = float(raw)
-            except ValueError:
-                pass
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            raise FleetError(f"{where}: class {name!r} field {key!r} must be a finite number, got {raw!r}")
+        raw = finite_number(f"{where}: class {name!r}", key, entry[key])
         if raw < 0 or (key in _POSITIVE and raw == 0):
             raise FleetError(f"{where}: class {name!r} field {key!r} must be positive, got {raw!r}")
         values[key] = int(raw) if key == "memory_bytes" else float(raw)
-    for key in ("description", "source"):
+    for key in ("description", "source", "radio"):
         values[key] = str(entry[key]).strip()
     return DeviceClass(**values)
+
+
+def _check_radios(classes: tuple[DeviceClass, ...], where: str) -> None:
+    radios = load_radios()
+    for c in classes:
+        if c.radio not in radios:
+            raise FleetError(f"{where}: class {c.name!r} names radio {c.radio!r}, a technology the catalogue lacks "
+                             f"(known: {', '.join(sorted(radios))})")
 
 
 @lru_cache(maxsize=8)
 def _load(path: str) -> tuple[DeviceClass, ...]:
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as err:
-        raise FleetError(f"{p}: cannot read catalogue ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise FleetError(f"{p}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(raw, dict) or not raw:
-        raise FleetError(f"{p}: catalogue must be a non-empty mapping of class name to fields")
-    return tuple(_parse_class(str(name), entry, str(p)) for name, entry in raw.items())
+    raw = read_mapping(p, "catalogue")
+    classes = tuple(_parse_class(str(name), entry, str(p)) for name, entry in raw.items())
+    _check_radios(classes, str(p))
+    return classes
 
 
 def load_catalogue(path: Optional[str | Path] = None) -> dict[str, DeviceClass]:

@@ -10,11 +10,13 @@ elsewhere (e.g. `raysim.engine.cost.device_times`) index. Fleets made from a cla
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from raysim.fleet.errors import FleetError
+from raysim.fleet.power import PowerStates
 
 __all__ = ["Fleet"]
 
@@ -38,6 +40,7 @@ class Fleet:
     latency: np.ndarray
     mean_online: np.ndarray
     mean_offline: np.ndarray
+    power: Optional[PowerStates] = None  # per class; None: unknown (energy is NaN)
 
     def __post_init__(self) -> None:
         n = len(self.device_id)
@@ -64,6 +67,14 @@ class Fleet:
             raise FleetError(f"device id {int(ids[np.flatnonzero(missing)[0]])} is not in the fleet")
         return pos
 
+    def power_of(self, pos: np.ndarray) -> dict[str, np.ndarray]:
+        """The power states of the devices at positions `pos` (NaN where unknown)."""
+        names = ("compute_w", "idle_w", "tx_w", "rx_w", "radio_idle_w", "tail_j")
+        if self.power is None:
+            return {k: np.full(len(pos), np.nan) for k in names}
+        cls = self.class_idx[pos]
+        return {k: getattr(self.power, k)[cls] for k in names}
+
     def to_frame(self) -> pd.DataFrame:
         """One row per device, for `fleet.parquet` and analysis."""
         return pd.DataFrame({
@@ -76,7 +87,16 @@ class Fleet:
             "latency_s": self.latency,
             "mean_online_s": self.mean_online,
             "mean_offline_s": self.mean_offline,
+            **self._power_columns(),
         })
+
+    def _power_columns(self) -> dict[str, object]:
+        if self.power is None:
+            return {}
+        p, c = self.power, self.class_idx
+        return {"radio": np.asarray(p.radio, dtype=object)[c],
+                "compute_w": p.compute_w[c], "idle_w": p.idle_w[c], "tx_w": p.tx_w[c], "rx_w": p.rx_w[c],
+                "radio_idle_w": p.radio_idle_w[c], "tail_j": p.tail_j[c]}
 
     def class_counts(self) -> dict[str, int]:
         """Devices per class name (classes with no device included, as 0)."""

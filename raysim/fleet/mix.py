@@ -15,6 +15,7 @@ import numpy as np
 from raysim.fleet.catalogue import DeviceClass
 from raysim.fleet.errors import FleetError
 from raysim.fleet.fleet import Fleet
+from raysim.fleet.power import PowerStates
 
 __all__ = ["largest_remainder", "fleet_from_mix"]
 
@@ -85,4 +86,5 @@ def fleet_from_mix(mix: Mapping[str, float], devices: int, spread: float, seed: 
         latency=values["latency_s"],
         mean_online=values["mean_online_s"],
         mean_offline=values["mean_offline_s"],
+        power=PowerStates.of(names, catalogue),
     )

@@ -40,6 +40,7 @@ import pandas as pd
 from raysim.fleet.catalogue import DeviceClass
 from raysim.fleet.errors import FleetError
 from raysim.fleet.fleet import Fleet
+from raysim.fleet.power import PowerStates
 from raysim.fleet.trace_table import Table, optional_column, read_table
 
 __all__ = ["fleet_from_trace", "Intervals", "load_intervals"]
@@ -127,6 +128,7 @@ def fleet_from_trace(path: str | Path, catalogue: Mapping[str, DeviceClass],
         latency=latency[order],
         mean_online=mean_on[order],
         mean_offline=mean_off[order],
+        power=PowerStates.of(class_names, catalogue),
     )
 
 

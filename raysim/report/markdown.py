@@ -187,6 +187,12 @@ def summary_text(run: Run) -> str:
         f"offline {counts.get('offline', 0)}   oom {counts.get('oom', 0)}   "
         f"excluded {counts.get('excluded', 0)}   failed {counts.get('failed', 0)}",
     ]
+    if "energy_j" in r.columns and r["energy_j"].notna().any():
+        e = run.clients
+        parts = {k: float(e[f"energy_{k}_j"].sum()) for k in ("compute", "tx", "rx", "idle")}
+        total = float(r["energy_j"].sum())
+        lines.append(f"energy     {total:.1f} J in all:   " + "   ".join(
+            f"{k} {100 * v / total if total else 0:.0f}%" for k, v in parts.items()))
     training = _training_line(run)
     if training:
         lines.append(f"training   {training}")

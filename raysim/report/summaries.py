@@ -113,7 +113,8 @@ def bytes_by_class(clients: pd.DataFrame) -> pd.DataFrame:
 
 
 def class_table(run: Run) -> pd.DataFrame:
-    """One row per device class: selections, outcome counts, mean rate, mean predicted time, MB moved."""
+    """One row per device class: selections, outcome counts, mean rate, mean predicted time, MB
+    moved, and joules (all rounds, and the mean per selection)."""
     c = run.clients
     if c.empty:
         return pd.DataFrame()
@@ -124,6 +125,9 @@ def class_table(run: Run) -> pd.DataFrame:
     counts["mean_rate"] = g["rate"].mean().round(3)
     counts["mean_t_total_s"] = g["t_total"].mean().round(1)
     counts = counts.join(bytes_by_class(c).round(2))
+    if "energy_j" in c:  # runs written before energy was modelled have no such column
+        counts["energy_j"] = g["energy_j"].sum(min_count=1).round(1)
+        counts["mean_energy_j"] = g["energy_j"].mean().round(2)
     counts.index.name = "device_class"
     counts.columns.name = None
     return counts

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from raysim.engine.cost import device_times
+from raysim.engine.energy import Phases, phase_energy, seconds
 from raysim.engine.rounds import Setup
 from raysim.scenario.schema import Scenario
 from raysim.seeding import rng
@@ -39,6 +40,29 @@ def fleet_table(sc: Scenario, setup: Setup) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("class")
 
 
+def energy_table(sc: Scenario, setup: Setup) -> pd.DataFrame:
+    """One row per device class: its radio, and the median joules one round of local work costs
+    at each rate (download, compute, upload; no waiting), whether or not the rate fits it."""
+    fleet = setup.fleet
+    cls = fleet.classes()
+    samples = setup.shards.sizes()
+    all_idx = np.arange(len(fleet))
+    power = fleet.power_of(all_idx)
+    joules = {}
+    for r, c in setup.costs.items():
+        t = device_times(fleet, all_idx, c, samples, sc.train.epochs, rng(sc.seed, "fleet-view"), jitter=0.0)
+        phases = Phases(t.download, t.compute, t.upload, np.ones(len(fleet)), np.ones(len(fleet), bool))
+        joules[r] = phase_energy(seconds(phases, np.inf), power).total
+    radio = dict(zip(fleet.class_names, fleet.power.radio)) if fleet.power is not None else {}
+    rows = []
+    for name in dict.fromkeys(cls):
+        m = cls == name
+        row: dict[str, object] = {"class": name, "radio": radio.get(name, "?")}
+        row.update({f"J at {r:g}": float(np.median(j[m])) for r, j in joules.items()})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("class")
+
+
 def fleet_summary(sc: Scenario) -> str:
     """The text `raysim fleet` prints."""
     from raysim.scenario.build import prepare  # noqa: PLC0415
@@ -55,4 +79,6 @@ def fleet_summary(sc: Scenario) -> str:
     lines.append("")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         lines.append(fleet_table(sc, setup).round(2).to_string())
+        lines += ["", "energy of one round's local work per device (median J; raysim/fleet/radios.yaml, catalogue.yaml):",
+                  energy_table(sc, setup).round(3).to_string()]
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,12 +37,51 @@ def test_catalogue_has_every_class_with_sane_figures() -> None:
     assert cat["mcu"].up_bps < cat["mcu-psram"].up_bps
 
 
-def test_catalogue_rejects_bad_figures(tmp_path: Path) -> None:
+CLASS_YAML = ("x:\n  description: d\n  flops: {flops}\n  memory_bytes: 1\n  down_bps: 1\n  up_bps: 1\n"
+              "  latency_s: 0\n  radio: {radio}\n  compute_w: {compute_w}\n  idle_w: 0.1\n  mean_online_s: 1\n"
+              "  mean_offline_s: 1\n  source: s\n")
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"flops": -1}, "'flops' must be positive"),
+    ({"compute_w": -2}, "'compute_w' must be positive"),
+    ({"compute_w": "2 W"}, "'compute_w' must be a finite number"),
+    ({"radio": "zigbee-pro"}, "names radio 'zigbee-pro', a technology the catalogue lacks (known: 802.15.4, ble,"),
+])
+def test_catalogue_rejects_bad_figures(tmp_path: Path, fields, needle) -> None:
     bad = tmp_path / "cat.yaml"
-    bad.write_text("x:\n  description: d\n  flops: -1\n  memory_bytes: 1\n  down_bps: 1\n  up_bps: 1\n"
-                   "  latency_s: 0\n  mean_online_s: 1\n  mean_offline_s: 1\n  source: s\n")
-    with pytest.raises(FleetError, match="'flops' must be positive"):
+    bad.write_text(CLASS_YAML.format(**{"flops": 1, "radio": "ble", "compute_w": 1.0, **fields}))
+    with pytest.raises(FleetError, match=re.escape(needle)):
         load_catalogue(bad)
+
+
+def test_every_class_has_a_known_radio_and_power_figures() -> None:
+    from raysim.fleet.radios import load_radios
+
+    radios = load_radios()
+    assert set(radios) == {"ble", "802.15.4", "lora", "nbiot", "ltem", "lte", "wifi", "ethernet"}
+    assert radios["lora"].duty_cycle == 0.01 and radios["lte"].tail_j > 0 and radios["ble"].tail_j == 0
+    for c in load_catalogue().values():
+        assert c.radio in radios and c.compute_w > c.idle_w > 0, c.name
+        assert "Power" in c.source, c.name  # every power figure says where it comes from
+
+
+@pytest.mark.parametrize("change, needle", [
+    ("tx_w: -1", "'tx_w' must be non-negative"),
+    ("duty_cycle: 2", "'duty_cycle' is a share of time in (0, 1]"),
+    ("max_payload_bytes: 0.5", "'max_payload_bytes' must be a whole number"),
+])
+def test_radios_reject_bad_figures(tmp_path: Path, change, needle) -> None:
+    from raysim.fleet.radios import load_radios
+
+    key = change.split(":")[0]
+    base = {"description": "d", "down_bps": 1, "up_bps": 1, "latency_s": 0, "tx_w": 1, "rx_w": 1, "idle_w": 0,
+            "tail_j": 0, "duty_cycle": 1, "max_payload_bytes": None, "overhead_bytes": 0, "source": "s"}
+    lines = [f"  {k}: {'null' if v is None else v}" for k, v in base.items() if k != key] + [f"  {change}"]
+    bad = tmp_path / "radios.yaml"
+    bad.write_text("r:\n" + "\n".join(lines) + "\n")
+    with pytest.raises(FleetError, match=re.escape(needle)):
+        load_radios(bad)
 
 
 # --- fleets from a mix ----------------------------------------------------------------------
@@ -103,8 +143,12 @@ def test_fleet_frame_and_ids() -> None:
     fleet = make_fleet(FleetConfig(devices=30), seed=0)
     frame = fleet.to_frame()
     assert list(frame.columns) == ["device_id", "device_class", "flops", "memory_bytes", "down_bps", "up_bps",
-                                   "latency_s", "mean_online_s", "mean_offline_s"]
+                                   "latency_s", "mean_online_s", "mean_offline_s", "radio", "compute_w", "idle_w",
+                                   "tx_w", "rx_w", "radio_idle_w", "tail_j"]
     assert list(frame["device_class"].astype(str)) == list(fleet.classes())
+    cat = load_catalogue()
+    assert list(frame["radio"]) == [cat[c].radio for c in fleet.classes()]
+    assert list(frame["compute_w"]) == [cat[c].compute_w for c in fleet.classes()]
     assert np.array_equal(fleet.index_of(np.array([5, 0, 29])), [5, 0, 29])
     with pytest.raises(FleetError, match="30"):
         fleet.index_of(np.array([30]))

@@ -215,9 +215,11 @@ def test_excluded_rows_have_null_staleness_so_means_skip_them(run_dir):
                   bytes_up=1, host=0, wall_s=0.0, version_start=0)
     rows.append(device_id=1, rate=1.0, status="ok", version_applied=1, staleness=2, **common)
     rows.append(device_id=2, rate=float("nan"), status="excluded", version_applied=-1, staleness=-1, **common)
+    rows.add_energy([1.0, 0.0], [0.5, 0.0], [0.25, 0.0], [0.125, 0.0])
     df = client_frame(rows)
     assert df["staleness"].isna().tolist() == [False, True] and df["staleness"].mean() == 2
     assert df["version_applied"].isna().tolist() == [False, True]
+    assert df["energy_j"].tolist() == [1.875, 0.0]
     # and so in a real run's table: a row whose update was not applied has no staleness
     clients = load_run(run_dir).clients
     applied = clients["status"].isin(["ok", "partial"])

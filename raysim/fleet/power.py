@@ -1,0 +1,55 @@
+"""Power states of a fleet's device classes: what computing, sending, receiving and waiting draw.
+
+Kept per class (indexed like `Fleet.class_idx`), not per device: a million devices add nothing
+to a fleet's size. A class's compute and idle power come from the device catalogue; transmit,
+receive and radio-idle power and the tail energy from its radio technology (`radios.yaml`). A
+class the catalogue lacks (a trace's own label) has unknown power: NaN, and so NaN energy.
+
+    >>> from raysim.fleet.catalogue import load_catalogue
+    >>> p = PowerStates.of(["mcu", "trace"], load_catalogue())
+    >>> p.radio
+    ('ble', '')
+    >>> bool(p.tx_w[0] > 0), bool(np.isnan(p.tx_w[1]))
+    (True, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import numpy as np
+
+from raysim.fleet.catalogue import DeviceClass
+from raysim.fleet.radios import Radio, load_radios
+
+__all__ = ["PowerStates"]
+
+
+@dataclass(frozen=True)
+class PowerStates:
+    """Per class: radio name, and power in W (compute, device idle, radio transmit, receive,
+    idle) and the radio's tail energy in J per transfer."""
+
+    radio: tuple[str, ...]
+    compute_w: np.ndarray
+    idle_w: np.ndarray
+    tx_w: np.ndarray
+    rx_w: np.ndarray
+    radio_idle_w: np.ndarray
+    tail_j: np.ndarray
+
+    @classmethod
+    def of(cls, class_names: list[str], catalogue: Mapping[str, DeviceClass],
+           radios: Optional[Mapping[str, Radio]] = None) -> "PowerStates":
+        """The power states of these classes (NaN for a class the catalogue lacks)."""
+        radios = load_radios() if radios is None else radios
+        nan = float("nan")
+        rows = []
+        for name in class_names:
+            c = catalogue.get(name)
+            r = radios[c.radio] if c is not None else None
+            rows.append((c.compute_w if c else nan, c.idle_w if c else nan, r.tx_w if r else nan,
+                         r.rx_w if r else nan, r.idle_w if r else nan, r.tail_j if r else nan))
+        cols = np.array(rows, dtype=np.float64).reshape(len(class_names), 6).T
+        return cls(tuple(catalogue[n].radio if n in catalogue else "" for n in class_names), *cols)
