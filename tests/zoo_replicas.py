@@ -310,7 +310,60 @@ class ViTish(nn.Module):
         return self.head(x[:, 0])
 
 
-REPLICAS = {m.__name__: m for m in (MobileNetV3ish, GhostNetish, ConvNeXtish, GroupedNorms, ViTish)}
+class RmsNorm(nn.Module):
+    """RMS norm over the last dimension, as zoos write it: `F.rms_norm` with a weight."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.normalized_shape = (dim,)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+
+class FourierPositions(nn.Module):
+    """XCiT's positional encoding: Fourier features of the grid, projected to the embedding
+    width by a 1x1 conv, then `repeat`ed over the batch."""
+
+    def __init__(self, dim, hidden=4):
+        super().__init__()
+        self.hidden = hidden
+        self.proj = nn.Conv2d(2 * hidden, dim, 1)
+
+    def forward(self, batch: int, h: int, w: int):
+        ys = torch.arange(1, h + 1, dtype=torch.float32).unsqueeze(1).expand(1, h, w) / h
+        xs = torch.arange(1, w + 1, dtype=torch.float32).expand(1, h, w) / w
+        feats = torch.cat([torch.sin(g * (k + 1)) for k in range(self.hidden) for g in (ys, xs)], dim=0)
+        return self.proj(feats[None]).repeat(batch, 1, 1, 1)
+
+
+class XCiTish(nn.Module):
+    """Patch embedding plus a repeated positional encoding, RMS-normed tokens, an MLP, mean
+    pooling to the head."""
+
+    input_shape, num_classes = (3, 8, 8), 4
+
+    def __init__(self, norm=True):
+        super().__init__()
+        dim = 8
+        self.patch = nn.Conv2d(3, dim, 2, stride=2)
+        self.pos = FourierPositions(dim)
+        self.norm = RmsNorm(dim) if norm else nn.Identity()
+        self.fc1 = nn.Linear(dim, 16)
+        self.fc2 = nn.Linear(16, dim)
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, x):
+        x = self.patch(x)
+        b, _, h, w = x.shape
+        x = (x + self.pos(b, h, w)).flatten(2).transpose(1, 2)
+        x = x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+        return self.head(x.mean(1))
+
+
+REPLICAS = {m.__name__: m for m in (MobileNetV3ish, GhostNetish, ConvNeXtish, GroupedNorms, ViTish, XCiTish)}
 
 
 def replica(input_shape, num_classes, name: str = "MobileNetV3ish", plain: bool = False):

@@ -212,6 +212,25 @@ def expand(ctx: Analysis, call: OpCall) -> Value:
     return tuple(out)
 
 
+def repeat(ctx: Analysis, call: OpCall) -> Value:
+    """x.repeat(*sizes): a dimension repeated once passes; one repeated more tiles its entries
+    into a fixed dimension (so a sliced one is kept whole: its copies would interleave)."""
+    x = first_tensor(call)
+    if call.out_shape is None:
+        raise Unsupported("returns no tensor")
+    lead = len(call.out_shape) - len(x)
+    out: list[Dim] = []
+    for d, size in enumerate(call.out_shape):
+        k = d - lead
+        if k >= 0 and dim_size(x[k]) == size:
+            out.append(x[k])
+            continue
+        if k >= 0:
+            ctx.atoms.pin_dim(x[k])
+        out.append(fixed(size))
+    return tuple(out)
+
+
 def _expand_sizes(call: OpCall) -> Optional[tuple["int | str", tuple]]:
     if call.node.target != "expand":
         return None
@@ -232,6 +251,8 @@ def unbind(ctx: Analysis, call: OpCall) -> Value:
 FUNCTIONAL_RULES: dict[str, OpRule] = {
     "linear": linear, "conv1d": conv, "conv2d": conv, "conv3d": conv,
     "batch_norm": batch_norm, "instance_norm": batch_norm, "group_norm": group_norm, "layer_norm": layer_norm,
+    "rms_norm": layer_norm,
     "pad": pad, "matmul": matmul, "bmm": matmul, "scaled_dot_product_attention": attention,
     "normalize": normalize, "expand": expand, "expand_as": expand, "broadcast_to": expand, "unbind": unbind,
+    "repeat": repeat,
 }

@@ -330,6 +330,24 @@ def test_a_grouped_convolution_over_a_concatenation_is_kept_whole():
     assert spec.groups == {} and spec.axes["grouped.weight"] == (None, None, None, None)
 
 
+def test_repeat_passes_dimensions_repeated_once_and_keeps_a_tiled_one_whole():
+    class Tiled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 4, 1), nn.Conv2d(2, 6, 1)
+            self.fc = nn.Linear(14, 3)
+
+        def forward(self, x):
+            pos = self.b(x[:1]).repeat(x.shape[0], 1, 1, 1)  # over the batch: channels pass
+            tiled = self.a(x).repeat(1, 2, 1, 1)  # channels tiled: kept whole
+            return self.fc(torch.cat([tiled, pos], 1).mean((2, 3)))
+
+    spec = infer_spec(Tiled(), (2, 4, 4), 3)
+    assert spec.groups == {"b": 6} and spec.axes["a.weight"] == (None, None, None, None)
+    sub = spec.build({"b": 3}, 0.5)
+    assert sub(torch.randn(5, 2, 4, 4)).shape == (5, 3)
+
+
 def test_the_first_layer_s_inputs_and_the_classifier_s_outputs_never_shrink():
     for name, spec in SPECS.items():
         small = spec.build({g: 1 for g in spec.groups}, 0.0625)
