@@ -22,7 +22,9 @@ The contracts (each a small base class or callable; the built-ins implement the 
 - **compression strategy**: `Strategy.plan(spec, rate, round, device, global_params, seed)
   -> SubmodelPlan` (which channels of every group a device keeps).
 - **rate assigner**: `Assigner.assign(AssignRequest) -> Assignment` (a rate per device, or
-  NaN with a reason).
+  NaN with a reason; the request carries predicted times, predicted energy and battery charge).
+- **selection**: `Selector.select(SelectRequest) -> ids` (which online devices a round asks;
+  the request carries each one's battery level).
 - **client algorithm**: `ClientAlgorithm.train(model, LocalData, start) -> LocalResult`;
   `LocalSGD` with an overridable `objective` covers most (`FedProx` is 6 lines of it).
 - **server optimizer**: `ServerOptimizer.step(params, delta, held, ServerState)`; `FedOpt` for
@@ -42,8 +44,9 @@ import numpy as np
 
 from raysim.client.algorithms import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD
 from raysim.data.base import Dataset
-from raysim.engine.assignment import Assigner, Assignment, AssignRequest, FitDeadline, FitMemory, Fixed
+from raysim.engine.assignment import Assigner, Assignment, AssignRequest, FitDeadline, FitEnergy, FitMemory, Fixed
 from raysim.engine.callbacks import Callback
+from raysim.engine.selection import EnergyAware, Selector, SelectRequest, Uniform
 from raysim.models.base import ModelSpec
 from raysim.records import RoundOutput
 from raysim.scenario.schema import Scenario, ScenarioError, load_scenario, parse_scenario
@@ -56,7 +59,8 @@ from raysim.submodel.strategies import Full, Magnitude, Random, Rolling, Static,
 __all__ = [
     "simulate", "ModelFactory", "DatasetFactory", "ModelSpec", "Dataset", "Strategy", "SubmodelPlan",
     "Static", "Rolling", "Random", "Magnitude", "Full", "Assigner", "AssignRequest", "Assignment", "FitMemory",
-    "FitDeadline", "Fixed", "ClientAlgorithm", "LocalSGD", "FedProx", "LocalData", "LocalResult",
+    "FitDeadline", "FitEnergy", "Fixed", "Selector", "SelectRequest", "Uniform", "EnergyAware", "ClientAlgorithm",
+    "LocalSGD", "FedProx", "LocalData", "LocalResult",
     "ServerOptimizer", "ServerState", "FedAvg", "FedAvgM", "FedOpt", "FedAdam", "FedYogi", "Callback", "RoundOutput",
     "as_scenario", "rate_sizes", "rng", "torch_generator", "channel_l1", "infer_spec", "SlicingError",
 ]
@@ -88,7 +92,8 @@ def as_scenario(scenario: Union[str, Path, Mapping[str, Any], Scenario], overrid
 def simulate(scenario: Union[str, Path, Mapping[str, Any], Scenario, None] = None, *, model: Optional[ModelFactory] = None,
              dataset: Optional[DatasetFactory] = None, strategy: Optional[Strategy] = None,
              assigner: Optional[Assigner] = None, client: Optional[ClientAlgorithm] = None,
-             server: Optional[ServerOptimizer] = None, callbacks: Sequence[Callback] = (),
+             server: Optional[ServerOptimizer] = None, selector: Optional[Selector] = None,
+             callbacks: Sequence[Callback] = (),
              out: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (), progress: bool = False,
              address: Optional[str] = None, resume: Optional[Union[str, Path]] = None):
     """Run a scenario with any components replaced by objects; returns the loaded `raysim.Run`.
@@ -107,11 +112,11 @@ def simulate(scenario: Union[str, Path, Mapping[str, Any], Scenario, None] = Non
     # naming the log file that holds its traceback.
     with api_boundary():
         return _simulate(scenario, model=model, dataset=dataset, strategy=strategy, assigner=assigner, client=client,
-                         server=server, callbacks=callbacks, out=out, overrides=overrides, progress=progress,
+                         server=server, selector=selector, callbacks=callbacks, out=out, overrides=overrides, progress=progress,
                          address=address, resume=resume)
 
 
-def _simulate(scenario, *, model, dataset, strategy, assigner, client, server, callbacks, out, overrides, progress,
+def _simulate(scenario, *, model, dataset, strategy, assigner, client, server, selector, callbacks, out, overrides, progress,
               address, resume):
     from raysim.rundir.reader import load_run  # noqa: PLC0415
     from raysim.runtime.runner import run  # noqa: PLC0415
@@ -125,7 +130,7 @@ def _simulate(scenario, *, model, dataset, strategy, assigner, client, server, c
         raise ScenarioError("simulate: a scenario is required")
     sc = as_scenario(scenario, overrides)
     comps = components(sc, model=model, dataset=dataset, strategy=strategy, assigner=assigner, client=client,
-                       server=server)
+                       server=server, selector=selector)
     res = run(sc, out_root=str(out) if out is not None else None, address=address, progress=progress, comps=comps,
               callbacks=callbacks, resume=Path(resume) if resume is not None else None)
     return load_run(res.path)

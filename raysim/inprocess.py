@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Optional, Union
 
 from raysim.engine.asynchronous import AsyncSimulation
+from raysim.engine.battery import batteries_for
 from raysim.engine.clock import VirtualClock
 from raysim.engine.rounds import Setup, Simulation
 from raysim.hosts.local import LocalBackend
@@ -42,4 +43,5 @@ def local_simulation(sc: Scenario, comps: Optional[Components] = None, hosts: in
     acfg = async_config(sc, len(setup.fleet))
     if acfg is not None:
         return AsyncSimulation(setup, comps.strategy, comps.assigner, comps.server, backend, cfg, acfg)
-    return Simulation(setup, comps.strategy, comps.assigner, comps.server, backend, cfg, VirtualClock())
+    return Simulation(setup, comps.strategy, comps.assigner, comps.server, backend, cfg, VirtualClock(), comps.selector,
+                      batteries_for(setup.fleet, sc.energy, sc.seed))

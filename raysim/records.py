@@ -27,10 +27,11 @@ class Status(str, Enum):
     EXCLUDED = "excluded"    # no submodel fits it (memory, deadline) or it has no data
     FAILED = "failed"        # its host was lost, or its update was not finite
     OOM = "oom"              # ran out of its (real) memory cap while training
+    DEPLETED = "depleted"    # its battery ran empty before it finished; its update is lost
 
 
 # Plain strings in arrays and tables (parquet columns are strings, not enum members).
-OK, PARTIAL, LATE, OFFLINE, EXCLUDED, FAILED, OOM = (s.value for s in Status)
+OK, PARTIAL, LATE, OFFLINE, EXCLUDED, FAILED, OOM, DEPLETED = (s.value for s in Status)
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 TRAINED: tuple[str, ...] = (OK, PARTIAL)
 
@@ -57,6 +58,7 @@ class RoundRecord:
     n_excluded: int = 0
     n_failed: int = 0
     n_oom: int = 0
+    n_depleted: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
     energy_j: float = float("nan")  # the selected devices' joules this round (NaN: some power unknown)
@@ -163,6 +165,7 @@ class RoundOutput:
     record: RoundRecord
     clients: ClientRecords
     evals: list[EvalRecord] = field(default_factory=list)
+    batteries: list[dict[str, Any]] = field(default_factory=list)  # rows of batteries.parquet (per class)
 
     @property
     def round_row(self) -> dict[str, Any]:

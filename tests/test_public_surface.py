@@ -19,7 +19,8 @@ RAYSIM = {
 API = {
     "simulate", "ModelFactory", "DatasetFactory", "ModelSpec", "Dataset", "Strategy", "SubmodelPlan",
     "Static", "Rolling", "Random", "Magnitude", "Full", "Assigner", "AssignRequest", "Assignment", "FitMemory",
-    "FitDeadline", "Fixed", "ClientAlgorithm", "LocalSGD", "FedProx", "LocalData", "LocalResult",
+    "FitDeadline", "FitEnergy", "Fixed", "Selector", "SelectRequest", "Uniform", "EnergyAware", "ClientAlgorithm",
+    "LocalSGD", "FedProx", "LocalData", "LocalResult",
     "ServerOptimizer", "ServerState", "FedAvg", "FedAvgM", "FedOpt", "FedAdam", "FedYogi", "Callback", "RoundOutput",
     "as_scenario", "rate_sizes", "rng", "torch_generator", "channel_l1", "infer_spec", "SlicingError",
 }

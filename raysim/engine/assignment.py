@@ -7,6 +7,9 @@ rate) and the ladder's training memory, and returns a rate per device, or NaN wi
 - `FitMemory`: the largest rate whose training memory fits the device's cap.
 - `FitDeadline`: the largest rate that fits the memory cap *and* whose predicted round time
   meets the deadline (excluded when none does).
+- `FitEnergy(budget_j, deadline)`: the largest rate that fits the memory cap and whose predicted
+  energy (download, compute, upload) fits both a per-round budget (`budget_j`, optional) and
+  the device's battery above its reserve; with `deadline`, it must also meet the deadline.
 - `Fixed(rate)`: one rate for everyone; devices that cannot hold it are excluded.
 
 A new rule subclasses `Assigner`:
@@ -42,7 +45,10 @@ class AssignRequest:
 
     `predicted_time(rate)` gives every selected device's predicted round time at that rate
     (download + compute + upload, with this round's jitter); `deadline` is the round's
-    deadline (None when the round waits).
+    deadline (None when the round waits). `predicted_energy(rate)` gives the joules of that
+    work (radio receive, compute, radio transmit; NaN where a device's power is unknown), and
+    `energy_available` each device's joules above its battery reserve (inf: mains-powered, or
+    batteries not tracked).
     """
 
     round: int
@@ -52,6 +58,20 @@ class AssignRequest:
     memory_cap: np.ndarray           # each device's memory for training, bytes
     predicted_time: Callable[[float], np.ndarray]
     deadline: Optional[float]
+    predicted_energy: Optional[Callable[[float], np.ndarray]] = None
+    energy_available: Optional[np.ndarray] = None
+
+    def energy(self, rate: float) -> np.ndarray:
+        """`predicted_energy(rate)`, or NaN for every device when the engine gives none."""
+        if self.predicted_energy is None:
+            return np.full(len(self.device_ids), np.nan)
+        return self.predicted_energy(rate)
+
+    def available(self) -> np.ndarray:
+        """`energy_available`, or inf for every device (no battery tracked)."""
+        if self.energy_available is None:
+            return np.full(len(self.device_ids), np.inf)
+        return self.energy_available
 
 
 class Assigner(ABC):
@@ -113,6 +133,60 @@ class FitDeadline(Assigner):
 
     def assign(self, req: AssignRequest) -> Assignment:
         return ladder_assign(req, sorted(req.rates, reverse=True), "fit-deadline", need_deadline=True)
+
+
+class FitEnergy(Assigner):
+    """The largest rate that fits the device's memory and whose predicted energy fits the
+    per-round budget (if any) and the battery above its reserve; with `deadline`, whose predicted
+    time also meets the deadline. A device of unknown power is held to memory (and deadline) only."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        budget_j: Optional[float] = Field(None, gt=0.0, description="joules a device may spend on one round's work "
+                                          "(null: only its battery limits it)")
+        deadline: bool = Field(False, description="also require the predicted time to meet the deadline")
+
+    def __init__(self, budget_j: Optional[float] = None, deadline: bool = False) -> None:
+        self.budget_j = None if budget_j is None else float(budget_j)
+        self.deadline = bool(deadline)
+
+    def assign(self, req: AssignRequest) -> Assignment:
+        if self.deadline and req.deadline is None:
+            raise ValueError("assignment.params.deadline: fit-energy with deadline: true needs deadline.seconds")
+        ladder = sorted(req.rates, reverse=True)
+        n = len(req.memory_cap)
+        limit = np.minimum(req.available(), np.inf if self.budget_j is None else self.budget_j)
+        out = np.full(n, np.nan)
+        reason = np.full(n, "", dtype=object)
+        todo = np.ones(n, bool)
+        energy = {r: req.energy(r) for r in ladder}
+        for r in ladder:
+            e = energy[r]
+            fits = todo & (req.memory_cap >= req.memory_need[r]) & (np.isnan(e) | (e <= limit))
+            if self.deadline:
+                fits &= req.predicted_time(r) <= req.deadline
+            out[fits] = r
+            todo &= ~fits
+        for i in np.flatnonzero(~todo):
+            r = float(out[i])
+            why = f"fit-energy: rate {r:g} needs {energy[r][i]:.3g} J"
+            why += f" of {'the budget' if limit[i] == self.budget_j else 'its battery'} {limit[i]:.3g} J" \
+                if np.isfinite(limit[i]) else ""
+            if r != ladder[0]:
+                why += f"; rate {ladder[ladder.index(r) - 1]:g} does not fit"
+            reason[i] = why
+        smallest = ladder[-1]
+        mem = todo & (req.memory_cap < req.memory_need[smallest])
+        reason[mem] = f"memory: rate {smallest:g} needs {req.memory_need[smallest] / 2**20:.2f} MiB"
+        for i in np.flatnonzero(todo & ~mem):
+            need = float(energy[smallest][i])
+            if np.isnan(need) or need <= limit[i]:
+                reason[i] = f"deadline: rate {smallest:g} cannot finish in time"
+            elif self.budget_j is not None and need > self.budget_j:
+                reason[i] = f"energy budget: rate {smallest:g} needs {need:.3g} J, over the {self.budget_j:g} J budget"
+            else:
+                reason[i] = f"battery: rate {smallest:g} needs {need:.3g} J, {limit[i]:.3g} J above its reserve"
+        return Assignment(out, reason)
 
 
 class Fixed(Assigner):

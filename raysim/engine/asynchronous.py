@@ -135,7 +135,8 @@ class Dispatcher:
                     tm = times_at[float(rate[i])]
                     d, c, u = float(tm.download[i]), float(tm.compute[i]), float(tm.upload[i])
                     stays = bool(setup.availability.online_during(np.array([dev]), t, t + d + c + u)[0])
-                    jobs.append(Job(job, dev, p, float(rate[i]), version, t, d, c, u, int(samples[i]), not stays))
+                    jobs.append(Job(job, dev, p, float(rate[i]), version, t, d, c, u, int(samples[i]), not stays,
+                                    float(tm.wait_download[i]), float(tm.wait_upload[i])))
                 job += 1
         return Dispatched(jobs, refused, job - first_job)
 
@@ -328,10 +329,10 @@ class AsyncSimulation(Simulation):
         out = ClientRecords()
         w = win.step
         nan = float("nan")
-        # energy inputs, row by row: (position, download, compute, upload, sent)
-        phases: list[tuple[int, float, float, float, bool]] = []
+        # energy inputs, row by row: (position, download, compute, upload, sent, off-air waits)
+        phases: list[tuple[int, float, float, float, bool, float, float]] = []
         for r in win.refused:
-            phases.append((r.pos, 0.0, 0.0, 0.0, False))
+            phases.append((r.pos, 0.0, 0.0, 0.0, False, 0.0, 0.0))
             out.append(round=w, device_id=r.device, device_class=str(classes[r.pos]), rate=nan, status=EXCLUDED,
                        reason=r.reason, t_download=nan, t_compute=nan, t_upload=nan, t_total=nan, t_finish=nan,
                        work_fraction=0.0, samples=int(self.samples[r.pos]), samples_trained=0, steps=0, loss=nan,
@@ -339,7 +340,8 @@ class AsyncSimulation(Simulation):
                        version_applied=-1, staleness=-1)
         for j in win.lost + win.arrivals:
             # no round closes on a device here: it does its whole timeline; a lost one never sends
-            phases.append((j.pos, j.t_download, j.t_compute, 0.0 if j.lost else j.t_upload, True))
+            phases.append((j.pos, j.t_download, j.t_compute, 0.0 if j.lost else j.t_upload, True, j.w_download,
+                           0.0 if j.lost else j.w_upload))
             rep = self.reports.get(j.job)
             if j.lost:
                 st, why = OFFLINE, "went offline while training: the update never arrived"
@@ -360,8 +362,9 @@ class AsyncSimulation(Simulation):
                        host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0,
                        version_start=j.version, version_applied=w if ok else -1,
                        staleness=w - 1 - j.version if ok else -1)
-        pos, dl, comp, up, sent = (np.array(c) for c in zip(*phases)) if phases else (np.zeros(0, np.int64),) * 5
-        todo = Phases(dl.astype(float), comp.astype(float), up.astype(float), np.ones(len(pos)), sent.astype(bool))
+        pos, dl, comp, up, sent, wd, wu = (np.array(c) for c in zip(*phases)) if phases else (np.zeros(0, np.int64),) * 7
+        todo = Phases(dl.astype(float), comp.astype(float), up.astype(float), np.ones(len(pos)), sent.astype(bool),
+                      wd.astype(float), wu.astype(float))
         e = phase_energy(seconds(todo, np.inf), fleet.power_of(pos.astype(np.int64)))
         out.add_energy(e.compute, e.tx, e.rx, e.idle)
         return out

@@ -40,6 +40,7 @@ __all__ = [
     "Workload",
     "DeviceTimes",
     "device_times",
+    "duty_wait",
 ]
 
 # Parameters travel as float32.
@@ -201,11 +202,17 @@ class Workload:
 
 @dataclass(frozen=True)
 class DeviceTimes:
-    """Predicted durations in simulated seconds, one entry per device."""
+    """Predicted durations in simulated seconds, one entry per device.
+
+    `wait_download` / `wait_upload` are the parts of `download` / `upload` a duty-cycled radio
+    spends off air between messages (0 where the radio has no duty-cycle limit).
+    """
 
     download: np.ndarray
     compute: np.ndarray
     upload: np.ndarray
+    wait_download: np.ndarray
+    wait_upload: np.ndarray
 
     @property
     def total(self) -> np.ndarray:
@@ -225,7 +232,8 @@ def device_times(
     """Download, compute and upload time of devices at positions `idx` of `fleet`.
 
     download = latency + param_bytes * 8 / down_bps; upload = latency + param_bytes * 8 / up_bps;
-    compute = epochs * samples * flops_per_sample / flops. Each is multiplied by its own
+    compute = epochs * samples * flops_per_sample / flops. A duty-cycled radio (LoRa) adds the
+    time it must stay off air between messages (`duty_wait`). Each is multiplied by its own
     log-normal factor exp(N(0, jitter)) per device, drawn from `rng` (3 x len(idx) normals, in
     the order download, compute, upload); `jitter == 0` draws nothing and gives the exact
     formula. `work` holds one entry per device (or one entry for all); `samples` likewise.
@@ -241,13 +249,38 @@ def device_times(
         raise ValueError("epochs and jitter must be non-negative")
 
     latency = fleet.latency[idx]
-    download = latency + nbytes * 8.0 / fleet.down_bps[idx]
-    upload = latency + nbytes * 8.0 / fleet.up_bps[idx]
+    air_down = nbytes * 8.0 / fleet.down_bps[idx]
+    air_up = nbytes * 8.0 / fleet.up_bps[idx]
+    wait_down, wait_up = np.zeros(n), np.zeros(n)
+    duty, payload = fleet.duty_of(idx)
+    if np.any(duty < 1.0):
+        wait_down = duty_wait(air_down, nbytes, payload, duty)
+        wait_up = duty_wait(air_up, nbytes, payload, duty)
+        download, upload = latency + air_down + wait_down, latency + air_up + wait_up
+    else:  # no duty-cycled radio: the plain formula, bit for bit
+        download, upload = latency + air_down, latency + air_up
     compute = epochs * samples_arr * fps / fleet.flops[idx]
     if jitter > 0:
         factors = np.exp(rng.normal(0.0, jitter, size=(3, n)))
         download, compute, upload = download * factors[0], compute * factors[1], upload * factors[2]
-    return DeviceTimes(download=download, compute=compute, upload=upload)
+        wait_down, wait_up = wait_down * factors[0], wait_up * factors[2]
+    return DeviceTimes(download, compute, upload, wait_down, wait_up)
+
+
+def duty_wait(air_s: np.ndarray, nbytes: np.ndarray, payload_bytes: np.ndarray, duty: np.ndarray) -> np.ndarray:
+    """Seconds a duty-cycled radio must stay off air while it sends `nbytes` in messages of at
+    most `payload_bytes`, `air_s` being the time on air of the whole transfer.
+
+    A radio allowed on air a share `duty` of the time waits `(1 / duty - 1)` x a message's air
+    time after each message before the next (EU868 LoRaWAN, 1%: 99 x); nothing after the last.
+    One message, or no limit (`duty == 1`), waits nothing.
+
+        >>> duty_wait(np.array([10.0]), np.array([1000.0]), np.array([100.0]), np.array([0.01])).round(1).tolist()
+        [891.0]
+    """
+    messages = np.where(np.isfinite(payload_bytes), np.ceil(nbytes / payload_bytes), 1.0)
+    last = air_s / np.maximum(messages, 1.0)  # equal messages: the last one's air time
+    return np.where(duty < 1.0, (air_s - last) * (1.0 / duty - 1.0), 0.0)
 
 
 def _per_device(values: np.ndarray, n: int, name: str) -> np.ndarray:

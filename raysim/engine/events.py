@@ -40,6 +40,8 @@ class Job:
     t_upload: float
     samples: int
     lost: bool          # its availability ends before it finishes: the update never arrives
+    w_download: float = 0.0  # seconds of the transfers a duty-cycled radio waits off air
+    w_upload: float = 0.0
 
     @property
     def finish(self) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 import torch
@@ -21,15 +21,31 @@ import torch
 from raysim.client.evaluate import evaluate, load_params
 from raysim.data import Dataset, Shards
 from raysim.engine.assignment import Assigner, AssignRequest
+from raysim.engine.battery import Batteries, death_time
 from raysim.engine.clock import Clock, Predicted, VirtualClock
 from raysim.engine.cost import RateCost, device_times
 from raysim.engine.deadlines import Schedule
-from raysim.engine.energy import Phases, phase_energy, seconds
+from raysim.engine.energy import Energy, Phases, phase_energy, seconds, work_energy
+from raysim.engine.selection import Selector, SelectRequest, Uniform
 from raysim.fleet import Availability, Fleet
 from raysim.messages import GroupResult, HostResult, TrainReport, TrainTask
 from raysim.models import ModelSpec
 from raysim.models.calibrate import calibration_sample, recompute_bn_stats
-from raysim.records import EXCLUDED, FAILED, OK, OOM, PARTIAL, STATUSES, ClientRecords, EvalRecord, RoundOutput, RoundRecord
+from raysim.records import (
+    DEPLETED,
+    EXCLUDED,
+    FAILED,
+    LATE,
+    OFFLINE,
+    OK,
+    OOM,
+    PARTIAL,
+    STATUSES,
+    ClientRecords,
+    EvalRecord,
+    RoundOutput,
+    RoundRecord,
+)
 from raysim.seeding import rng
 from raysim.server.aggregate import mean_delta, merge_results
 from raysim.server.optimizers import ServerOptimizer, ServerState
@@ -119,15 +135,35 @@ class RoundDraft:
     t_down: np.ndarray       # predicted seconds at the assigned rate (NaN: none)
     t_comp: np.ndarray
     t_up: np.ndarray
+    w_down: np.ndarray       # of which a duty-cycled radio waits off air (0: none)
+    w_up: np.ndarray
     stays: np.ndarray        # online until it would finish
     sched: Schedule          # the ahead-of-time schedule (predictions)
     steps_full: np.ndarray   # local steps of the full work
     deadline: Optional[float]
+    t_empty: Optional[np.ndarray] = None  # seconds into the round its battery runs empty (inf: never)
 
     @property
     def train_idx(self) -> np.ndarray:
         """Positions (in `sel`) of the devices sent to train."""
         return np.flatnonzero(self.sched.step_fraction > 0)
+
+
+def duty_cycle_reasons(reason: np.ndarray, status: np.ndarray, total: np.ndarray, wait: np.ndarray,
+                       deadline: float, fleet: Fleet, pos: np.ndarray) -> np.ndarray:
+    """Name the radio's duty cycle as the reason a device is late when it is: without the time
+    its radio must stay off air, it would have met the deadline."""
+    by_duty = (status == LATE) & (wait > 0) & (total > deadline) & (total - wait <= deadline)
+    if not by_duty.any():
+        return reason
+    out = reason.copy()
+    radio = np.asarray(fleet.power.radio if fleet.power is not None else ("",) * len(fleet.class_names), dtype=object)
+    duty, _ = fleet.duty_of(pos)
+    for i in np.flatnonzero(by_duty):
+        out[i] = (f"radio duty cycle: {radio[fleet.class_idx[pos[i]]]} may be on air {duty[i]:.0%} of the time; "
+                  f"waiting {wait[i]:.0f} s off air takes the device from {total[i] - wait[i]:.0f} s to "
+                  f"{total[i]:.0f} s, past the {deadline:g} s deadline")
+    return out
 
 
 def round_totals(clients: ClientRecords, evals: list[EvalRecord]) -> dict[str, Any]:
@@ -151,9 +187,12 @@ class Simulation:
     """
 
     def __init__(self, setup: Setup, strategy: Strategy, assigner: Assigner, server: ServerOptimizer,
-                 backend: Backend, cfg: RoundConfig, clock: Optional[Clock] = None) -> None:
+                 backend: Backend, cfg: RoundConfig, clock: Optional[Clock] = None,
+                 selector: Optional[Selector] = None, batteries: Optional[Batteries] = None) -> None:
         torch.set_num_threads(max(1, cfg.torch_threads))
         self.cfg = cfg
+        self.selector = selector or Uniform()
+        self.batteries = batteries
         self.setup = setup
         self.backend = backend
         self.spec = setup.spec
@@ -183,9 +222,12 @@ class Simulation:
     # ---------------------------------------------------------------- state (checkpoints)
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically (random streams are derived, not stored)."""
-        return {"round": self.round, "clock": self.clock, "params": self.params,
-                "server": {k: dict(v) for k, v in self.server_state.slots.items()},
-                "server_steps": self.server_state.steps}
+        state = {"round": self.round, "clock": self.clock, "params": self.params,
+                 "server": {k: dict(v) for k, v in self.server_state.slots.items()},
+                 "server_steps": self.server_state.steps}
+        if self.batteries is not None:
+            state["batteries"] = self.batteries.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from `state_dict()`."""
@@ -194,19 +236,33 @@ class Simulation:
         self.params = {k: v.clone() for k, v in state["params"].items()}
         self.server_state = ServerState({k: {n: t.clone() for n, t in v.items()} for k, v in state["server"].items()},
                                         int(state.get("server_steps", 0)))
+        if self.batteries is not None:
+            if "batteries" not in state:
+                raise ValueError("checkpoint: holds no battery state, but the scenario tracks batteries")
+            self.batteries.load_state_dict(state["batteries"])
 
     # ---------------------------------------------------------------- one round
     def select(self, r: int) -> np.ndarray:
         """Online devices sampled for round r: K * (1 + overcommit) of them, sorted by id."""
         fleet = self.setup.fleet
         ids = fleet.device_id
-        online = ids[self.setup.availability.online(ids, self.clock)]
+        online_mask = self.setup.availability.online(ids, self.clock)
+        online = ids[online_mask]
         want = math.ceil(self.cfg.per_round * (1 + self.cfg.overcommit) - 1e-9)
         want = min(want, len(online))
         if want == 0:
             return np.zeros(0, np.int64)
-        pick = rng(self.cfg.seed, "select", r).choice(len(online), size=want, replace=False)
-        return np.sort(online[pick])
+        bat = self.batteries
+
+        def level() -> np.ndarray:
+            return bat.level(np.flatnonzero(online_mask)) if bat is not None else np.ones(len(online))
+
+        picked = np.asarray(self.selector.select(SelectRequest(r, online, want, self.cfg.seed, self.clock, level)),
+                            dtype=np.int64)
+        if len(picked) != want or len(np.unique(picked)) != want or not np.isin(picked, online).all():
+            raise ValueError(f"selection: {type(self.selector).__name__} must return {want} distinct online device "
+                             f"ids, returned {len(picked)} ({len(np.unique(picked))} distinct)")
+        return np.sort(picked)
 
     def step(self) -> RoundOutput:
         """Run the next round and return its records."""
@@ -231,13 +287,17 @@ class Simulation:
         start = self.clock
         self.clock += sched.duration
         self.round = r
+        battery_rows: list[dict[str, Any]] = []
+        if self.batteries is not None:
+            self.batteries.advance(start, self.clock, draft.pos, np.asarray(clients.energy_j, dtype=np.float64))
+            battery_rows = self.batteries.rows(r, self.clock)
         evals = self.evaluate(r) if (r % cfg.eval_every == 0 or r == cfg.rounds) else []
         agg_s = time.perf_counter() - t_agg
         record = RoundRecord(round=r, sim_start=start, sim_time=self.clock, duration=sched.duration,
                              wall_s=time.perf_counter() - wall0, coordinator_s=coord_s + agg_s, train_s=train_s,
                              selected=len(draft.sel), trained=int(total_sum.devices),
                              samples_trained=int(total_sum.samples), **round_totals(clients, evals))
-        return RoundOutput(record, clients, evals)
+        return RoundOutput(record, clients, evals, battery_rows)
 
     def draft(self, r: int) -> RoundDraft:
         """Round r's decisions ahead of training: selection, rates, predicted times, schedule."""
@@ -252,8 +312,20 @@ class Simulation:
         # rates under the same network and load conditions.
         times_at = {rt: device_times(setup.fleet, pos, costs[rt], samples, cfg.epochs,
                                      rng(cfg.seed, "jitter", r)) for rt in rates}
+        power = setup.fleet.power_of(pos)
+        energy_at: dict[float, Energy] = {}
+
+        def work_at(rt: float) -> Energy:  # predicted joules of the work at a rate, on demand
+            if rt not in energy_at:
+                t = times_at[rt]
+                energy_at[rt] = work_energy(t.download, t.compute, t.upload, t.wait_download, t.wait_upload, power)
+            return energy_at[rt]
+
+        bat = self.batteries
+        available = bat.available(pos) if bat is not None else None
         assign = self.assigner.assign(AssignRequest(r, sel, list(rates), {rt: c.memory_bytes for rt, c in costs.items()},
-                                                    setup.fleet.memory[pos], lambda rt: times_at[rt].total, deadline))
+                                                    setup.fleet.memory[pos], lambda rt: times_at[rt].total, deadline,
+                                                    lambda rt: work_at(rt).total, available))
         rate = np.asarray(assign.rate, dtype=np.float64)
         has_rate = ~np.isnan(rate)
         off_ladder = has_rate & ~np.isin(rate, list(rates))
@@ -263,23 +335,64 @@ class Simulation:
         reason = np.asarray(assign.reason, dtype=object).copy()
         reason[has_rate & (samples == 0)] = "no training samples"
         assigned = has_rate & (samples > 0)
+        if bat is not None and available is not None and n:
+            assigned, rate = self.battery_check(pos, rate, assigned, reason, available, work_at)
         # Each device's predicted times at its assigned rate (NaN where none): one mask per rate.
-        t_down, t_comp, t_up = (np.full(n, np.nan) for _ in range(3))
+        t_down, t_comp, t_up, w_down, w_up = (np.full(n, np.nan) for _ in range(5))
         for rt, times in times_at.items():
             at = rate == rt
             t_down[at], t_comp[at], t_up[at] = times.download[at], times.compute[at], times.upload[at]
+            w_down[at], w_up[at] = times.wait_download[at], times.wait_upload[at]
         total = t_down + t_comp + t_up
         horizon = np.where(np.isnan(total), 0.0, total)
         if deadline is not None:
             horizon = np.minimum(horizon, deadline)
         stays = setup.availability.online_during(sel, self.clock, self.clock + horizon) if n else np.zeros(0, bool)
+        t_empty = None
+        if bat is not None and n:
+            # a battery that runs empty before the device is done (or the deadline) loses the update
+            t_empty = np.full(n, np.inf)
+            for rt in set(rate[assigned].tolist()):
+                at = assigned & (rate == rt)
+                e, t = work_at(rt), times_at[rt]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    p_down, p_comp, p_up = (np.nan_to_num(j / s_) for j, s_ in
+                                            ((e.rx, t.download), (e.compute, t.compute), (e.tx, t.upload)))
+                t_empty[at] = death_time(bat.charge[pos[at]], t.download[at], t.compute[at], t.upload[at],
+                                         p_down[at], p_comp[at], p_up[at])
+            t_empty = np.where(t_empty < horizon, t_empty, np.inf)  # only an end before it is done counts
+            stays = stays & ~np.isfinite(t_empty)
         predicted = Predicted(np.nan_to_num(total, nan=np.inf), np.nan_to_num(t_down), np.nan_to_num(t_up),
                               np.nan_to_num(t_comp), assigned, stays)
         sched = self.clock_kind.ahead(predicted, cfg.per_round, cfg.deadline, cfg.deadline_policy)
         reason = np.where(sched.reason != "", sched.reason, reason)
         steps_full = np.ceil(samples / cfg.batch_size).astype(np.int64) * cfg.epochs
-        return RoundDraft(r, sel, pos, samples, rate, reason, t_down, t_comp, t_up, stays, sched, steps_full,
-                          deadline)
+        return RoundDraft(r, sel, pos, samples, rate, reason, t_down, t_comp, t_up, np.nan_to_num(w_down),
+                          np.nan_to_num(w_up), stays, sched, steps_full, deadline, t_empty)
+
+    def battery_check(self, pos: np.ndarray, rate: np.ndarray, assigned: np.ndarray, reason: np.ndarray,
+                      available: np.ndarray, work_at: Callable[[float], Energy]) -> tuple[np.ndarray, np.ndarray]:
+        """Exclude (reason `battery`) devices at or below their reserve and, with check `work`,
+        those whose predicted work would take them below it. Updates `reason` in place."""
+        bat = self.batteries
+        assert bat is not None
+        assigned, rate = assigned.copy(), rate.copy()
+        low = assigned & np.isfinite(available) & (available <= 0)
+        for i in np.flatnonzero(low):
+            reason[i] = f"battery: at or below its reserve ({bat.charge[pos[i]]:.3g} J left)"
+        over = np.zeros(len(pos), bool)
+        if bat.check == "work":
+            for rt in set(rate[assigned & ~low].tolist()):
+                at = assigned & ~low & (rate == rt)
+                need = work_at(rt).total
+                over |= at & (need > available)
+                for i in np.flatnonzero(at & (need > available)):
+                    reason[i] = (f"battery: rate {rt:g} needs {need[i]:.3g} J, {available[i]:.3g} J above its "
+                                 f"reserve")
+        out = low | over
+        assigned[out] = False
+        rate[out] = np.nan
+        return assigned, rate
 
     def plan_tasks(self, d: RoundDraft) -> tuple[dict[int, SubmodelPlan], list[TrainTask]]:
         """Submodel plans (shared per rate unless the strategy draws one per device) and the
@@ -314,16 +427,26 @@ class Simulation:
         costs = self.setup.costs
         n = len(d.sel)
         reason = np.where(sched.reason != "", sched.reason, d.reason)
+        total = d.t_down + d.t_comp + d.t_up
+        if d.deadline is not None:
+            reason = duty_cycle_reasons(reason, sched.status, total, d.w_down + d.w_up, d.deadline, self.setup.fleet,
+                                        d.pos)
         cls = self.setup.fleet.classes()[d.pos] if n else np.zeros(0, dtype=object)
         bytes_down = np.array([costs[rt].param_bytes if not np.isnan(rt) else 0 for rt in d.rate], dtype=np.int64)
-        total = d.t_down + d.t_comp + d.t_up
         clients = ClientRecords()
         sent = set(int(i) for i in d.train_idx)
         for i in range(n):
             dev = int(d.sel[i])
             rep = reports.get(dev)
             st, why = sched.status[i], reason[i]
-            if i in sent and rep is None:
+            if d.t_empty is not None and st == OFFLINE and np.isfinite(d.t_empty[i]):
+                if d.t_empty[i] < sched.duration:
+                    st = DEPLETED
+                    why = (f"battery ran empty {d.t_empty[i]:.1f} s into the round, before it finished: the update "
+                           f"is lost")
+                else:  # the round closed first: it was cut off like any device not done by then
+                    st, why = LATE, f"not done when the round closed at {sched.duration:.1f} s"
+            elif i in sent and rep is None:
                 st, why = FAILED, "device host lost"
             elif rep is not None and rep.status != OK:
                 st, why = rep.status, rep.reason
@@ -344,8 +467,11 @@ class Simulation:
         # an out-of-memory device fails at its first step: no compute, no upload
         oom = status == OOM
         work = np.where(status == PARTIAL, sched.step_fraction, np.where(oom, 0.0, 1.0))
-        timeline = Phases(d.t_down, d.t_comp, np.where(oom, 0.0, d.t_up), work, status != EXCLUDED)
-        e = phase_energy(seconds(timeline, sched.duration), self.setup.fleet.power_of(d.pos))
+        timeline = Phases(d.t_down, d.t_comp, np.where(oom, 0.0, d.t_up), work, status != EXCLUDED, d.w_down, d.w_up)
+        stop: Any = sched.duration  # a device whose battery runs empty stops there
+        if d.t_empty is not None:
+            stop = np.where(status == DEPLETED, np.minimum(d.t_empty, sched.duration), sched.duration)
+        e = phase_energy(seconds(timeline, stop), self.setup.fleet.power_of(d.pos))
         clients.add_energy(e.compute, e.tx, e.rx, e.idle)
         return clients
 

@@ -75,6 +75,14 @@ class Fleet:
         cls = self.class_idx[pos]
         return {k: getattr(self.power, k)[cls] for k in names}
 
+    def duty_of(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Duty-cycle limit and payload bytes per message of the devices at `pos` (1 and inf where
+        the radio has no limit or is unknown)."""
+        if self.power is None:
+            return np.ones(len(pos)), np.full(len(pos), np.inf)
+        cls = self.class_idx[pos]
+        return self.power.duty_cycle[cls], self.power.payload_bytes[cls]
+
     def to_frame(self) -> pd.DataFrame:
         """One row per device, for `fleet.parquet` and analysis."""
         return pd.DataFrame({

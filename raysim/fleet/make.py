@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import Field, field_validator
 
 from raysim.fleet.availability import AvailabilityConfig
-from raysim.fleet.catalogue import load_catalogue
+from raysim.fleet.catalogue import DeviceClass, load_catalogue, with_classes
+from raysim.fleet.errors import FleetError
 from raysim.fleet.fleet import Fleet
 from raysim.fleet.mix import fleet_from_mix
 from raysim.fleet.trace import fleet_from_trace
@@ -25,6 +26,23 @@ class FleetConfig(Section):
     trace: Optional[str] = Field(None, description="CSV/parquet device trace instead of mix")
     spread: float = Field(0.25, ge=0.0, le=2.0, description="log-normal sigma around class means")
     availability: AvailabilityConfig = AvailabilityConfig()
+    classes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="the scenario's own device classes: name -> fields that change a catalogue "
+        "class (base: the class to start from; default the same name), e.g. {mcu-solar: {base: mcu, radio: lora, "
+        "battery_wh: 1}}")
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        try:
+            with_classes(load_catalogue(), v)
+        except FleetError as err:
+            raise ValueError(str(err).removeprefix("fleet.classes: ").removeprefix("fleet.classes.")) from None
+        return v
+
+    def catalogue(self) -> dict[str, DeviceClass]:
+        """The device classes this fleet draws from: the catalogue with `classes` applied."""
+        return with_classes(load_catalogue(), self.classes)
 
     @field_validator("mix")
     @classmethod
@@ -49,7 +67,7 @@ def make_fleet(cfg: FleetConfig, seed: int, *, reference_flops: Optional[float] 
         >>> fleet.class_counts()
         {'mcu': 700, 'rpi4': 300}
     """
-    catalogue = load_catalogue()
+    catalogue = cfg.catalogue()
     if cfg.trace:
         return fleet_from_trace(cfg.trace, catalogue, reference_flops)
     return fleet_from_mix(cfg.mix, cfg.devices, cfg.spread, seed, catalogue)

@@ -20,6 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from raysim.records import STATUSES  # noqa: E402
 from raysim.report.summaries import (  # noqa: E402
     bytes_by_class,
+    energy_by_class,
     final_rate_accuracy,
     outcome_shares,
     rate_order,
@@ -30,7 +31,7 @@ from raysim.rundir.reader import Run  # noqa: E402
 
 DPI = 120
 STATUS_COLOURS = {"ok": "#2ca02c", "partial": "#98df8a", "late": "#ff7f0e", "offline": "#7f7f7f",
-                  "excluded": "#c5b0d5", "failed": "#8c564b", "oom": "#d62728"}
+                  "excluded": "#c5b0d5", "failed": "#8c564b", "oom": "#d62728", "depleted": "#17becf"}
 
 
 def run_colours(n: int) -> list:
@@ -290,4 +291,86 @@ def plot_staleness(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Pat
     b.set(xlabel="device class", ylabel="mean staleness (server steps)", title="Staleness by device class")
     b.grid(axis="y", alpha=0.3)
     _legend_below(fig, lines, list(labels))
+    return _save(fig, out)
+
+
+def plot_energy(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Path:
+    """Joules per device class per round (grouped bars, one per run) and the run's total over
+    simulated time (one line per run)."""
+    tables = [energy_by_class(r) for r in runs]
+    classes = sorted(set().union(*[set(t.index) for t in tables])) if tables else []
+    colours = run_colours(len(runs))
+    n = len(runs)
+    height = 0.8 / max(1, n)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.8 + max(1, len(classes)) * (0.3 + 0.12 * n)
+                                            + 0.22 * _legend_rows(labels)), layout="constrained")
+    ax = axes[0]
+    values = np.array([t.reindex(classes)["j_per_round"].fillna(0.0).to_numpy() for t in tables]) if classes \
+        else np.zeros((n, 0))
+    positive = values[values > 0]
+    log = positive.size > 0 and positive.max() / positive.min() > 50
+    y = np.arange(len(classes))
+    bars = []
+    for i, colour in enumerate(colours):
+        bars.append(ax.barh(y + (i - (n - 1) / 2) * height, values[i] if classes else [], height=height * 0.95,
+                            color=colour))
+    ax.set_yticks(y, classes, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="J per round (all selected devices of the class)" + (" (log scale)" if log else ""),
+           ylabel="device class", title="Energy per device class")
+    if log:
+        ax.set_xscale("log")
+    ax.grid(axis="x", alpha=0.3)
+    ax = axes[1]
+    longest = max((float(r.rounds["sim_time"].max()) for r in runs if not r.rounds.empty), default=1.0)
+    scale, unit = time_unit(longest)
+    for r, colour in zip(runs, colours):
+        c = r.clients
+        if c.empty or "energy_j" not in c or r.rounds.empty:
+            continue
+        per_round = c.groupby("round")["energy_j"].sum().reindex(r.rounds["round"]).fillna(0.0).to_numpy()
+        ax.plot(r.rounds["sim_time"].to_numpy() / scale, np.cumsum(per_round) / 1e3, color=colour)
+    ax.set(xlabel=f"simulated time ({unit})", ylabel="kJ spent by selected devices", title="Energy over time")
+    ax.grid(alpha=0.3)
+    if n > 1:
+        _legend_below(fig, bars, list(labels))
+    return _save(fig, out)
+
+
+def has_batteries(run: Run) -> bool:
+    """Whether a run tracked batteries (it has a `batteries.parquet`)."""
+    return not run.batteries.empty
+
+
+def plot_batteries(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Path:
+    """Charge of each battery class over simulated time: the median device (line) and the 10th to
+    90th percentile (band), one colour per run; devices whose battery ran empty, per round."""
+    with_b = [(r, lab, c) for r, lab, c in zip(runs, labels, run_colours(len(runs))) if has_batteries(r)]
+    classes = sorted(set().union(*[set(r.batteries["device_class"]) for r, _, _ in with_b]))
+    longest = max(float(r.batteries["sim_time"].max()) for r, _, _ in with_b)
+    scale, unit = time_unit(longest)
+    fig, axes = plt.subplots(len(classes), 2, figsize=(11, 0.6 + 2.2 * len(classes) + 0.22 * _legend_rows(labels)),
+                             layout="constrained", squeeze=False)
+    lines = []
+    for k, cls in enumerate(classes):
+        left, right = axes[k]
+        for r, _lab, colour in with_b:
+            b = r.batteries[r.batteries["device_class"] == cls]
+            t = b["sim_time"].to_numpy() / scale
+            (line,) = left.plot(t, 100 * b["charge_p50"].to_numpy(), color=colour)
+            left.fill_between(t, 100 * b["charge_p10"].to_numpy(), 100 * b["charge_p90"].to_numpy(), color=colour,
+                              alpha=0.15, lw=0)
+            right.plot(t, b["empty"].to_numpy(), color=colour)
+            if k == 0:
+                lines.append(line)
+        left.set(ylabel=f"{cls}\ncharge (% of capacity)", ylim=(0, 100))
+        right.set(ylabel="devices empty")
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+    axes[0][0].set_title("Battery charge: median, 10th-90th percentile")
+    axes[0][1].set_title("Devices with an empty battery")
+    for ax in axes[-1]:
+        ax.set_xlabel(f"simulated time ({unit})")
+    if len(with_b) > 1:
+        _legend_below(fig, lines, [lab for _, lab, _ in with_b])
     return _save(fig, out)

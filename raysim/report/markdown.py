@@ -18,8 +18,8 @@ import pandas as pd
 
 from raysim.records import STATUSES
 from raysim.report import figures
-from raysim.report.figures import plot_accuracy
-from raysim.report.summaries import class_table, default_target, format_value, run_summary, short_labels
+from raysim.report.figures import has_batteries, plot_accuracy
+from raysim.report.summaries import class_table, default_target, format_value, lost_to_battery, run_summary, short_labels
 from raysim.report.tables import Runs
 from raysim.rundir.reader import Run, RunError
 from raysim.rundir.writer import atomic_write_text
@@ -53,6 +53,16 @@ FIGURES = (
            lambda runs, out, labels, target: figures.plot_outcomes(runs, out, labels)),
     Figure("bytes.png", "Traffic", "Megabytes moved per device class, down (global weights) and up (updates).",
            lambda runs, out, labels, target: figures.plot_bytes(runs, out, labels)),
+    Figure("energy.png", "Energy",
+           "Joules the selected devices of each class spent per round (compute, radio, waiting for the round "
+           "to close), and the run's total over simulated time.",
+           lambda runs, out, labels, target: figures.plot_energy(runs, out, labels),
+           lambda runs: any("energy_j" in r.clients for r in runs)),
+    Figure("batteries.png", "Batteries",
+           "Charge of each battery-powered class over simulated time (median device and 10th-90th "
+           "percentile), and devices whose battery ran empty.",
+           lambda runs, out, labels, target: figures.plot_batteries(runs, out, labels),
+           lambda runs: any(figures.has_batteries(r) for r in runs)),
     Figure("staleness.png", "Staleness",
            "Server steps between the version a device downloaded and the step its update went into "
            "(asynchronous modes; synchronous rounds apply every update fresh), overall and by device class.",
@@ -135,6 +145,12 @@ def _runs_table(runs: Runs, summary: pd.DataFrame) -> pd.DataFrame:
         t[f"{st} (%)"] = s[f"{st}_pct"].round(1)
     t["MB down"] = s["mb_down"].round(1)
     t["MB up"] = s["mb_up"].round(1)
+    if s["energy_kj"].notna().any():
+        t["energy (kJ)"] = s["energy_kj"].round(3)
+        t["kJ to target"] = [("-" if v is None or pd.isna(v) else f"{v:.3g}") for v in s["energy_to_target_kj"]]
+    if any(has_batteries(r) for r in runs):
+        t["battery: ran empty"] = s["battery_depleted"]
+        t["battery: refused"] = s["battery_refused"]
     t["wall (s)"] = s["wall_s"].round(1)
     return t.reset_index(drop=True)
 
@@ -193,6 +209,12 @@ def summary_text(run: Run) -> str:
         total = float(r["energy_j"].sum())
         lines.append(f"energy     {total:.1f} J in all:   " + "   ".join(
             f"{k} {100 * v / total if total else 0:.0f}%" for k, v in parts.items()))
+    if has_batteries(run):
+        b = run.batteries[run.batteries["round"] == run.batteries["round"].max()]
+        depleted, refused = lost_to_battery(run.clients)
+        lines.append(f"batteries  ran empty mid-round {depleted}   refused for battery {refused}   at the end: " +
+                     "   ".join(f"{row.device_class} median {100 * row.charge_p50:.0f}% ({row.empty} empty)"
+                                for row in b.itertuples()))
     training = _training_line(run)
     if training:
         lines.append(f"training   {training}")

@@ -112,6 +112,34 @@ def bytes_by_class(clients: pd.DataFrame) -> pd.DataFrame:
     return g.rename(columns={"bytes_down": "mb_down", "bytes_up": "mb_up"}).sort_index()
 
 
+def energy_by_class(run: Run) -> pd.DataFrame:
+    """Joules per device class: over the whole run, and per round on average (rounds run)."""
+    c = run.clients
+    if c.empty or "energy_j" not in c:
+        return pd.DataFrame(columns=["energy_j", "j_per_round"])
+    rounds = max(1, int(run.rounds["round"].max())) if not run.rounds.empty else 1
+    g = c.groupby("device_class")["energy_j"].sum(min_count=1).to_frame("energy_j").sort_index()
+    g["j_per_round"] = g["energy_j"] / rounds
+    return g
+
+
+def energy_to(rounds: pd.DataFrame, clients: pd.DataFrame, last_round: Optional[int]) -> Optional[float]:
+    """Joules the selected devices spent in rounds 1..`last_round` (None when it was never reached
+    or the run has no energy columns)."""
+    if last_round is None or "energy_j" not in clients or clients.empty:
+        return None
+    return float(clients.loc[clients["round"] <= last_round, "energy_j"].sum())
+
+
+def lost_to_battery(clients: pd.DataFrame) -> tuple[int, int]:
+    """Selections whose battery ran empty mid-round (update lost), and those refused for battery."""
+    if clients.empty:
+        return 0, 0
+    depleted = int((clients["status"] == "depleted").sum())
+    refused = int(((clients["status"] == "excluded") & clients["reason"].astype(str).str.startswith("battery")).sum())
+    return depleted, refused
+
+
 def class_table(run: Run) -> pd.DataFrame:
     """One row per device class: selections, outcome counts, mean rate, mean predicted time, MB
     moved, and joules (all rounds, and the mean per selection)."""
@@ -143,6 +171,8 @@ def run_summary(runs: Runs, target: float) -> pd.DataFrame:
         n_sel = max(1, len(c))
         status = c["status"].value_counts() if not c.empty else pd.Series(dtype=int)
         hit_round, hit_time = time_to_target(acc, target) if not acc.empty else (None, None)
+        depleted, refused = lost_to_battery(c)
+        joules = energy_to(r, c, hit_round)
         rows.append({
             "run": label,
             "rounds": int(r["round"].max()) if not r.empty else 0,
@@ -155,6 +185,10 @@ def run_summary(runs: Runs, target: float) -> pd.DataFrame:
             **{f"{s}_pct": 100.0 * int(status.get(s, 0)) / n_sel for s in STATUSES},
             "mb_down": float(c["bytes_down"].sum()) / 1e6 if not c.empty else 0.0,
             "mb_up": float(c["bytes_up"].sum()) / 1e6 if not c.empty else 0.0,
+            "energy_kj": float(c["energy_j"].sum()) / 1e3 if "energy_j" in c and not c.empty else float("nan"),
+            "energy_to_target_kj": joules / 1e3 if joules is not None else None,
+            "battery_depleted": depleted,
+            "battery_refused": refused,
             "wall_s": float(r["wall_s"].sum()) if not r.empty else float("nan"),
         })
     return pd.DataFrame(rows).set_index("run")

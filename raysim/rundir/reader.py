@@ -7,6 +7,7 @@
       clients.parquet    one row per (round, selected device)
       evals.parquet      one row per (round, evaluated model)
       fleet.parquet      one row per device (class, profile, samples, label histogram)
+      batteries.parquet  one row per (round, battery class): charge percentiles (energy.batteries on)
       checkpoints/       round-NNNNNN.pt (global model + server state), torch-safe-loadable
       *.png              the report's figures
 
@@ -60,6 +61,7 @@ class Run:
     clients: pd.DataFrame
     evals: pd.DataFrame
     fleet: pd.DataFrame = field(default_factory=pd.DataFrame)
+    batteries: pd.DataFrame = field(default_factory=pd.DataFrame)  # empty: no battery tracked
 
     @property
     def name(self) -> str:
@@ -110,7 +112,7 @@ def load_run(path: str | Path, allow_incomplete: bool = False) -> Run:
     if manifest.get("status") != "complete" and not allow_incomplete:
         raise RunError(f"{p}: run is {manifest.get('status')!r}, not complete "
                        f"(pass allow_incomplete=True to read it anyway)")
-    names = ("rounds", "clients", "evals", "fleet")
+    names = ("rounds", "clients", "evals", "fleet", "batteries")
     tables = read_tables(p, names)
     scenario: Any = {}
     if (p / "scenario.yaml").is_file():

@@ -114,6 +114,7 @@ class RunWriter:
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[pd.DataFrame] = []
         self.evals: list[dict[str, Any]] = []
+        self.batteries: list[dict[str, Any]] = []
         self.manifest: dict[str, Any] = {
             "status": "running", "name": scenario.name, "seed": scenario.seed, "rounds": scenario.rounds,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -136,14 +137,16 @@ class RunWriter:
         w.manifest["driver"] = {"host": platform.node(), "pid": os.getpid()}
         w.manifest.setdefault("resumed", []).append(
             {"at_round": upto, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        w.rounds, w.clients, w.evals = [], [], []
-        tables = read_tables(w.path, ("rounds", "clients", "evals"))
+        w.rounds, w.clients, w.evals, w.batteries = [], [], [], []
+        tables = read_tables(w.path, ("rounds", "clients", "evals", "batteries"))
         if "rounds" in tables:
             w.rounds = tables["rounds"].to_dict("records")
         if "clients" in tables:
             w.clients = [tables["clients"]]
         if "evals" in tables:
             w.evals = tables["evals"].to_dict("records")
+        if "batteries" in tables:
+            w.batteries = tables["batteries"].to_dict("records")
         w.rewind(upto)
         return w
 
@@ -152,6 +155,7 @@ class RunWriter:
         self.rounds = [r for r in self.rounds if r["round"] <= upto]
         self.clients = [c[c["round"] <= upto] for c in self.clients]
         self.evals = [e for e in self.evals if e["round"] <= upto]
+        self.batteries = [b for b in self.batteries if b["round"] <= upto]
         self.manifest["completed_rounds"] = upto
         self._write_manifest()
 
@@ -167,6 +171,7 @@ class RunWriter:
         self.rounds.append(out.record.row())
         self.clients.append(client_frame(out.clients))
         self.evals.extend(e.row() for e in out.evals)
+        self.batteries.extend(out.batteries)
         self.manifest["completed_rounds"] = int(out.record.round)
 
     def flush(self) -> None:
@@ -175,6 +180,8 @@ class RunWriter:
         clients = pd.concat(self.clients, ignore_index=True) if self.clients else pd.DataFrame(columns=CLIENT_COLUMNS)
         atomic_write_parquet(self.path / "clients.parquet", clients)
         atomic_write_parquet(self.path / "evals.parquet", pd.DataFrame(self.evals))
+        if self.batteries:
+            atomic_write_parquet(self.path / "batteries.parquet", pd.DataFrame(self.batteries))
         self._write_manifest()
 
     def write_fleet(self, fleet: pd.DataFrame) -> None:

@@ -7,7 +7,7 @@ on request, its checkpoint state; it never writes files, so it can live on any n
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import ray
@@ -16,8 +16,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from raysim.client.trainer import Trainer
 from raysim.engine.assignment import Assigner
 from raysim.engine.asynchronous import AsyncConfig, AsyncSimulation
+from raysim.engine.battery import EnergyConfig, batteries_for
 from raysim.engine.clock import Clock, VirtualClock
 from raysim.engine.rounds import RoundConfig, Setup, Simulation
+from raysim.engine.selection import Selector, Uniform
 from raysim.records import RoundOutput
 from raysim.runtime.gpu import coordinator_gpu_options
 from raysim.runtime.placement import Placement, Pooled
@@ -38,6 +40,8 @@ class Engine:
     placement: Placement = Pooled()
     clock: Clock = VirtualClock()
     asynchronous: Optional[AsyncConfig] = None  # FedBuff / FedAsync instead of sync rounds
+    selector: Selector = field(default_factory=Uniform)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)  # batteries (sync rounds)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -59,7 +63,8 @@ class Coordinator:
         if e.asynchronous is not None:
             self.sim = AsyncSimulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.asynchronous)
         else:
-            self.sim = Simulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.clock)
+            self.sim = Simulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.clock, e.selector,
+                                  batteries_for(self.setup.fleet, e.energy, e.cfg.seed))
 
     def step(self) -> RoundOutput:
         return self.sim.step()

@@ -51,7 +51,8 @@ def energy_table(sc: Scenario, setup: Setup) -> pd.DataFrame:
     joules = {}
     for r, c in setup.costs.items():
         t = device_times(fleet, all_idx, c, samples, sc.train.epochs, rng(sc.seed, "fleet-view"), jitter=0.0)
-        phases = Phases(t.download, t.compute, t.upload, np.ones(len(fleet)), np.ones(len(fleet), bool))
+        phases = Phases(t.download, t.compute, t.upload, np.ones(len(fleet)), np.ones(len(fleet), bool),
+                        t.wait_download, t.wait_upload)
         joules[r] = phase_energy(seconds(phases, np.inf), power).total
     radio = dict(zip(fleet.class_names, fleet.power.radio)) if fleet.power is not None else {}
     rows = []

@@ -50,7 +50,12 @@ BUILTINS: dict[str, dict[str, str]] = {
     "assignment.policy": {
         "fit-memory": "raysim.engine.assignment:FitMemory",
         "fit-deadline": "raysim.engine.assignment:FitDeadline",
+        "fit-energy": "raysim.engine.assignment:FitEnergy",
         "fixed": "raysim.engine.assignment:Fixed",
+    },
+    "selection.policy": {
+        "uniform": "raysim.engine.selection:Uniform",
+        "energy-aware": "raysim.engine.selection:EnergyAware",
     },
     "train.algorithm": {
         "sgd": "raysim.client.algorithms:LocalSGD",

@@ -21,6 +21,7 @@ from torch import nn
 from raysim.client.algorithms import ClientAlgorithm
 from raysim.data.base import DataError, Dataset, dataset_from
 from raysim.engine.assignment import Assigner
+from raysim.engine.selection import Selector, Uniform
 from raysim.errors import ScenarioError
 from raysim.models.base import ModelSpec
 from raysim.scenario import registry
@@ -54,6 +55,7 @@ class Components:
     narrow: bool = True                # devices train narrower submodels (a plain module is sliced)
     scaler: bool = True                # sliced submodels scale activations by 1/rate in training
     sources: dict[str, str] = field(default_factory=dict)
+    selector: Selector = field(default_factory=Uniform)
 
     def load_dataset(self, seed: int) -> Dataset:
         """The dataset, checked (one-line DataError on bad output)."""
@@ -71,7 +73,8 @@ def _source(name: str) -> str:
 
 def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: Optional[DatasetFactory] = None,
                strategy: Optional[Strategy] = None, assigner: Optional[Assigner] = None,
-               client: Optional[ClientAlgorithm] = None, server: Optional[ServerOptimizer] = None) -> Components:
+               client: Optional[ClientAlgorithm] = None, server: Optional[ServerOptimizer] = None,
+               selector: Optional[Selector] = None) -> Components:
     """Resolve the scenario's components; an object given here replaces the scenario's choice.
 
     `compression.baseline` turns into pairs: `fedavg-capable` is the full model (`Full`) with
@@ -96,10 +99,12 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
                      {"lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay})
     server = _choose(sources, "server", "server.optimizer", ServerOptimizer, server, s.optimizer, s.params,
                      {"lr": s.lr, "momentum": s.momentum, "beta1": s.beta1, "beta2": s.beta2, "eps": s.eps})
+    selector = _choose(sources, "selector", "selection.policy", Selector, selector, sc.selection.policy,
+                       sc.selection.params)
     smallest = min(m.rates) if baseline == "fedavg-smallest" else None
     narrow = smallest is not None or (strategy.compresses and baseline == "none" and list(m.rates) != [1.0])
     return Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
-                      narrow, m.scaler, sources)
+                      narrow, m.scaler, sources, selector)
 
 
 def _factory(sources: dict[str, str], slot: str, given: Optional[Callable], make: Callable[[], Callable],

@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from raysim.data.har import HarConfig
 from raysim.data.partition import PartitionConfig
 from raysim.data.synthetic import SyntheticConfig
+from raysim.engine.battery import EnergyConfig
 from raysim.errors import BadInput, ScenarioError
 from raysim.fleet.make import FleetConfig
 from raysim.scenario.strict_yaml import parse_value, read_yaml_file
@@ -138,6 +139,15 @@ class SelectionConfig(_Section):
 
     per_round: int = Field(50, ge=1, description="K: results a round aggregates at most")
     overcommit: float = Field(0.0, ge=0.0, le=10.0, description="select K*(1+f), keep first K")
+    policy: str = Field(
+        "uniform", description="uniform (every online device equally likely), energy-aware (weighted by battery "
+        "level, energy.batteries on), or an import path package.module:attr to a Selector")
+    params: dict[str, Any] = _params()
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        return _check_component("selection.policy", v)
 
 
 class AssignmentConfig(_Section):
@@ -145,8 +155,9 @@ class AssignmentConfig(_Section):
 
     policy: str = Field(
         "fit-memory", description="largest rate that fits the device's memory (fit-memory; fit-deadline: and "
-        "whose predicted time meets the deadline), one fixed rate (fixed), or an import path "
-        "package.module:attr to an Assigner")
+        "whose predicted time meets the deadline; fit-energy: and whose predicted energy fits params.budget_j and "
+        "the battery above its reserve), one fixed rate (fixed), or an import path package.module:attr to an "
+        "Assigner")
     fixed_rate: Optional[float] = Field(None, gt=0.0, le=1.0, description="policy=fixed: the rate")
     params: dict[str, Any] = _params()
 
@@ -296,6 +307,7 @@ class Scenario(_Section):
     train: TrainConfig = TrainConfig()
     server: ServerConfig = ServerConfig()
     eval: EvalConfig = EvalConfig()
+    energy: EnergyConfig = EnergyConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     output: OutputConfig = OutputConfig()
 
@@ -325,6 +337,7 @@ class Scenario(_Section):
             if self.deadline.policy == "partial":
                 raise ValueError(f"deadline.policy: 'partial' needs rounds with a deadline; server.mode "
                                  f"{self.server.mode!r} has none")
+        self._cross_energy()
         if self.runtime.device == "cuda" and self.runtime.placement != "pooled":
             raise ValueError("runtime.device: 'cuda' needs runtime.placement 'pooled' (a dedicated device "
                              "trains under a CPU memory cap)")
@@ -335,6 +348,29 @@ class Scenario(_Section):
                 f"selection.per_round: {self.selection.per_round} exceeds fleet.devices ({self.fleet.devices})"
             )
         return self
+
+    def _cross_energy(self) -> None:
+        e = self.energy
+        if self.server.mode != "sync":
+            if e.batteries:
+                raise ValueError(f"energy.batteries: tracked in synchronous rounds only; server.mode "
+                                 f"{self.server.mode!r} does not track them yet")
+            if self.selection.policy != "uniform":
+                raise ValueError(f"selection.policy: {self.selection.policy!r} applies to synchronous rounds; "
+                                 f"server.mode {self.server.mode!r} dispatches idle devices at random")
+        if self.selection.policy == "energy-aware" and not e.batteries:
+            raise ValueError("selection.policy: 'energy-aware' weighs battery levels; set energy.batteries: true")
+        if e.charging:
+            known = self.fleet.catalogue()
+            for name in e.charging:
+                if name not in known:
+                    raise ValueError(f"energy.charging: {name!r} is not a device class (known: "
+                                     f"{', '.join(sorted(known))})")
+        for name, c in e.charging.items():
+            try:
+                c.hourly()
+            except ValueError as err:
+                raise ValueError(f"energy.charging.{name}: {err}") from None
 
     def to_yaml(self) -> str:
         """The resolved scenario as YAML (every default written out)."""

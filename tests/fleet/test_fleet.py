@@ -17,7 +17,8 @@ from raysim.fleet import Availability, Fleet, FleetError, largest_remainder, loa
 from raysim.fleet.availability import AvailabilityConfig
 from raysim.scenario.schema import FleetConfig
 
-CLASSES = ["mcu", "mcu-psram", "rpi-zero", "rpi3", "rpi4", "jetson-nano", "phone-low", "phone-high", "gateway"]
+CLASSES = ["mcu", "mcu-thread", "mcu-lora", "mcu-psram",
+           "rpi-zero", "rpi3", "rpi4", "jetson-nano", "phone-low", "phone-high", "gateway"]
 
 
 # --- catalogue ----------------------------------------------------------------------------
@@ -35,11 +36,15 @@ def test_catalogue_has_every_class_with_sane_figures() -> None:
     assert cat["mcu"].flops < cat["rpi-zero"].flops < cat["rpi4"].flops < cat["jetson-nano"].flops
     assert cat["phone-low"].flops < cat["phone-high"].flops
     assert cat["mcu"].up_bps < cat["mcu-psram"].up_bps
+    # batteries: the microcontrollers and phones carry one, Linux boards and gateways are mains-powered
+    assert all(cat[c].battery_wh for c in ("mcu", "mcu-thread", "mcu-lora", "mcu-psram", "phone-low", "phone-high"))
+    assert all(cat[c].battery_wh is None for c in ("rpi-zero", "rpi3", "rpi4", "jetson-nano", "gateway"))
+    assert all(0 <= c.standby_w <= c.idle_w or c.battery_wh is None for c in cat.values())
 
 
 CLASS_YAML = ("x:\n  description: d\n  flops: {flops}\n  memory_bytes: 1\n  down_bps: 1\n  up_bps: 1\n"
-              "  latency_s: 0\n  radio: {radio}\n  compute_w: {compute_w}\n  idle_w: 0.1\n  mean_online_s: 1\n"
-              "  mean_offline_s: 1\n  source: s\n")
+              "  latency_s: 0\n  radio: {radio}\n  compute_w: {compute_w}\n  idle_w: 0.1\n  battery_wh: {battery_wh}\n"
+              "  standby_w: 0.01\n  mean_online_s: 1\n  mean_offline_s: 1\n  source: s\n")
 
 
 @pytest.mark.parametrize("fields, needle", [
@@ -47,10 +52,12 @@ CLASS_YAML = ("x:\n  description: d\n  flops: {flops}\n  memory_bytes: 1\n  down
     ({"compute_w": -2}, "'compute_w' must be positive"),
     ({"compute_w": "2 W"}, "'compute_w' must be a finite number"),
     ({"radio": "zigbee-pro"}, "names radio 'zigbee-pro', a technology the catalogue lacks (known: 802.15.4, ble,"),
+    ({"battery_wh": -1}, "'battery_wh' must be a positive capacity in Wh or null"),
+    ({"battery_wh": "big"}, "'battery_wh' must be a finite number"),
 ])
 def test_catalogue_rejects_bad_figures(tmp_path: Path, fields, needle) -> None:
     bad = tmp_path / "cat.yaml"
-    bad.write_text(CLASS_YAML.format(**{"flops": 1, "radio": "ble", "compute_w": 1.0, **fields}))
+    bad.write_text(CLASS_YAML.format(**{"flops": 1, "radio": "ble", "compute_w": 1.0, "battery_wh": "null", **fields}))
     with pytest.raises(FleetError, match=re.escape(needle)):
         load_catalogue(bad)
 
