@@ -160,8 +160,9 @@ class Batteries:
             share = rng(seed, "battery-initial").uniform(lo, hi, size=n)
         else:
             share = np.full(n, float(cfg.initial_charge))
-        charge = np.where(has, cap * share, np.inf)
-        reserve = np.where(has, cap * cfg.reserve, 0.0)
+        finite = np.where(has, cap, 0.0)  # no inf x 0 for mains-powered devices
+        charge = np.where(has, finite * share, np.inf)
+        reserve = finite * cfg.reserve
         profile = np.zeros((len(fleet.class_names), 24))
         for name, c in cfg.charging.items():
             if name in fleet.class_names:

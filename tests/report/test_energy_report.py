@@ -1,6 +1,8 @@
 """The report on energy and batteries: batteries.parquet, the figures, the summary lines."""
 
 import numpy as np
+import pandas as pd
+import pytest
 from helpers import local_sim, tiny_overrides
 
 from raysim.report.markdown import summary_text, write_report
@@ -54,3 +56,26 @@ def test_resume_keeps_the_battery_rows_of_the_rounds_it_keeps(tmp_path):
     assert sorted({b["round"] for b in w.batteries}) == [1, 2]
     w.flush()
     assert sorted(set(load_run(path, allow_incomplete=True).batteries["round"])) == [1, 2]
+
+
+def test_the_energy_study_summarises_a_run(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("energy_study", root / "analysis" / "energy_study.py")
+    study = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "energy_study", study)  # its dataclasses look their module up
+    spec.loader.exec_module(study)
+    run = load_run(write_run(tmp_path / "bat", {**BATTERY, "fleet.mix": "{mcu: 0.4, mcu-psram: 0.4, rpi4: 0.2}"}))
+    row = study.summarise(run, study.ARMS[0], target=0.0)
+    assert row["rounds_to_target"] == 1 and row["ran_empty"] == int((run.clients["status"] == "depleted").sum())
+    first = run.clients[run.clients["round"] == 1]
+    assert row["mains_j_to_target"] == pytest.approx(first.loc[first["device_class"] == "rpi4", "energy_j"].sum())
+    assert row["battery_j_to_target"] + row["mains_j_to_target"] == pytest.approx(first["energy_j"].sum())
+    table = pd.DataFrame([{**row, "seed": 0}])
+    text = study.markdown(table, 0.5)
+    assert text.startswith("| arm | final accuracy") and "| static |" in text
+    unreached = study.summarise(run, study.ARMS[0], target=1.01)
+    assert unreached["rounds_to_target"] is None and np.isnan(unreached["battery_j_to_target"])
