@@ -21,7 +21,7 @@ only their charge (as in EAFL's setting): a device that runs empty mid-round sto
 (no randomness after the initial charges), and the charge is part of the checkpoint.
 
     >>> b = Batteries(np.array([100.0, np.inf]), np.array([50.0, np.inf]), np.array([10.0, 0.0]),
-    ...               np.zeros(2, np.int64), np.zeros(1), np.zeros((1, 24)), 0.0)
+    ...               np.zeros(2, np.int64), np.zeros(2), np.zeros((1, 24)), 0.0)
     >>> b.available(np.array([0, 1])).tolist()
     [40.0, inf]
     >>> b.advance(0.0, 10.0, np.array([0]), np.array([45.0])); b.charge.tolist()
@@ -128,8 +128,8 @@ def _cumulative(profile: np.ndarray, t: np.ndarray | float) -> np.ndarray:
 class Batteries:
     """Charge of every device of a fleet (inf for mains-powered ones), by fleet position.
 
-    `capacity`, `charge`, `reserve` are joules per device; `standby_w` and `profile` (W per hour
-    of the day) are per class, `class_idx` maps devices to classes; `offset_s` is the local time
+    `capacity`, `charge`, `reserve` are joules and `standby_w` watts per device; `profile` (W per
+    hour of the day) is per class, `class_idx` maps devices to classes; `offset_s` is the local time
     of day at t = 0; `check` is `work` or `reserve` (see the module docstring).
     """
 
@@ -153,6 +153,13 @@ class Batteries:
         else:
             cap_c, standby_c = fleet.power.battery_j, fleet.power.standby_w
         cap = cap_c[fleet.class_idx].astype(np.float64)
+        standby = np.nan_to_num(standby_c)[fleet.class_idx].astype(np.float64)
+        all_pos = np.arange(n)
+        given_cap, given_standby = fleet.device("battery_wh", all_pos), fleet.device("standby_w", all_pos)
+        if given_cap is not None:  # a trace's own capacities
+            cap = np.where(np.isnan(given_cap), cap, given_cap * 3600.0)
+        if given_standby is not None:
+            standby = np.where(np.isnan(given_standby), standby, given_standby)
         has = np.isfinite(cap)
         share: np.ndarray
         if isinstance(cfg.initial_charge, list):
@@ -167,7 +174,7 @@ class Batteries:
         for name, c in cfg.charging.items():
             if name in fleet.class_names:
                 profile[fleet.class_names.index(name)] = c.hourly()
-        return cls(cap, charge, reserve, fleet.class_idx.astype(np.int64), np.nan_to_num(standby_c), profile,
+        return cls(cap, charge, reserve, fleet.class_idx.astype(np.int64), standby, profile,
                    cfg.start_hour * HOUR, cfg.check, tuple(fleet.class_names))
 
     # ---------------------------------------------------------------- what the engine asks
@@ -192,8 +199,7 @@ class Batteries:
         """Move every battery from t0 to t1: charging and standby for all, FL energy `spent` (J)
         for the devices at `pos`; clipped to [0, capacity]."""
         dt = max(float(t1) - float(t0), 0.0)
-        delta = self.harvest(t0, t1) - self.standby_w * dt
-        new = self.charge + delta[self.class_idx]
+        new = self.charge + self.harvest(t0, t1)[self.class_idx] - self.standby_w * dt
         np.subtract.at(new, np.asarray(pos, dtype=np.int64), np.nan_to_num(np.asarray(spent, dtype=np.float64)))
         self.charge = np.where(np.isfinite(self.capacity), np.clip(new, 0.0, self.capacity), np.inf)
 

@@ -41,6 +41,8 @@ class Fleet:
     mean_online: np.ndarray
     mean_offline: np.ndarray
     power: Optional[PowerStates] = None  # per class; None: unknown (energy is NaN)
+    # per device, from a trace: compute_w, idle_w, standby_w, battery_wh (NaN: the class's figure)
+    device_power: Optional[dict[str, np.ndarray]] = None
 
     def __post_init__(self) -> None:
         n = len(self.device_id)
@@ -73,7 +75,18 @@ class Fleet:
         if self.power is None:
             return {k: np.full(len(pos), np.nan) for k in names}
         cls = self.class_idx[pos]
-        return {k: getattr(self.power, k)[cls] for k in names}
+        out = {k: getattr(self.power, k)[cls] for k in names}
+        for k in ("compute_w", "idle_w"):
+            given = self.device(k, pos)
+            if given is not None:
+                out[k] = np.where(np.isnan(given), out[k], given)
+        return out
+
+    def device(self, name: str, pos: np.ndarray) -> Optional[np.ndarray]:
+        """A trace's per-device figure `name` at `pos` (NaN where not given), or None without one."""
+        if self.device_power is None or name not in self.device_power:
+            return None
+        return self.device_power[name][pos]
 
     def duty_of(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Duty-cycle limit and payload bytes per message of the devices at `pos` (1 and inf where
@@ -102,8 +115,9 @@ class Fleet:
         if self.power is None:
             return {}
         p, c = self.power, self.class_idx
+        power = self.power_of(np.arange(len(self)))
         return {"radio": np.asarray(p.radio, dtype=object)[c],
-                "compute_w": p.compute_w[c], "idle_w": p.idle_w[c], "tx_w": p.tx_w[c], "rx_w": p.rx_w[c],
+                "compute_w": power["compute_w"], "idle_w": power["idle_w"], "tx_w": p.tx_w[c], "rx_w": p.rx_w[c],
                 "radio_idle_w": p.radio_idle_w[c], "tail_j": p.tail_j[c]}
 
     def class_counts(self) -> dict[str, int]:

@@ -13,6 +13,10 @@ Device trace (CSV or parquet, one row per device; extra columns are ignored):
     device_class     optional; default "trace"
     mean_online_s    optional; default: the device class's, else NaN (then `markov`
     mean_offline_s   optional   availability cannot be used)
+    compute_w        optional, W while training          } per device; a blank cell or no
+    idle_w           optional, W awake, not computing      } column: the device class's
+    standby_w        optional, W of its own job            } figure (NaN energy for a class
+    battery_wh       optional, battery capacity in Wh      } the catalogue lacks)
 
 `ms_per_sample` follows FedScale: it is the per-sample *forward* time of a reference model,
 and training a sample costs about 3x that. raysim turns it into a throughput,
@@ -46,6 +50,7 @@ from raysim.fleet.trace_table import Table, optional_column, read_table
 __all__ = ["fleet_from_trace", "Intervals", "load_intervals"]
 
 TRACE_CLASS = "trace"
+DEVICE_POWER = ("compute_w", "idle_w", "standby_w", "battery_wh")  # optional per-device power columns
 
 
 def _device_ids(table: Table) -> np.ndarray:
@@ -117,6 +122,11 @@ def fleet_from_trace(path: str | Path, catalogue: Mapping[str, DeviceClass],
     mean_off = with_default("mean_offline_s", "mean_offline_s", np.nan)
 
     order = np.argsort(ids, kind="stable")
+    device_power = {}
+    for col in DEVICE_POWER:
+        if t.has(col):
+            given = t.numbers(col, required=False, positive=col == "battery_wh")
+            device_power[col] = given[order]
     return Fleet(
         device_id=ids[order],
         class_idx=class_idx[order],
@@ -129,6 +139,7 @@ def fleet_from_trace(path: str | Path, catalogue: Mapping[str, DeviceClass],
         mean_online=mean_on[order],
         mean_offline=mean_off[order],
         power=PowerStates.of(class_names, catalogue),
+        device_power=device_power or None,
     )
 
 

@@ -17,7 +17,7 @@ def one_class(capacity, charge, reserve=0.0, standby=0.0, profile=None, offset=0
     n = len(capacity)
     prof = np.zeros((1, 24)) if profile is None else np.asarray(profile, dtype=float).reshape(1, 24)
     return Batteries(np.array(capacity, float), np.array(charge, float), np.full(n, reserve), np.zeros(n, np.int64),
-                     np.array([standby]), prof, offset, "work", ("c",))
+                     np.full(n, float(standby)), prof, offset, "work", ("c",))
 
 
 def test_charging_profiles_integrate_exactly_over_days_and_hours():

@@ -202,6 +202,28 @@ def test_trace_ms_per_sample_uses_the_reference_model(tmp_path: Path) -> None:
         make_fleet(FleetConfig(trace=str(path)), seed=0)
 
 
+def test_a_trace_gives_power_and_batteries_per_device(tmp_path: Path) -> None:
+    from raysim.engine.battery import Batteries, EnergyConfig
+
+    path = tmp_path / "devices.csv"
+    path.write_text("device_id,flops,memory_bytes,down_kbps,up_kbps,device_class,compute_w,battery_wh,standby_w\n"
+                    "0,1e8,100000,200,100,mcu,0.9,,\n1,1e8,100000,200,100,mcu,,0.5,0.002\n"
+                    "2,1e9,1e9,9000,9000,rpi4,,2,\n")
+    fleet = make_fleet(FleetConfig(trace=str(path)), seed=0)
+    cat = load_catalogue()
+    p = fleet.power_of(np.arange(3))
+    assert p["compute_w"].tolist() == [0.9, cat["mcu"].compute_w, cat["rpi4"].compute_w]
+    assert p["idle_w"].tolist() == [cat["mcu"].idle_w, cat["mcu"].idle_w, cat["rpi4"].idle_w]
+    assert fleet.to_frame()["compute_w"].tolist() == p["compute_w"].tolist()
+    b = Batteries.of(fleet, EnergyConfig(batteries=True), seed=0)
+    # a blank cell keeps the class's battery; a trace's capacity gives a mains class a battery
+    assert b.capacity.tolist() == [cat["mcu"].battery_wh * 3600, 0.5 * 3600, 2 * 3600]
+    assert b.standby_w.tolist() == [cat["mcu"].standby_w, 0.002, cat["rpi4"].standby_w]
+    path.write_text("device_id,flops,memory_bytes,down_kbps,up_kbps,battery_wh\n0,1e8,1,1,1,0\n")
+    with pytest.raises(FleetError, match=r"line 2, column 6 \(battery_wh\): must be positive"):
+        make_fleet(FleetConfig(trace=str(path)), seed=0)
+
+
 HEADER = "device_id,flops,memory_bytes,down_kbps,up_kbps"
 
 
