@@ -39,8 +39,8 @@ SCENARIO = ROOT / "scenarios" / "energy-study.yaml"
 PREFIX = "energy-"
 
 
-# The framework's four strategies and both baselines (their `stretch` is not used here: the
-# energy study compares every arm over the same rounds), then two energy-aware variants.
+# The framework's four strategies and both baselines (fedavg-smallest's rounds are far shorter in
+# simulated time, so it runs `--stretch` times the rounds), then two energy-aware variants.
 ARMS = (
     *BASE_ARMS,
     Arm("static+energy-aware", ("compression.strategy=static", "selection.policy=energy-aware"), "energy"),
@@ -49,9 +49,13 @@ ARMS = (
 )
 
 
-def arm_scenario(path: Path, arm: Arm, extra: list[str], seed: int) -> Scenario:
+def arm_scenario(path: Path, arm: Arm, extra: list[str], seed: int, stretch: int = 1) -> Scenario:
     """The study's scenario for one arm and seed (raises ScenarioError on a bad override)."""
-    return load_scenario(path, [*extra, *arm.overrides, f"name={PREFIX}{arm.name}", f"seed={seed}"])
+    over = [*extra, *arm.overrides, f"name={PREFIX}{arm.name}", f"seed={seed}"]
+    if arm.stretch and stretch > 1:
+        base = load_scenario(path, extra)
+        over += [f"rounds={base.rounds * stretch}", f"eval.every={base.eval.every * stretch}"]
+    return load_scenario(path, over)
 
 
 def mains_classes(run: Run) -> set[str]:
@@ -151,10 +155,12 @@ def plot(runs: dict[Key, Run], arms: list, seeds: list[int], target: float, png:
 def main(argv: Optional[list[str]] = None) -> int:
     p = study_parser(__doc__, SCENARIO, ROOT / "runs" / "energy-study", target=0.9)
     p.add_argument("--png", type=Path, default=None, help="plot file (default: OUT/energy-study.png)")
+    p.add_argument("--stretch", type=int, default=5, help="round multiplier of fedavg-smallest")
     args = p.parse_args(argv)
     try:
         arms = pick(list(ARMS), args.arms)
-        seeds, runs = arm_runs(args, arms, PREFIX, lambda a, s: arm_scenario(args.scenario, a, args.overrides, s))
+        seeds, runs = arm_runs(args, arms, PREFIX, lambda a, s: arm_scenario(args.scenario, a, args.overrides, s,
+                                                                                 args.stretch))
     except (ScenarioError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
