@@ -29,6 +29,8 @@ The contracts (each a small base class or callable; the built-ins implement the 
   `LocalSGD` with an overridable `objective` covers most (`FedProx` is 6 lines of it).
 - **server optimizer**: `ServerOptimizer.step(params, delta, held, ServerState)`; `FedOpt` for
   adaptive ones (`FedAdam`, `FedYogi`).
+- **channel**: `Channel.encode_tensor / decode_tensor / tensor_bytes` (how an update goes on
+  the wire, with its exact byte count; `error_feedback` keeps a residual per device).
 - **callbacks**: `Callback.on_start / on_round / on_end`, in the driver process.
 
 In a scenario, any of them is named by import path, `package.module:attr`, with its own
@@ -42,6 +44,7 @@ from typing import Any, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
+from raysim.channels import FP16, Channel, Dense, Payload, Quantize, RandomK, Sign, TopK
 from raysim.client.algorithms import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD
 from raysim.data.base import Dataset
 from raysim.engine.assignment import Assigner, Assignment, AssignRequest, FitDeadline, FitEnergy, FitMemory, Fixed
@@ -60,7 +63,8 @@ __all__ = [
     "simulate", "ModelFactory", "DatasetFactory", "ModelSpec", "Dataset", "Strategy", "SubmodelPlan",
     "Static", "Rolling", "Random", "Magnitude", "Full", "Assigner", "AssignRequest", "Assignment", "FitMemory",
     "FitDeadline", "FitEnergy", "Fixed", "Selector", "SelectRequest", "Uniform", "EnergyAware", "ClientAlgorithm",
-    "LocalSGD", "FedProx", "LocalData", "LocalResult",
+    "LocalSGD", "FedProx", "LocalData", "LocalResult", "Channel", "Payload", "Dense", "FP16", "Quantize", "TopK",
+    "RandomK", "Sign",
     "ServerOptimizer", "ServerState", "FedAvg", "FedAvgM", "FedOpt", "FedAdam", "FedYogi", "Callback", "RoundOutput",
     "as_scenario", "rate_sizes", "rng", "torch_generator", "channel_l1", "infer_spec", "SlicingError",
 ]

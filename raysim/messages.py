@@ -72,6 +72,8 @@ class TrainTask:
     version: int = 0
     group: int = 0
     stream: int = -1
+    # The device's own state from its last training (error-feedback residual; None: none yet).
+    state: Optional[dict] = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class TrainReport:
     reason: str = ""
     finish_s: float = float("nan")  # realtime: measured simulated seconds from round start to result
     job: int = -1                   # asynchronous modes: the task's stream (one device may train twice)
+    state: Optional[dict] = None    # the device's state after this training (kept by the engine)
 
 
 @dataclass

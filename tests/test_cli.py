@@ -1,9 +1,16 @@
-"""The command line: bad input gives one line and exit code 2, never a traceback."""
+"""The command line: bad input gives one line and exit code 2, never a traceback.
+
+Bad input is refused before Ray starts, so most cases call `raysim.cli.main` in this process
+(capturing file descriptors 1 and 2, as a terminal would see them); the cases marked `SUB` and
+the tests below them run `python -m raysim` as a real subprocess.
+"""
 
 import subprocess
 import sys
 
 import pytest
+
+SUB = True  # run this case as `python -m raysim` in a subprocess
 
 
 def raysim(*args, cwd=None):
@@ -11,25 +18,49 @@ def raysim(*args, cwd=None):
                           timeout=120)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["run", "nope.yaml"], "no such scenario file"),
-    (["run", "scenarios/quickstart.yaml", "--set", "fleet.devices=0"], "fleet.devices"),
-    (["run", "scenarios/quickstart.yaml", "--set", "model.colour=red"], "model.colour: unknown field"),
-    (["run", "scenarios/quickstart.yaml", "--set", "train.lr=fast"], "train.lr"),
-    (["run", "scenarios/quickstart.yaml", "--set", "nokey"], "KEY=VALUE"),
-    (["run", "scenarios/quickstart.yaml", "--set", "fleet.mix={toaster: 1}"], "toaster"),
-    (["run", "scenarios/quickstart.yaml", "--set", "data.dataset=mnist", "--set", "data.root=/nonexistent"], "/nonexistent"),
-    (["run", "scenarios/quickstart.yaml", "--bogus-flag"], "--bogus-flag"),
-    (["report", "/nonexistent/run"], "not a run directory"),
+def raysim_here(args, capfd, monkeypatch):
+    """`raysim ARGS` in this process: (exit code, stderr). Ray must not start for bad input."""
+    from raysim.cli import main
+
+    def no_ray(*a, **kw):
+        raise AssertionError("bad input must be refused before Ray starts")
+
+    # The runner first: importing it while the session's start_ray is patched would bind the patch
+    # into the runner for good.
+    monkeypatch.setattr("raysim.runtime.runner.start_ray", no_ray)
+    monkeypatch.setattr("raysim.runtime.session.start_ray", no_ray)
+    capfd.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # what `python -m raysim` turns into its exit status
+        code = exit_.code
+    return code, capfd.readouterr().err
+
+
+@pytest.mark.parametrize("args, needle, sub", [
+    (["run", "nope.yaml"], "no such scenario file", False),
+    (["run", "scenarios/quickstart.yaml", "--set", "fleet.devices=0"], "fleet.devices", SUB),
+    (["run", "scenarios/quickstart.yaml", "--set", "model.colour=red"], "model.colour: unknown field", False),
+    (["run", "scenarios/quickstart.yaml", "--set", "train.lr=fast"], "train.lr", False),
+    (["run", "scenarios/quickstart.yaml", "--set", "nokey"], "KEY=VALUE", False),
+    (["run", "scenarios/quickstart.yaml", "--set", "fleet.mix={toaster: 1}"], "toaster", False),
+    (["run", "scenarios/quickstart.yaml", "--set", "data.dataset=mnist", "--set", "data.root=/nonexistent"], "/nonexistent",
+     False),
+    (["run", "scenarios/quickstart.yaml", "--bogus-flag"], "--bogus-flag", SUB),
+    (["report", "/nonexistent/run"], "not a run directory", False),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(args, needle, sub, tmp_path, capfd, monkeypatch):
     extra = ["--out", str(tmp_path)] if args[0] == "run" else []
-    p = raysim(*args, *extra)
-    assert p.returncode == 2, p.stderr
-    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, p.stderr
+    if sub:
+        p = raysim(*args, *extra)
+        code, err = p.returncode, p.stderr
+    else:
+        code, err = raysim_here([*args, *extra], capfd, monkeypatch)
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
     assert needle in lines[0]
-    assert "Traceback" not in p.stderr
+    assert "Traceback" not in err
     assert not list(tmp_path.iterdir()), "no run directory may be created for bad input"
 
 

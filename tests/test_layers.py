@@ -13,7 +13,7 @@ LAYERS = [
     ("raysim.version", "raysim.errors", "raysim.seeding", "raysim.records", "raysim.messages", "raysim.settings"),
     ("raysim.models.base", "raysim.models.span"),           # what a width family is
     ("raysim.slicing",),                                   # any module -> a width family
-    ("raysim.models", "raysim.submodel", "raysim.data", "raysim.fleet"),
+    ("raysim.models", "raysim.submodel", "raysim.data", "raysim.fleet", "raysim.channels"),
     ("raysim.client", "raysim.server"),                    # a device's work; from updates to the global model
     ("raysim.hosts",),                                     # pure-torch workers that train devices
     ("raysim.engine",),                                    # the round loops (take objects)

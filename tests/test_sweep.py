@@ -1,5 +1,7 @@
 """Sweeps: grid parsing and validation up front, then a real two-point sweep into one parent."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import pandas as pd
 import pytest
 from helpers import tiny_overrides
 
+from raysim.cli import main
 from raysim.report.markdown import FIGURES
 from raysim.report.tables import load_runs
 from raysim.sweep import SweepError, expand, parse_grid, plan_sweep, run_sweep, split_values
@@ -68,11 +71,25 @@ def test_every_point_is_validated_and_named_after_the_scenario():
     (["--grid", "model.colour=red,blue"], "model.colour: unknown field"),
     (["--grid", "seed"], "expected KEY=V1,V2"),
 ])
-def test_a_bad_grid_fails_in_one_line_before_anything_runs(grid, needle, tmp_path):
-    p = raysim("sweep", QUICKSTART, *grid, "--out", str(tmp_path))
-    assert p.returncode == 2, p.stderr
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr
+def test_a_bad_grid_fails_in_one_line_before_anything_runs(grid, needle, tmp_path, capfd, monkeypatch):
+    # In this process (a bad grid is refused before Ray starts); the first case also as a real
+    # `python -m raysim` subprocess, to show that nothing but the one line reaches the terminal.
+    if grid == ["--grid", "deadline.seconds=30,-5"]:
+        p = raysim("sweep", QUICKSTART, *grid, "--out", str(tmp_path))
+        code, err = p.returncode, p.stderr
+    else:
+        def no_ray(*args, **kwargs):
+            raise AssertionError("a bad grid must be refused before Ray starts")
+
+        # The runner first: importing it while the session's start_ray is patched would bind the patch
+        # into the runner for good.
+        monkeypatch.setattr("raysim.runtime.runner.start_ray", no_ray)
+        monkeypatch.setattr("raysim.runtime.session.start_ray", no_ray)
+        capfd.readouterr()
+        code, err = main(["sweep", QUICKSTART, *grid, "--out", str(tmp_path)]), capfd.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
     assert not list(tmp_path.iterdir()), "a bad grid may not create anything"
 
 
@@ -80,14 +97,17 @@ GRID = "deadline.seconds=1,60"
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    """A real sweep of two points through the CLI (its own Ray instance, both points at once)."""
+def swept(ray_local, tmp_path_factory):
+    """A real sweep of two points through the CLI, both points at once (in this process, on the
+    session's Ray instance of 2 CPUs: the sweep's own start finds it running)."""
     out = tmp_path_factory.mktemp("sweeps")
     sets = [a for kv in tiny_overrides() for a in ("--set", kv)]
-    p = raysim("sweep", QUICKSTART, *sets, "--grid", GRID, "--out", str(out), "--quiet", "--parallel", "2")
-    assert p.returncode == 0, p.stderr
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["sweep", QUICKSTART, *sets, "--grid", GRID, "--out", str(out), "--quiet", "--parallel", "2"])
+    assert code == 0, printed.getvalue()
     (parent,) = list(out.iterdir())
-    return parent, p.stdout
+    return parent, printed.getvalue()
 
 
 @pytest.mark.slow

@@ -11,13 +11,14 @@ derive from. It travels to the device hosts instead of the scenario.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from raysim.channels import Channel, Dense
 from raysim.client.algorithms import ClientAlgorithm, LocalData, LocalResult
 from raysim.seeding import seed_sequence, torch_generator
 
@@ -27,7 +28,8 @@ class Trainer:
     """The client algorithm and the local budget every device of a run trains with, and how
     hosts train: on which torch device (`cpu` or `cuda`, resolved), with which share of a GPU,
     and whether devices that share a submodel shape are trained together (`batched`: auto,
-    on, off; `choices`: auto's measured decision per rate, once a run has one).
+    on, off; `choices`: auto's measured decision per rate, once a run has one); the channels
+    updates go up and models come down through (`raysim.client.wire`).
     """
 
     client: ClientAlgorithm
@@ -39,6 +41,8 @@ class Trainer:
     gpu_share: float = 1.0
     batched: str = "off"
     choices: Optional[tuple[tuple[float, bool], ...]] = None
+    up: Channel = field(default_factory=Dense)
+    down: Channel = field(default_factory=Dense)
 
     def steps_full(self, samples: int) -> int:
         """Minibatch steps of a device's full local work."""

@@ -352,13 +352,13 @@ class AsyncSimulation(Simulation):
             else:
                 st, why = OK, ""
             ok = j.job in applied
-            nbytes = int(costs[j.rate].param_bytes)
+            nbytes, up_bytes = int(costs[j.rate].wire_down), int(costs[j.rate].wire_up)
             out.append(round=w, device_id=j.device, device_class=str(classes[j.pos]), rate=j.rate, status=st,
                        reason=why, t_download=j.t_download, t_compute=j.t_compute, t_upload=j.t_upload,
                        t_total=j.t_download + j.t_compute + j.t_upload, t_finish=j.finish - win.start,
                        work_fraction=1.0 if ok else 0.0, samples=j.samples,
                        samples_trained=int(rep.samples) if ok and rep is not None else 0, steps=int(rep.steps) if rep else 0,
-                       loss=float(rep.loss) if rep else nan, bytes_down=nbytes, bytes_up=nbytes if ok else 0,
+                       loss=float(rep.loss) if rep else nan, bytes_down=nbytes, bytes_up=up_bytes if ok else 0,
                        host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0,
                        version_start=j.version, version_applied=w if ok else -1,
                        staleness=w - 1 - j.version if ok else -1)

@@ -19,7 +19,7 @@ Two halves, both pure numerics (no Ray):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -65,6 +65,18 @@ class RateCost:
     forward_flops_per_sample: float
     activation_bytes: int
     batch_size: int
+    down_bytes: Optional[int] = None  # bytes on the wire through the run's channels (None: dense float32)
+    up_bytes: Optional[int] = None
+
+    @property
+    def wire_down(self) -> int:
+        """Bytes a device downloads at this rate (the downlink channel's payload)."""
+        return self.param_bytes if self.down_bytes is None else self.down_bytes
+
+    @property
+    def wire_up(self) -> int:
+        """Bytes a device uploads at this rate (the uplink channel's payload)."""
+        return self.param_bytes if self.up_bytes is None else self.up_bytes
 
 
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -181,13 +193,15 @@ def clear_profile_cache() -> None:
 
 @dataclass(frozen=True)
 class Workload:
-    """Per-device work of one round: bytes each way and training FLOPs per sample.
+    """Per-device work of one round: bytes down (`param_bytes`) and up (`up_bytes`; None: the
+    same) and training FLOPs per sample.
 
-    Devices may train different rates, so both are arrays aligned with the devices.
+    Devices may train different rates, so these are arrays aligned with the devices.
     """
 
     param_bytes: np.ndarray
     flops_per_sample: np.ndarray
+    up_bytes: Optional[np.ndarray] = None
 
     @classmethod
     def of(cls, costs: Union[RateCost, Sequence[RateCost]]) -> "Workload":
@@ -195,8 +209,9 @@ class Workload:
         if isinstance(costs, RateCost):
             costs = [costs]
         return cls(
-            param_bytes=np.array([c.param_bytes for c in costs], dtype=np.float64),
+            param_bytes=np.array([c.wire_down for c in costs], dtype=np.float64),
             flops_per_sample=np.array([c.flops_per_sample for c in costs], dtype=np.float64),
+            up_bytes=np.array([c.wire_up for c in costs], dtype=np.float64),
         )
 
 
@@ -243,6 +258,7 @@ def device_times(
     if not isinstance(work, Workload):
         work = Workload.of(work)
     nbytes = _per_device(work.param_bytes, n, "param_bytes")
+    up_nbytes = nbytes if work.up_bytes is None else _per_device(work.up_bytes, n, "up_bytes")
     fps = _per_device(work.flops_per_sample, n, "flops_per_sample")
     samples_arr = _per_device(np.asarray(samples, dtype=np.float64), n, "samples")
     if epochs < 0 or jitter < 0:
@@ -250,12 +266,12 @@ def device_times(
 
     latency = fleet.latency[idx]
     air_down = nbytes * 8.0 / fleet.down_bps[idx]
-    air_up = nbytes * 8.0 / fleet.up_bps[idx]
+    air_up = up_nbytes * 8.0 / fleet.up_bps[idx]
     wait_down, wait_up = np.zeros(n), np.zeros(n)
     duty, payload = fleet.duty_of(idx)
     if np.any(duty < 1.0):
         wait_down = duty_wait(air_down, nbytes, payload, duty)
-        wait_up = duty_wait(air_up, nbytes, payload, duty)
+        wait_up = duty_wait(air_up, up_nbytes, payload, duty)
         download, upload = latency + air_down + wait_down, latency + air_up + wait_up
     else:  # no duty-cycled radio: the plain formula, bit for bit
         download, upload = latency + air_down, latency + air_up

@@ -25,6 +25,7 @@ from raysim.engine.battery import Batteries, death_time
 from raysim.engine.clock import Clock, Predicted, VirtualClock
 from raysim.engine.cost import RateCost, device_times
 from raysim.engine.deadlines import Schedule
+from raysim.engine.device_state import DeviceStates
 from raysim.engine.energy import Energy, Phases, phase_energy, seconds, work_energy
 from raysim.engine.selection import Selector, SelectRequest, Uniform
 from raysim.fleet import Availability, Fleet
@@ -188,11 +189,13 @@ class Simulation:
 
     def __init__(self, setup: Setup, strategy: Strategy, assigner: Assigner, server: ServerOptimizer,
                  backend: Backend, cfg: RoundConfig, clock: Optional[Clock] = None,
-                 selector: Optional[Selector] = None, batteries: Optional[Batteries] = None) -> None:
+                 selector: Optional[Selector] = None, batteries: Optional[Batteries] = None,
+                 device_states: Optional[DeviceStates] = None) -> None:
         torch.set_num_threads(max(1, cfg.torch_threads))
         self.cfg = cfg
         self.selector = selector or Uniform()
         self.batteries = batteries
+        self.device_states = device_states  # per-device state across rounds (None: nothing keeps any)
         self.setup = setup
         self.backend = backend
         self.spec = setup.spec
@@ -227,6 +230,8 @@ class Simulation:
                  "server_steps": self.server_state.steps}
         if self.batteries is not None:
             state["batteries"] = self.batteries.state_dict()
+        if self.device_states is not None:
+            state["device_states"] = self.device_states.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -240,6 +245,8 @@ class Simulation:
             if "batteries" not in state:
                 raise ValueError("checkpoint: holds no battery state, but the scenario tracks batteries")
             self.batteries.load_state_dict(state["batteries"])
+        if self.device_states is not None:
+            self.device_states.load_state_dict(state.get("device_states", {}))
 
     # ---------------------------------------------------------------- one round
     def select(self, r: int) -> np.ndarray:
@@ -277,6 +284,7 @@ class Simulation:
         train_s = time.perf_counter() - t_train
         t_agg = time.perf_counter()
         total_sum, reports = merge_results(results, self.shapes)
+        self.keep_states(reports)
         sched = self.clock_kind.settle(draft.sched, draft.sel, draft.train_idx, reports, draft.stays, cfg.per_round,
                                        draft.deadline, draft.steps_full)
         if total_sum.devices:
@@ -394,6 +402,15 @@ class Simulation:
         rate[out] = np.nan
         return assigned, rate
 
+    def keep_states(self, reports: dict[int, TrainReport]) -> None:
+        """Keep the states the devices that trained report (in device order: deterministic)."""
+        if self.device_states is None:
+            return
+        for dev in sorted(reports):
+            rep = reports[dev]
+            if rep.state is not None and rep.status in (OK, PARTIAL):
+                self.device_states.put(dev, rep.state)
+
     def plan_tasks(self, d: RoundDraft) -> tuple[dict[int, SubmodelPlan], list[TrainTask]]:
         """Submodel plans (shared per rate unless the strategy draws one per device) and the
         training task of every device the schedule trains."""
@@ -417,8 +434,10 @@ class Simulation:
                 max_steps = max(1, int(math.floor(d.sched.step_fraction[i] * d.steps_full[i])))
             hint = host_work(max_steps if max_steps is not None else int(d.steps_full[i]), cfg.batch_size,
                              self.setup.costs[rt].flops_per_sample)
+            state = self.device_states.get(int(d.sel[i])) if self.device_states is not None else None
             tasks.append(TrainTask(int(d.sel[i]), rt, pid, max_steps, cfg.weighting, hint,
-                                   float(d.t_down[i]), float(d.t_comp[i]), float(d.t_up[i]), task_deadline))
+                                   float(d.t_down[i]), float(d.t_comp[i]), float(d.t_up[i]), task_deadline,
+                                   state=state))
         return plans, tasks
 
     def client_rows(self, d: RoundDraft, sched: Schedule, reports: dict[int, TrainReport]) -> ClientRecords:
@@ -432,7 +451,8 @@ class Simulation:
             reason = duty_cycle_reasons(reason, sched.status, total, d.w_down + d.w_up, d.deadline, self.setup.fleet,
                                         d.pos)
         cls = self.setup.fleet.classes()[d.pos] if n else np.zeros(0, dtype=object)
-        bytes_down = np.array([costs[rt].param_bytes if not np.isnan(rt) else 0 for rt in d.rate], dtype=np.int64)
+        bytes_down = np.array([costs[rt].wire_down if not np.isnan(rt) else 0 for rt in d.rate], dtype=np.int64)
+        bytes_up = np.array([costs[rt].wire_up if not np.isnan(rt) else 0 for rt in d.rate], dtype=np.int64)
         clients = ClientRecords()
         sent = set(int(i) for i in d.train_idx)
         for i in range(n):
@@ -452,7 +472,7 @@ class Simulation:
                 st, why = rep.status, rep.reason
             applied = rep is not None and st in (OK, PARTIAL)
             trained = rep.samples if rep is not None and applied else 0
-            up = int(bytes_down[i]) if st in (OK, PARTIAL) else 0
+            up = int(bytes_up[i]) if st in (OK, PARTIAL) else 0
             clients.append(round=d.round, device_id=dev, device_class=str(cls[i]), rate=float(d.rate[i]), status=st,
                            reason=why, t_download=float(d.t_down[i]), t_compute=float(d.t_comp[i]),
                            t_upload=float(d.t_up[i]), t_total=float(total[i]), t_finish=float(sched.finish[i]),

@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Optional
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from raysim.client.evaluate import load_params
 from raysim.client.trainer import Trainer
+from raysim.client.wire import receive, send
 from raysim.hosts.host import HostCore
 from raysim.hosts.memcap import (
     AS_SCALE,
@@ -31,6 +33,7 @@ from raysim.hosts.memcap import (
     tame_allocator,
     trim,
 )
+from raysim.hosts.state import pack, unpack
 from raysim.messages import HostResult, PartialSum, TrainReport, TrainTask
 from raysim.models import ModelSpec
 from raysim.records import FAILED, LATE, OK, OOM, PARTIAL
@@ -114,7 +117,7 @@ class DeviceCore:
         self.warm(plan)
         index = plan_indices(self.host.spec, plan, self.host.shapes)
         model = self.host.module(plan)
-        start_w = extract(params, index)
+        start_w = receive(self.trainer, extract(params, index), round_idx, task.version, task.plan_id)
         load_params(model, start_w)
         x, y = self.host.data(self.device_id)
 
@@ -174,8 +177,12 @@ class DeviceCore:
         if not res.finite:
             return HostResult(acc, [report(FAILED, "non-finite update", res.samples, res.steps, res.loss)],
                               self.device_id, time.perf_counter() - t_call)
-        contribute(acc, res.delta, res.samples, index, task.weight)
-        return HostResult(acc, [report(status, reason, res.samples, res.steps, res.loss)], self.device_id,
-                          time.perf_counter() - t_call)
+        delta, residual = send(self.trainer, res.delta, round_idx, self.device_id,
+                               unpack(self.host.spec, self.host.shapes, plan, task.state))
+        contribute(acc, delta, res.samples, index, task.weight)
+        rep = report(status, reason, res.samples, res.steps, res.loss)
+        if residual is not None:
+            rep = replace(rep, state=pack(plan, residual))
+        return HostResult(acc, [rep], self.device_id, time.perf_counter() - t_call)
 
 

@@ -30,9 +30,11 @@ from raysim.client import batched
 from raysim.client.algorithms import LocalResult
 from raysim.client.evaluate import load_params
 from raysim.client.trainer import Trainer
+from raysim.client.wire import receive, send
 from raysim.errors import gist
 from raysim.hosts.cuda import cuda_host
 from raysim.hosts.cuda import release as _release
+from raysim.hosts.state import pack, unpack
 from raysim.messages import GroupResult, HostResult, PartialSum, TrainReport, TrainTask
 from raysim.models import ModelSpec
 from raysim.records import FAILED, OK, OOM
@@ -258,7 +260,9 @@ class HostCore:
             by_plan[t.plan_id].append(t)
         indices = {pid: plan_indices(self.spec, plans[pid], self.shapes) for pid in used}
         # One extracted start per plan, on the host's device, shared by the plan's devices.
-        starts = {pid: {k: v.to(self.device) for k, v in extract(versions[version_of[pid]], indices[pid]).items()}
+        starts = {pid: {k: v.to(self.device) for k, v in
+                        receive(self.trainer, extract(versions[version_of[pid]], indices[pid]), round_idx,
+                                version_of[pid], pid).items()}
                   for pid in used}
         plan_weight: dict[tuple[int, int], int] = {}  # element weights: once per (group, plan), not per device
         trained: list[tuple[TrainTask, tuple[Optional[LocalResult], float]]] = []
@@ -276,11 +280,14 @@ class HostCore:
             acc = partials.get(task.group)
             if acc is None:
                 acc = partials[task.group] = PartialSum.zeros(self.shapes)
-            w = contribute(acc, res.delta, res.samples, indices[task.plan_id], task.weight, count=False)
+            plan = plans[task.plan_id]
+            delta, residual = send(self.trainer, res.delta, _stream(round_idx, task), task.device_id,
+                                   unpack(self.spec, self.shapes, plan, task.state))
+            w = contribute(acc, delta, res.samples, indices[task.plan_id], task.weight, count=False)
             key = (task.group, task.plan_id)
             plan_weight[key] = plan_weight.get(key, 0) + w
             reports.append(TrainReport(task.device_id, OK, res.samples, res.steps, res.loss, wall, self.host_id,
-                                       job=task.stream))
+                                       job=task.stream, state=pack(plan, residual) if residual is not None else None))
         for group, pid in sorted(plan_weight):
             add_weights(partials[group], indices[pid], plan_weight[(group, pid)])
         return partials, reports

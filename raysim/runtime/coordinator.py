@@ -18,6 +18,7 @@ from raysim.engine.assignment import Assigner
 from raysim.engine.asynchronous import AsyncConfig, AsyncSimulation
 from raysim.engine.battery import EnergyConfig, batteries_for
 from raysim.engine.clock import Clock, VirtualClock
+from raysim.engine.device_state import DeviceStates
 from raysim.engine.rounds import RoundConfig, Setup, Simulation
 from raysim.engine.selection import Selector, Uniform
 from raysim.records import RoundOutput
@@ -64,7 +65,8 @@ class Coordinator:
             self.sim = AsyncSimulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.asynchronous)
         else:
             self.sim = Simulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.clock, e.selector,
-                                  batteries_for(self.setup.fleet, e.energy, e.cfg.seed))
+                                  batteries_for(self.setup.fleet, e.energy, e.cfg.seed),
+                                  DeviceStates() if e.trainer.up.error_feedback else None)
 
     def step(self) -> RoundOutput:
         return self.sim.step()

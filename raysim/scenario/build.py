@@ -15,14 +15,17 @@ Nothing past this module reads a scenario. Which runtime runs it is the runner's
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable, Optional, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from raysim.channels import Channel, Dense
 from raysim.client.trainer import Trainer
 from raysim.data.base import Dataset
+from raysim.engine.cost import RateCost
 from raysim.engine.rounds import RoundConfig, Setup
 from raysim.errors import ScenarioError
 from raysim.models.base import ModelSpec
@@ -145,6 +148,7 @@ def build_setup(sc: Scenario, comps: Components, dataset: Dataset) -> Setup:
             Components(**{**comps.__dict__, "smallest": None, "narrow": False}), dataset.input_shape,
             dataset.num_classes, sc.seed)
         ref = profile_ladder(ref_spec, [1.0], sc.train.batch_size)[1.0]
+        costs = wire_costs(spec, costs, comps.channel_up, comps.channel_down)
     fleet = make_fleet(sc.fleet, sc.seed, reference_flops=ref.forward_flops_per_sample)
     if sc.selection.per_round > len(fleet):
         raise ScenarioError(f"selection.per_round: {sc.selection.per_round} exceeds the fleet's {len(fleet)} devices")
@@ -152,6 +156,19 @@ def build_setup(sc: Scenario, comps: Components, dataset: Dataset) -> Setup:
     availability = Availability(fleet, sc.fleet.availability, sc.seed)
     shards = partition(dataset, len(fleet), sc.data.partition, sc.seed)
     return Setup(spec, rates, costs, fleet, availability, shards, dataset)
+
+
+def wire_costs(spec: ModelSpec, costs: dict[float, RateCost], up: Channel, down: Channel) -> dict[float, RateCost]:
+    """Each rate's costs with the exact bytes its submodel takes through the channels."""
+    if isinstance(up, Dense) and isinstance(down, Dense):
+        return costs
+    out = {}
+    for rate, c in costs.items():
+        with torch.random.fork_rng(devices=[]):
+            module = spec.build({g: rate_sizes(w, rate) for g, w in spec.groups.items()}, rate)
+        shapes = {k: tuple(p.shape) for k, p in module.named_parameters()}
+        out[rate] = replace(c, down_bytes=down.nbytes(shapes), up_bytes=up.nbytes(shapes))
+    return out
 
 
 def round_config(sc: Scenario) -> RoundConfig:
@@ -184,4 +201,5 @@ def trainer(sc: Scenario, comps: Components) -> Trainer:
     """What device hosts train with: the client algorithm and the local budget."""
     return Trainer(comps.client, sc.train.epochs, sc.train.batch_size, sc.seed, sc.runtime.torch_threads,
                    device="cpu", gpu_share=sc.runtime.gpus_per_host,
-                   batched=sc.train.batched if sc.runtime.placement == "pooled" else "off")
+                   batched=sc.train.batched if sc.runtime.placement == "pooled" else "off", up=comps.channel_up,
+                   down=comps.channel_down)

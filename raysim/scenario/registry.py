@@ -22,6 +22,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from raysim.errors import ScenarioError
 
+CHANNELS = {
+    "none": "raysim.channels.codecs:Dense",
+    "fp16": "raysim.channels.codecs:FP16",
+    "quantize": "raysim.channels.codecs:Quantize",
+    "topk": "raysim.channels.codecs:TopK",
+    "randomk": "raysim.channels.codecs:RandomK",
+    "sign": "raysim.channels.codecs:Sign",
+}
+
 # Built-in short names per scenario key, as import paths (resolved lazily: naming a built-in
 # imports only its own module). Plug-ins go through exactly the same resolution.
 BUILTINS: dict[str, dict[str, str]] = {
@@ -53,6 +62,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "fit-energy": "raysim.engine.assignment:FitEnergy",
         "fixed": "raysim.engine.assignment:Fixed",
     },
+    "channel.up": CHANNELS,
+    "channel.down": CHANNELS,  # the same built-ins either way
     "selection.policy": {
         "uniform": "raysim.engine.selection:Uniform",
         "energy-aware": "raysim.engine.selection:EnergyAware",
@@ -151,6 +162,13 @@ def params_model(obj: Any, skip: int = 0) -> type[BaseModel]:
     return create_model("Params", __config__=ConfigDict(extra=extra, arbitrary_types_allowed=True), **fields)
 
 
+def params_key(key: str) -> str:
+    """Where a component's parameters live in a scenario: `compression.params` for
+    `compression.strategy`; a channel's beside its name (`channel.up_params`)."""
+    section, _, slot = key.rpartition(".")
+    return f"{key}_params" if section == "channel" else f"{section}.params"
+
+
 def validate_params(key: str, obj: Any, params: Mapping[str, Any], inherited: Optional[Mapping[str, Any]] = None,
                     skip: int = 0) -> dict[str, Any]:
     """Validate a component's parameters; returns keyword arguments for it.
@@ -167,7 +185,7 @@ def validate_params(key: str, obj: Any, params: Mapping[str, Any], inherited: Op
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        where = key.rsplit(".", 1)[0] + ".params" + (f".{loc}" if loc else "")
+        where = params_key(key) + (f".{loc}" if loc else "")
         msg = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]

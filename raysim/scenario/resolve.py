@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
+from raysim.channels import Channel, Dense
 from raysim.client.algorithms import ClientAlgorithm
 from raysim.data.base import DataError, Dataset, dataset_from
 from raysim.engine.assignment import Assigner
@@ -56,6 +57,8 @@ class Components:
     scaler: bool = True                # sliced submodels scale activations by 1/rate in training
     sources: dict[str, str] = field(default_factory=dict)
     selector: Selector = field(default_factory=Uniform)
+    channel_up: Channel = field(default_factory=Dense)
+    channel_down: Channel = field(default_factory=Dense)
 
     def load_dataset(self, seed: int) -> Dataset:
         """The dataset, checked (one-line DataError on bad output)."""
@@ -74,7 +77,8 @@ def _source(name: str) -> str:
 def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: Optional[DatasetFactory] = None,
                strategy: Optional[Strategy] = None, assigner: Optional[Assigner] = None,
                client: Optional[ClientAlgorithm] = None, server: Optional[ServerOptimizer] = None,
-               selector: Optional[Selector] = None) -> Components:
+               selector: Optional[Selector] = None, channel_up: Optional[Channel] = None,
+               channel_down: Optional[Channel] = None) -> Components:
     """Resolve the scenario's components; an object given here replaces the scenario's choice.
 
     `compression.baseline` turns into pairs: `fedavg-capable` is the full model (`Full`) with
@@ -101,10 +105,19 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
                      {"lr": s.lr, "momentum": s.momentum, "beta1": s.beta1, "beta2": s.beta2, "eps": s.eps})
     selector = _choose(sources, "selector", "selection.policy", Selector, selector, sc.selection.policy,
                        sc.selection.params)
+    ch = sc.channel
+    up = _choose(sources, "channel_up", "channel.up", Channel, channel_up, ch.up, ch.up_params)
+    down = _choose(sources, "channel_down", "channel.down", Channel, channel_down, ch.down, ch.down_params)
+    if down.error_feedback:
+        raise ScenarioError("channel.down_params.error_feedback: error feedback keeps what a device's update lost; "
+                            "it applies to channel.up only")
+    if up.error_feedback and sc.server.mode != "sync":
+        raise ScenarioError(f"channel.up_params.error_feedback: residuals are kept in synchronous rounds only; "
+                            f"server.mode {sc.server.mode!r} does not keep them yet")
     smallest = min(m.rates) if baseline == "fedavg-smallest" else None
     narrow = smallest is not None or (strategy.compresses and baseline == "none" and list(m.rates) != [1.0])
     return Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
-                      narrow, m.scaler, sources, selector)
+                      narrow, m.scaler, sources, selector, up, down)
 
 
 def _factory(sources: dict[str, str], slot: str, given: Optional[Callable], make: Callable[[], Callable],

@@ -167,6 +167,26 @@ class AssignmentConfig(_Section):
         return _check_component("assignment.policy", v)
 
 
+class ChannelConfig(_Section):
+    """How updates go up and models come down: encoded by a channel, priced by its exact bytes."""
+
+    up: str = Field("none", description="the uplink (device updates): none (float32), fp16, quantize, topk, "
+                    "randomk, sign, or an import path package.module:attr to a Channel")
+    up_params: dict[str, Any] = _params()
+    down: str = Field("none", description="the downlink (the submodel a device downloads): the same choices")
+    down_params: dict[str, Any] = _params()
+
+    @field_validator("up")
+    @classmethod
+    def _up(cls, v: str) -> str:
+        return _check_component("channel.up", v)
+
+    @field_validator("down")
+    @classmethod
+    def _down(cls, v: str) -> str:
+        return _check_component("channel.down", v)
+
+
 class DeadlineConfig(_Section):
     """Stragglers: when a round closes and what late devices do."""
 
@@ -300,6 +320,7 @@ class Scenario(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     compression: CompressionConfig = CompressionConfig()
+    channel: ChannelConfig = ChannelConfig()
     fleet: FleetConfig = FleetConfig()
     selection: SelectionConfig = SelectionConfig()
     assignment: AssignmentConfig = AssignmentConfig()

@@ -4,6 +4,8 @@ with the dropped channels removed (residual shortcuts included), parameters scal
 rate squared, the scaler acts in training only, and static batch norm is evaluated with
 statistics recomputed on training data rather than those of the test batch."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -27,7 +29,10 @@ RATES = [1.0, 0.5, 0.25, 0.125, 0.0625]
 
 
 
+@functools.cache
 def zoo(norm):
+    """The specs, built once per norm (about a second each time) and shared: the tests only
+    read them and build models from them; the property test below asks for them 25 times."""
     return {
         "mlp": mlp_spec((1, 8, 8), 10, [32, 16]),
         "cnn": cnn_spec((1, 12, 12), 10, [16, 32], 32, norm=norm),

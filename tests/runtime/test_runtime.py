@@ -22,8 +22,15 @@ def final_params(path):
     return load_checkpoint(latest_checkpoint(path))["params"]
 
 
-def test_run_writes_a_complete_run_directory(tmp_path):
-    res = run(scenario(), out_root=str(tmp_path), progress=False)
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One uninterrupted run of the tiny scenario (2 device hosts: one per CPU of the session's
+    Ray), read by every test below (none of them writes to it)."""
+    return run(scenario(), out_root=str(tmp_path_factory.mktemp("default")), progress=False)
+
+
+def test_run_writes_a_complete_run_directory(default_run):
+    res = default_run
     r = load_run(res.path)
     assert r.manifest["status"] == "complete"
     assert list(r.rounds["round"]) == [1, 2, 3]
@@ -38,9 +45,9 @@ def test_run_writes_a_complete_run_directory(tmp_path):
     assert r.rounds["sim_time"].is_monotonic_increasing
 
 
-def test_same_numbers_with_a_different_number_of_hosts(tmp_path):
+def test_same_numbers_with_a_different_number_of_hosts(default_run, tmp_path):
     a = run(scenario(**{"runtime.hosts": 1}), out_root=str(tmp_path / "a"), progress=False)
-    b = run(scenario(**{"runtime.hosts": 2}), out_root=str(tmp_path / "b"), progress=False)
+    b = default_run  # runtime.hosts unset: one host per CPU, 2 (checked below)
     ra, rb = load_run(a.path), load_run(b.path)
     pd.testing.assert_series_equal(ra.rounds["accuracy"], rb.rounds["accuracy"])
     pa, pb = final_params(a.path), final_params(b.path)
@@ -48,8 +55,8 @@ def test_same_numbers_with_a_different_number_of_hosts(tmp_path):
     assert set(ra.clients["host"]) - {-1} == {0} and set(rb.clients["host"]) - {-1} == {0, 1}
 
 
-def test_resume_reaches_the_same_final_numbers(tmp_path):
-    full = run(scenario(), out_root=str(tmp_path / "full"), progress=False)
+def test_resume_reaches_the_same_final_numbers(default_run, tmp_path):
+    full = default_run
     part = run(scenario(), out_root=str(tmp_path / "part"), progress=False, stop_after=2)
     assert json.loads((part.path / "manifest.json").read_text())["status"] == "stopped"
     with pytest.raises(RunError):
