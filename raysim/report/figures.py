@@ -20,6 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from raysim.records import STATUSES  # noqa: E402
 from raysim.report.summaries import (  # noqa: E402
     bytes_by_class,
+    cumulative_mb,
     energy_by_class,
     final_rate_accuracy,
     outcome_shares,
@@ -373,4 +374,27 @@ def plot_batteries(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Pat
         ax.set_xlabel(f"simulated time ({unit})")
     if len(with_b) > 1:
         _legend_below(fig, lines, [lab for _, lab, _ in with_b])
+    return _save(fig, out)
+
+
+def plot_accuracy_bytes(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Path:
+    """Global test accuracy against the megabytes moved so far (down and up), one line per run:
+    what a channel or a smaller submodel buys in traffic."""
+    colours = run_colours(len(runs))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2 + 0.22 * _legend_rows(labels)), layout="constrained")
+    lines = []
+    mbs = [cumulative_mb(r) for r in runs]
+    positive = [float(m[m > 0].min()) for m in mbs if (m > 0).any()]
+    log = bool(positive) and max(float(m.max()) for m in mbs if len(m)) / min(positive) > 100
+    for run, mb, colour in zip(runs, mbs, colours):
+        r = run.rounds
+        acc = r["accuracy"].to_numpy(float) if not r.empty else np.zeros(0)
+        keep = ~np.isnan(acc)
+        lines.append(ax.plot(mb[keep], 100 * acc[keep], marker="." if keep.sum() <= 60 else None, color=colour)[0])
+    ax.set(xlabel="MB moved so far, down and up" + (" (log scale)" if log else ""), ylabel="global test accuracy (%)",
+           title="Accuracy against traffic")
+    if log:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    _legend_below(fig, lines, list(labels))
     return _save(fig, out)

@@ -51,6 +51,10 @@ FIGURES = (
            "What became of the selected devices, by device class and by assigned rate: trained "
            "(ok, partial), late (stragglers), offline, out of memory, failed, excluded (no rate fits).",
            lambda runs, out, labels, target: figures.plot_outcomes(runs, out, labels)),
+    Figure("accuracy_bytes.png", "Accuracy against traffic",
+           "Global test accuracy against the megabytes moved so far (downloads and updates): what a channel "
+           "(channel.up, channel.down) or smaller submodels buy in traffic.",
+           lambda runs, out, labels, target: figures.plot_accuracy_bytes(runs, out, labels)),
     Figure("bytes.png", "Traffic", "Megabytes moved per device class, down (global weights) and up (updates).",
            lambda runs, out, labels, target: figures.plot_bytes(runs, out, labels)),
     Figure("energy.png", "Energy",

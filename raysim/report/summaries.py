@@ -140,6 +140,28 @@ def lost_to_battery(clients: pd.DataFrame) -> tuple[int, int]:
     return depleted, refused
 
 
+def cumulative_mb(run: Run) -> np.ndarray:
+    """Megabytes moved (down and up) by the end of each round of `run.rounds`."""
+    if run.rounds.empty:
+        return np.zeros(0)
+    c = run.clients
+    per_round = (c.groupby("round")[["bytes_down", "bytes_up"]].sum().sum(axis=1) if not c.empty
+                 else pd.Series(dtype=float))
+    return np.cumsum(per_round.reindex(run.rounds["round"]).fillna(0.0).to_numpy(float)) / 1e6
+
+
+def dense_mb_up(run: Run) -> pd.Series:
+    """Megabytes per device class the applied updates would have taken as dense float32 (the
+    rate's parameters x 4 bytes, from the manifest), for runs that compress their uplink."""
+    params = (run.manifest.get("info") or {}).get("params") or {}
+    c = run.clients
+    if c.empty or not params:
+        return pd.Series(dtype=float)
+    sent = c[c["bytes_up"] > 0]
+    dense = sent["rate"].map(lambda r: 4.0 * float(params.get(str(float(r)), params.get(str(r), np.nan))))
+    return dense.groupby(sent["device_class"]).sum() / 1e6
+
+
 def class_table(run: Run) -> pd.DataFrame:
     """One row per device class: selections, outcome counts, mean rate, mean predicted time, MB
     moved, and joules (all rounds, and the mean per selection)."""
@@ -153,6 +175,8 @@ def class_table(run: Run) -> pd.DataFrame:
     counts["mean_rate"] = g["rate"].mean().round(3)
     counts["mean_t_total_s"] = g["t_total"].mean().round(1)
     counts = counts.join(bytes_by_class(c).round(2))
+    if str((run.scenario.get("channel") or {}).get("up", "none")) != "none":
+        counts["mb_up_dense"] = dense_mb_up(run).reindex(counts.index).round(2)
     if "energy_j" in c:  # runs written before energy was modelled have no such column
         counts["energy_j"] = g["energy_j"].sum(min_count=1).round(1)
         counts["mean_energy_j"] = g["energy_j"].mean().round(2)

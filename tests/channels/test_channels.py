@@ -210,3 +210,30 @@ def test_bad_channel_settings_are_one_line(overrides, message):
     with pytest.raises(ScenarioError) as err:
         components(load_scenario("scenarios/quickstart.yaml", tiny_overrides(**overrides)))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_report_shows_accuracy_against_traffic_and_the_dense_bytes_saved(tmp_path):
+    from raysim.report.markdown import write_report
+    from raysim.report.summaries import class_table, cumulative_mb, dense_mb_up
+    from raysim.report.tables import Runs
+    from raysim.rundir.reader import load_run
+    from raysim.rundir.writer import RunWriter
+
+    sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(rounds=2, **{"channel.up": "quantize",
+                                                                               "channel.up_params": "{bits: 8}"}))
+    sim = local_sim(sc)
+    w = RunWriter(tmp_path / "q", sc, {"params": {str(r): c.params for r, c in sim.setup.costs.items()}})
+    for _ in range(2):
+        w.add(sim.step())
+    w.finish()
+    run = load_run(tmp_path / "q")
+    mb = cumulative_mb(run)
+    assert len(mb) == 2 and mb[1] > mb[0] > 0
+    assert mb[-1] == pytest.approx((run.clients["bytes_down"].sum() + run.clients["bytes_up"].sum()) / 1e6)
+    assert "mb_up_dense" in class_table(run)
+    up = run.clients.groupby("device_class")["bytes_up"].sum() / 1e6
+    dense = dense_mb_up(run)
+    # 8-bit codes: about a quarter of the dense float32 bytes (plus 8 bytes of scale per tensor)
+    assert len(dense) and np.all(up[dense.index] < 0.3 * dense) and np.all(up[dense.index] > 0.25 * dense)
+    rep = write_report(Runs([run]), tmp_path / "rep")
+    assert "accuracy_bytes.png" in {p.name for p in rep.figures}
