@@ -8,9 +8,12 @@ processes or in which order they run.
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported by the one function that needs it: reading results needs no torch
+    import torch
 
 
 def _tag(purpose: str) -> int:
@@ -27,8 +30,10 @@ def rng(seed: int, purpose: str, *keys: int) -> np.random.Generator:
     return np.random.default_rng(seed_sequence(seed, purpose, *keys))
 
 
-def torch_generator(seed: int, purpose: str, *keys: int) -> torch.Generator:
+def torch_generator(seed: int, purpose: str, *keys: int) -> "torch.Generator":
     """A torch Generator for one purpose at the given keys."""
+    import torch  # noqa: PLC0415
+
     g = torch.Generator()
     g.manual_seed(int(seed_sequence(seed, purpose, *keys).generate_state(1, np.uint64)[0] >> 1))
     return g

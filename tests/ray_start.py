@@ -54,9 +54,11 @@ class RayStartNode:
     def pids(self) -> list[int]:
         return session_pids(self.proc.pid)
 
-    def stop(self, grace: float = 10.0) -> list[int]:
+    def stop(self, grace: float = 2.0) -> list[int]:
         """SIGTERM every process of the node's session, then SIGKILL what is left; returns what
-        is still alive afterwards (nothing, normally)."""
+        is still alive afterwards (nothing, normally). A head's `ray start --block` and its GCS
+        were seen to outlive SIGTERM by more than 15 s (the rest goes within a second): a longer
+        grace only waits for the SIGKILL."""
         for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             for pid in self.pids():
                 try:

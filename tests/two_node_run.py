@@ -79,30 +79,22 @@ def final(run: Path) -> dict:
     return torch.load(ck, weights_only=True)["params"]
 
 
-def data_copies(address: str) -> dict:
+def copies_and_node_loss(cluster: Cluster, worker) -> tuple[dict, dict]:
     """Which stored copy of the training data the coordinator and each host (on which node) read,
-    with one host per CPU and with one host per node."""
-    out = {}
-    ray.init(address=address, logging_level="ERROR")
-    try:
-        for per in ("cpu", "node"):
-            sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts_per": per}))
-            coord = coordinator(sc)
-            refs, nodes = ray.get([coord.data_ref_ids.remote(), coord.host_nodes.remote()])
-            ray.kill(coord)
-            out[per] = {"hosts": len(nodes), "host_nodes": len(set(nodes)),
-                        "one_copy": all(h == refs["coordinator"] for h in refs["hosts"])}
-    finally:
-        ray.shutdown()
-    return out
-
-
-def node_loss(cluster: Cluster, worker) -> dict:
-    """One host per node; the worker node is removed after round 1. Statuses of rounds 2 and 3."""
+    with one host per CPU and with one host per node; then, on the per-node coordinator, the
+    worker node is removed after round 1: statuses of rounds 2 and 3."""
+    copies = {}
     ray.init(address=cluster.address, logging_level="ERROR")
     try:
-        sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts_per": "node", "rounds": 3}))
-        coord = coordinator(sc)
+        for per in ("cpu", "node"):
+            sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts_per": per, "rounds": 3}))
+            coord = coordinator(sc)
+            refs, nodes = ray.get([coord.data_ref_ids.remote(), coord.host_nodes.remote()])
+            copies[per] = {"hosts": len(nodes), "host_nodes": len(set(nodes)),
+                           "one_copy": all(h == refs["coordinator"] for h in refs["hosts"])}
+            if per == "cpu":
+                ray.kill(coord)
+        # The per-node coordinator (one host per node) goes on to lose the worker node.
         ray.get(coord.step.remote())
         before = ray.get(coord.host_nodes.remote())
         beside_driver = ray.get(coord.node_id.remote()) == ray.get_runtime_context().get_node_id()
@@ -112,10 +104,11 @@ def node_loss(cluster: Cluster, worker) -> dict:
         ray.kill(coord)
     finally:
         ray.shutdown()
-    return {"coordinator_beside_driver": beside_driver, "host_nodes_before": len(set(before)),
+    lost = {"coordinator_beside_driver": beside_driver, "host_nodes_before": len(set(before)),
             "host_nodes_after": len(set(after)),
             "hosts_after": len(after),
             "failed": [o.round_row["n_failed"] for o in outs], "trained": [o.round_row["trained"] for o in outs]}
+    return copies, lost
 
 
 def main(tmp: Path) -> None:
@@ -126,8 +119,7 @@ def main(tmp: Path) -> None:
         cluster.wait_for_nodes()
         multi = raysim_run(tmp / "cluster", cluster.address)
         plugins = plugin_run(tmp, cluster.address)
-        copies = data_copies(cluster.address)
-        lost = node_loss(cluster, worker)
+        copies, lost = copies_and_node_loss(cluster, worker)
     finally:
         cluster.shutdown()
     nodes = json.loads((multi / "manifest.json").read_text())["info"]["host_nodes"]

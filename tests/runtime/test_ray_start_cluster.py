@@ -5,6 +5,7 @@ and stop exactly the processes those `ray start`s began."""
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,18 +35,23 @@ def test_ray_start_cluster_runs_a_scenario_on_both_nodes(tmp_path):
         assert manifest["status"] == "complete"
         assert len(set(manifest["info"]["host_nodes"])) == 2, "device hosts on both nodes"
 
-        # Without the token the refusal is one line that names the fix.
+        # The three runs below are independent of each other: they run at once.
         bare = {**env, "HOME": str(tmp_path / "no-token")}
-        p = raysim_run(tmp_path / "refused", bare, "--address", address)
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            refused = pool.submit(raysim_run, tmp_path / "refused", bare, "--address", address)
+            nowhere = pool.submit(raysim_run, tmp_path / "nowhere", env, "--address", f"127.0.0.1:{free_port()}")
+            own = pool.submit(raysim_run, tmp_path / "local", env, "--set", "runtime.num_cpus=1")
+        # Without the token the refusal is one line that names the fix.
+        p = refused.result()
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert p.returncode == 2 and len(lines) == 1, p.stderr[-3000:]
         assert lines[0].startswith("raysim: error: --address")
         assert "requires token authentication" in p.stderr and "auth_token" in p.stderr
         # Nothing listening: one line at once, not minutes of retries.
-        p = raysim_run(tmp_path / "nowhere", env, "--address", f"127.0.0.1:{free_port()}")
+        p = nowhere.result()
         assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no Ray cluster answers there" in p.stderr
         # With the cluster up (and its address file written), a run without an address starts its own.
-        p = raysim_run(tmp_path / "local", env, "--set", "runtime.num_cpus=1")
+        p = own.result()
         assert p.returncode == 0, p.stderr[-3000:]
         local = json.loads((next((tmp_path / "local").iterdir()) / "manifest.json").read_text())
         assert len(set(local["info"]["host_nodes"])) == 1
