@@ -59,7 +59,7 @@ def test_plug_in_runs_are_bit_identical_across_host_counts(objects_run, tmp_path
 
 
 def test_yaml_names_components_by_import_path(ray_local, tmp_path):
-    sc = scenario()
+    sc = scenario(hosts=1)  # one device host imports the components as well as two would
     sc["model"].update(arch="plugin_components:tiny_mlp", params={"hidden": 16})
     sc["data"].update(dataset="plugin_components:blobs", params={"n": 1200})
     sc["compression"] = {"strategy": "plugin_components:LastChannels"}

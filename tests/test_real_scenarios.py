@@ -7,8 +7,11 @@ from test_data_formats import idx_bytes, write_cifar, write_leaf
 from raysim.cli import main
 from raysim.rundir.reader import load_run
 
+# One device host: these runs are about the file formats (host counts are tests/runtime's), and a
+# host fewer is a worker process (torch and all) fewer to start per run.
 SMALL = ["--set", "rounds=2", "--set", "fleet.devices=40", "--set", "selection.per_round=4",
-         "--set", "runtime.num_cpus=2", "--set", "data.partition.min_samples=1", "--set", "eval.per_rate=false"]
+         "--set", "runtime.num_cpus=2", "--set", "data.partition.min_samples=1", "--set", "eval.per_rate=false",
+         "--set", "runtime.hosts=1"]
 
 
 def write_mnist(root, n_train=200, n_test=40):

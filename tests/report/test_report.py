@@ -26,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def study(ray_local, tmp_path_factory):
-    """The example study script on a tiny quickstart (3 rounds, 60 devices): its run and its output."""
+    """The example study script on a tiny quickstart (3 rounds, 60 devices, one device host): its
+    run and its output."""
     spec = importlib.util.spec_from_file_location("quickstart_report", ROOT / "analysis" / "quickstart_report.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    sets = [a for kv in tiny_overrides() for a in ("--set", kv)]
+    sets = [a for kv in tiny_overrides(**{"runtime.hosts": 1}) for a in ("--set", kv)]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         path = script.main([*sets, "--out", str(tmp_path_factory.mktemp("runs")), "--quiet"])
