@@ -1,9 +1,9 @@
 """The command line: bad input gives one line and exit code 2, never a traceback.
 
 Bad input is refused before Ray starts, so most cases call `raysim.cli.main` in this process
-(capturing file descriptors 1 and 2, as a terminal would see them); the case marked `SUB` and
-the fleet command run `python -m raysim` as a real subprocess (tests/test_bad_inputs.py runs a
-few more bad inputs that way).
+(capturing file descriptors 1 and 2, as a terminal would see them); the case marked `SUB` runs
+`python -m raysim` as a real subprocess (tests/test_bad_inputs.py runs a few more bad inputs
+that way, and every test that kills or resumes a run drives `python -m raysim run`).
 """
 
 import subprocess
@@ -72,7 +72,10 @@ def test_bad_yaml_names_the_line(tmp_path, capfd, monkeypatch):
     assert code == 2 and "line" in err and "Traceback" not in err
 
 
-def test_fleet_command_prints_classes_and_rates():
-    p = raysim("fleet", "scenarios/quickstart.yaml", "--set", "fleet.devices=200")
-    assert p.returncode == 0, p.stderr
-    assert "mcu" in p.stdout and "rate 0.125" in p.stdout
+def test_fleet_command_prints_classes_and_rates(capfd):
+    from raysim.cli import main
+
+    code = main(["fleet", "scenarios/quickstart.yaml", "--set", "fleet.devices=200"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert "mcu" in out and "rate 0.125" in out
