@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from raysim import Run, RunError, Scenario, load_run  # noqa: E402
+from raysim import Run, RunError, Scenario, ScenarioError, load_run  # noqa: E402
 
 Key = tuple[str, int]  # (arm, seed)
 
@@ -69,6 +69,19 @@ def arm_runs(args: argparse.Namespace, arms: Sequence, prefix: str,
     else:
         dirs = run_arms([scenario_of(a, s) for s in seeds for a in arms], args.out, prefix)
     return seeds, {key: load_run(d) for key, d in dirs.items()}
+
+
+def arms_and_runs(args: argparse.Namespace, all_arms: Sequence, prefix: str,
+                  scenario_of: Callable[[object, int], Scenario]) -> Optional[tuple[list, list[int], dict[Key, Run]]]:
+    """The `--arms` picked, the seeds and their runs (`arm_runs`); None after printing one
+    `error:` line for bad input or missing runs."""
+    try:
+        arms = pick(list(all_arms), args.arms)
+        seeds, runs = arm_runs(args, arms, prefix, scenario_of)
+    except (ScenarioError, RunError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+    return arms, seeds, runs
 
 
 def spread(values: pd.Series, fmt: str) -> str:

@@ -25,10 +25,10 @@ from typing import Optional
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _study import ROOT, Key, arm_runs, pick, save_plot, spread, study_parser  # noqa: E402
+from _study import ROOT, Key, arms_and_runs, save_plot, spread, study_parser  # noqa: E402
 from framework_vs_baselines import Arm  # noqa: E402
 
-from raysim import Run, RunError, Scenario, ScenarioError, load_scenario  # noqa: E402
+from raysim import Run, Scenario, load_scenario  # noqa: E402
 
 SCENARIO = ROOT / "scenarios" / "channels-study.yaml"
 PREFIX = "channels-"
@@ -133,12 +133,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = study_parser(__doc__, SCENARIO, ROOT / "runs" / "channels-study", target=0.85)
     p.add_argument("--png", type=Path, default=None, help="plot file (default: OUT/channels-study.png)")
     args = p.parse_args(argv)
-    try:
-        arms = pick(list(ARMS), args.arms)
-        seeds, runs = arm_runs(args, arms, PREFIX, lambda a, s: arm_scenario(args.scenario, a, args.overrides, s))
-    except (ScenarioError, RunError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    picked = arms_and_runs(args, ARMS, PREFIX, lambda a, s: arm_scenario(args.scenario, a, args.overrides, s))
+    if picked is None:
         return 2
+    arms, seeds, runs = picked
     table = pd.DataFrame([{**summarise(runs[(a.name, s)], a, args.target), "seed": s} for s in seeds for a in arms])
     text = markdown(table, args.target)
     args.out.mkdir(parents=True, exist_ok=True)
