@@ -26,7 +26,9 @@ The contracts (each a small base class or callable; the built-ins implement the 
 - **selection**: `Selector.select(SelectRequest) -> ids` (which online devices a round asks;
   the request carries each one's battery level).
 - **client algorithm**: `ClientAlgorithm.train(model, LocalData, start) -> LocalResult`;
-  `LocalSGD` with an overridable `objective` covers most (`FedProx` is 6 lines of it).
+  `LocalSGD` with an overridable `objective` covers most (`FedProx` is 6 lines of it);
+  `keeps_state` / `server_state` give it state per device and a server quantity across rounds
+  (`Scaffold`).
 - **server optimizer**: `ServerOptimizer.step(params, delta, held, ServerState)`; `FedOpt` for
   adaptive ones (`FedAdam`, `FedYogi`).
 - **channel**: `Channel.encode_tensor / decode_tensor / tensor_bytes` (how an update goes on
@@ -45,7 +47,7 @@ from typing import Any, Mapping, Optional, Protocol, Sequence, Union
 import numpy as np
 
 from raysim.channels import FP16, Channel, Dense, Payload, Quantize, RandomK, Sign, TopK
-from raysim.client.algorithms import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD
+from raysim.client.algorithms import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD, Scaffold
 from raysim.data.base import Dataset
 from raysim.engine.assignment import Assigner, Assignment, AssignRequest, FitDeadline, FitEnergy, FitMemory, Fixed
 from raysim.engine.callbacks import Callback
@@ -63,7 +65,7 @@ __all__ = [
     "simulate", "ModelFactory", "DatasetFactory", "ModelSpec", "Dataset", "Strategy", "SubmodelPlan",
     "Static", "Rolling", "Random", "Magnitude", "Full", "Assigner", "AssignRequest", "Assignment", "FitMemory",
     "FitDeadline", "FitEnergy", "Fixed", "Selector", "SelectRequest", "Uniform", "EnergyAware", "ClientAlgorithm",
-    "LocalSGD", "FedProx", "LocalData", "LocalResult", "Channel", "Payload", "Dense", "FP16", "Quantize", "TopK",
+    "LocalSGD", "FedProx", "Scaffold", "LocalData", "LocalResult", "Channel", "Payload", "Dense", "FP16", "Quantize", "TopK",
     "RandomK", "Sign",
     "ServerOptimizer", "ServerState", "FedAvg", "FedAvgM", "FedOpt", "FedAdam", "FedYogi", "Callback", "RoundOutput",
     "as_scenario", "rate_sizes", "rng", "torch_generator", "channel_l1", "infer_spec", "SlicingError",

@@ -18,7 +18,7 @@ from typing import Optional, Union
 from raysim.engine.asynchronous import AsyncSimulation
 from raysim.engine.battery import batteries_for
 from raysim.engine.clock import VirtualClock
-from raysim.engine.device_state import DeviceStates
+from raysim.engine.device_state import states_for
 from raysim.engine.rounds import Setup, Simulation
 from raysim.hosts.local import LocalBackend
 from raysim.runtime.gpu import local_device
@@ -45,5 +45,4 @@ def local_simulation(sc: Scenario, comps: Optional[Components] = None, hosts: in
     if acfg is not None:
         return AsyncSimulation(setup, comps.strategy, comps.assigner, comps.server, backend, cfg, acfg)
     return Simulation(setup, comps.strategy, comps.assigner, comps.server, backend, cfg, VirtualClock(), comps.selector,
-                      batteries_for(setup.fleet, sc.energy, sc.seed),
-                      DeviceStates() if comps.channel_up.error_feedback else None)
+                      batteries_for(setup.fleet, sc.energy, sc.seed), states_for(backend.trainer), backend.trainer.client)

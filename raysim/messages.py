@@ -31,6 +31,9 @@ class PartialSum:
     weights: dict[str, np.ndarray]
     devices: int = 0
     samples: int = 0
+    # A stateful client algorithm's server quantity: the unweighted fixed-point sum of the
+    # devices' contributions (SCAFFOLD's control-variate changes); None when nobody sent one.
+    extra: Optional[dict[str, np.ndarray]] = None
 
     @classmethod
     def zeros(cls, shapes: Mapping[str, tuple[int, ...]]) -> "PartialSum":
@@ -43,6 +46,11 @@ class PartialSum:
         for k in self.sums:
             self.sums[k] += other.sums[k]
             self.weights[k] += other.weights[k]
+        if other.extra is not None:
+            if self.extra is None:
+                self.extra = {k: np.zeros_like(v) for k, v in other.extra.items()}
+            for k, v in other.extra.items():
+                self.extra[k] += v
         self.devices += other.devices
         self.samples += other.samples
         return self

@@ -44,3 +44,13 @@ def coordinator(sc, hosts=None):
         sc = sc.model_copy(update={"runtime": sc.runtime.model_copy(update={"hosts": hosts})})
     comps = components(sc)
     return start_coordinator(engine(sc, comps), prepare(sc, comps))
+
+
+def resumed(sc, state, rounds, drop_device_states=False):
+    """A fresh in-process engine continued `rounds` rounds from a `state_dict()` (optionally
+    without the devices' own states, to show they matter)."""
+    sim = local_sim(sc)
+    sim.load_state_dict({**state, "device_states": {}} if drop_device_states else state)
+    for _ in range(rounds):
+        sim.step()
+    return sim

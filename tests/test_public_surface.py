@@ -20,7 +20,7 @@ API = {
     "simulate", "ModelFactory", "DatasetFactory", "ModelSpec", "Dataset", "Strategy", "SubmodelPlan",
     "Static", "Rolling", "Random", "Magnitude", "Full", "Assigner", "AssignRequest", "Assignment", "FitMemory",
     "FitDeadline", "FitEnergy", "Fixed", "Selector", "SelectRequest", "Uniform", "EnergyAware", "ClientAlgorithm",
-    "LocalSGD", "Channel", "Payload", "Dense", "FP16", "Quantize", "TopK", "RandomK", "Sign", "FedProx", "LocalData",
+    "LocalSGD", "Channel", "Payload", "Dense", "FP16", "Quantize", "TopK", "RandomK", "Sign", "FedProx", "Scaffold", "LocalData",
     "LocalResult",
     "ServerOptimizer", "ServerState", "FedAvg", "FedAvgM", "FedOpt", "FedAdam", "FedYogi", "Callback", "RoundOutput",
     "as_scenario", "rate_sizes", "rng", "torch_generator", "channel_l1", "infer_spec", "SlicingError",

@@ -16,6 +16,12 @@ rather than `torch.optim`: the first torch optimizer built in a process costs ~1
 ~90 MB (it imports the compiler stack), and a device host trains thousands of tiny submodels.
 Subclass it and override `objective` (the loss of one minibatch) to change what is optimised,
 or subclass `ClientAlgorithm` to change everything.
+
+State across rounds: an algorithm that sets `keeps_state` finds the state it returned last time
+(`LocalResult.state`) in `data.state`, moved into this round's submodel, whichever host trains
+the device; one that sets `server_state` also gets a model-shaped server quantity in
+`data.server` (its submodel's part), and the sum of the devices' `LocalResult.server_delta` is
+folded into it by `update_server` after each round. `Scaffold` is built that way.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ class LocalData:
     batch_size: int
     max_steps: Optional[int]
     generator: torch.Generator
+    # Stateful algorithms only: the device's own state from its last training (None: it has
+    # none yet) and the server's quantity, both in this submodel's coordinates.
+    state: Optional[Mapping[str, torch.Tensor]] = None
+    server: Optional[Mapping[str, torch.Tensor]] = None
 
     @property
     def steps(self) -> int:
@@ -64,6 +74,10 @@ class LocalResult:
     steps: int
     loss: float    # mean training loss over the samples processed
     finite: bool   # every element of the delta is finite (else the update is dropped)
+    # Stateful algorithms only: the device's state to keep for next time, and its contribution
+    # to the server quantity (summed over the round's devices in global coordinates).
+    state: Optional[dict[str, torch.Tensor]] = None
+    server_delta: Optional[dict[str, torch.Tensor]] = None
 
 
 class ClientAlgorithm(ABC):
@@ -79,11 +93,19 @@ class ClientAlgorithm(ABC):
         model_config = ConfigDict(extra="forbid")
 
     state_copies: int = 0
+    keeps_state: bool = False    # per-device state across rounds (`data.state`, `LocalResult.state`)
+    server_state: bool = False   # a model-shaped server quantity (`data.server`, `update_server`)
 
     @abstractmethod
     def train(self, model: nn.Module, data: LocalData, start: Mapping[str, torch.Tensor]) -> LocalResult:
         """Train `model` in place and return its delta against `start` (its weights on entry;
         read-only: devices that share a submodel share it)."""
+
+    def update_server(self, server: dict[str, torch.Tensor], total: Mapping[str, torch.Tensor],
+                      fleet_size: int) -> dict[str, torch.Tensor]:
+        """The server quantity after a round: here (SCAFFOLD's rule) `server + total / N`, where
+        `total` sums the round's `server_delta`s per global element and N is the fleet's size."""
+        return {k: v + total[k] / fleet_size for k, v in server.items()}
 
 
 def finite(delta: Mapping[str, torch.Tensor]) -> bool:
@@ -122,6 +144,12 @@ class LocalSGD(ClientAlgorithm):
         return F.cross_entropy(model(x), y)
 
     def train(self, model: nn.Module, data: LocalData, start: Mapping[str, torch.Tensor]) -> LocalResult:
+        return self._sgd(model, data, start, None)
+
+    def _sgd(self, model: nn.Module, data: LocalData, start: Mapping[str, torch.Tensor],
+             correction: Optional[list[torch.Tensor]]) -> LocalResult:
+        """The SGD loop; `correction` (one tensor per parameter, in order) is added to every
+        gradient before the step (SCAFFOLD's control variates)."""
         named = list(model.named_parameters())
         params = [p for _, p in named]
         bufs: Optional[list[Optional[torch.Tensor]]] = None
@@ -142,6 +170,10 @@ class LocalSGD(ClientAlgorithm):
                     p.grad = None
                 loss.backward()
                 with torch.no_grad():
+                    if correction is not None:
+                        for p, c in zip(params, correction):
+                            if p.grad is not None:
+                                p.grad.add_(c)
                     bufs = self._update(params, bufs)
                 loss_sum += float(loss.detach()) * len(ix)
                 seen += len(ix)
@@ -200,3 +232,42 @@ class FedProx(LocalSGD):
             prox = sum(((p - start[k]) ** 2).sum() for k, p in model.named_parameters())
             loss = loss + 0.5 * self.mu * prox
         return loss
+
+
+class Scaffold(LocalSGD):
+    """SCAFFOLD (Karimireddy et al., ICML 2020), option II: local steps corrected by control variates.
+
+    Each step follows `g - c_i + c` instead of the gradient g, where c_i is the device's control
+    variate (its state, zero the first time) and c the server's (`data.server`). After K steps
+    from x to y, c_i+ = c_i - c + (x - y) / (K lr); the device keeps c_i+ and sends its change
+    c_i+ - c_i, and the server moves c by the sum of the changes over the fleet's size N.
+
+    On a submodel both variates live in the submodel's coordinates: the device's moves between
+    plans through the global model's (entries its new plan lacks are dropped), the server's is
+    cut from the global one like the weights. `state_copies` counts both (and momentum).
+    """
+
+    keeps_state = True
+    server_state = True
+
+    @property
+    def state_copies(self) -> int:  # type: ignore[override]
+        return 2 + (1 if self.momentum > 0 else 0)
+
+    def train(self, model: nn.Module, data: LocalData, start: Mapping[str, torch.Tensor]) -> LocalResult:
+        names = [k for k, _ in model.named_parameters()]
+
+        def part(src: Optional[Mapping[str, torch.Tensor]], k: str) -> torch.Tensor:
+            return src[k] if src is not None and k in src else torch.zeros_like(start[k])
+
+        server = {k: part(data.server, k) for k in names}
+        own = {k: part(data.state, k) for k in names}
+        # c - c_i is fixed for the round and added to every step's gradient
+        res = self._sgd(model, data, start, [server[k] - own[k] for k in names])
+        if res.steps == 0:
+            return res
+        # c_i+ - c_i = -c + (x - y) / (K lr), and x - y is minus the delta
+        scale = 1.0 / (res.steps * self.lr)
+        change = {k: -server[k] - res.delta[k] * scale for k in names}
+        keep = {k: own[k] + change[k] for k in names}
+        return LocalResult(res.delta, res.samples, res.steps, res.loss, res.finite and finite(change), keep, change)

@@ -148,6 +148,8 @@ def batchable(client: ClientAlgorithm, module: nn.Module) -> Optional[str]:
         >>> batchable(MyAlgorithm(), cnn)
         'the client algorithm MyAlgorithm is not LocalSGD or FedProx as built in'
     """
+    if client.keeps_state or client.server_state:
+        return f"the client algorithm {type(client).__name__} keeps state across rounds"
     if _objective_mu(client) is None:
         return f"the client algorithm {type(client).__name__} is not LocalSGD or FedProx as built in"
     if any(True for _ in module.buffers()):

@@ -53,9 +53,13 @@ class Trainer:
         return torch_generator(self.seed, "train", round_idx, device_id)
 
     def train(self, model: nn.Module, start: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-              round_idx: int, device_id: int, max_steps: Optional[int]) -> LocalResult:
-        """Train one device's submodel (loaded with `start`) on its data, from its own stream."""
-        data = LocalData(x, y, self.epochs, self.batch_size, max_steps, self.stream(round_idx, device_id))
+              round_idx: int, device_id: int, max_steps: Optional[int],
+              state: Optional[Mapping[str, torch.Tensor]] = None,
+              server: Optional[Mapping[str, torch.Tensor]] = None) -> LocalResult:
+        """Train one device's submodel (loaded with `start`) on its data, from its own stream
+        (`state`, `server`: a stateful client algorithm's, in the submodel's coordinates)."""
+        data = LocalData(x, y, self.epochs, self.batch_size, max_steps, self.stream(round_idx, device_id),
+                         state, server)
         # Random layers (dropout, drop-path) draw from torch's global generator: seeded per
         # device and round, they draw the same masks on any host, whatever trained before.
         # (torch.manual_seed would also visit every backend: 0.2 ms a device; this is 10 us.)

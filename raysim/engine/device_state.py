@@ -18,11 +18,14 @@ import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-__all__ = ["DeviceStates", "state_nbytes"]
+if TYPE_CHECKING:
+    from raysim.client.trainer import Trainer
+
+__all__ = ["DeviceStates", "state_nbytes", "states_for"]
 
 State = dict[str, Any]
 
@@ -59,6 +62,12 @@ def _unflatten(flat: dict[str, np.ndarray]) -> State:
             node = node.setdefault(p, {})
         node[leaf] = v if v.ndim else v.item()
     return out
+
+
+def states_for(trainer: "Trainer") -> Optional["DeviceStates"]:
+    """A store when a run keeps state per device (an uplink with error feedback, a stateful
+    client algorithm), else None."""
+    return DeviceStates() if trainer.up.error_feedback or trainer.client.keeps_state else None
 
 
 class DeviceStates:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Protocol
 import numpy as np
 import torch
 
+from raysim.client.algorithms import ClientAlgorithm
 from raysim.client.evaluate import evaluate, load_params
 from raysim.data import Dataset, Shards
 from raysim.engine.assignment import Assigner, AssignRequest
@@ -48,7 +49,7 @@ from raysim.records import (
     RoundRecord,
 )
 from raysim.seeding import rng
-from raysim.server.aggregate import mean_delta, merge_results
+from raysim.server.aggregate import extra_total, mean_delta, merge_results
 from raysim.server.optimizers import ServerOptimizer, ServerState
 from raysim.submodel import SubmodelPlan, extract, plan_indices
 from raysim.submodel.strategies import Strategy
@@ -57,13 +58,14 @@ from raysim.submodel.strategies import Strategy
 class Backend(Protocol):
     """Runs a round's training tasks somewhere and returns the hosts' results.
 
-    `train_groups` is the asynchronous form: tasks start from several global versions and
+    `server` is a stateful client algorithm's server quantity (SCAFFOLD's control variate),
+    sent to every device with the weights. `train_groups` is the asynchronous form: tasks start from several global versions and
     each host answers with one partial sum per task group; `live` names the versions still
     needed later (a backend may keep those and drop the rest).
     """
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
-              tasks: list[TrainTask]) -> list[HostResult]:
+              tasks: list[TrainTask], server: Optional[dict[str, torch.Tensor]] = None) -> list[HostResult]:
         ...
 
     def train_groups(self, versions: dict[int, dict[str, torch.Tensor]], plans: dict[int, SubmodelPlan],
@@ -190,7 +192,7 @@ class Simulation:
     def __init__(self, setup: Setup, strategy: Strategy, assigner: Assigner, server: ServerOptimizer,
                  backend: Backend, cfg: RoundConfig, clock: Optional[Clock] = None,
                  selector: Optional[Selector] = None, batteries: Optional[Batteries] = None,
-                 device_states: Optional[DeviceStates] = None) -> None:
+                 device_states: Optional[DeviceStates] = None, client: Optional[ClientAlgorithm] = None) -> None:
         torch.set_num_threads(max(1, cfg.torch_threads))
         self.cfg = cfg
         self.selector = selector or Uniform()
@@ -208,6 +210,10 @@ class Simulation:
         self.params = {k: p.detach().clone() for k, p in model.named_parameters()}
         self.shapes = {k: tuple(p.shape) for k, p in self.params.items()}
         self.server_state = ServerState()
+        # A stateful client algorithm's server quantity (SCAFFOLD's c), zero at the start.
+        self.client = client
+        self.client_server = ({k: torch.zeros_like(v) for k, v in self.params.items()}
+                              if client is not None and client.server_state else None)
         self.round = 0        # rounds completed
         self.clock = 0.0      # simulated seconds
         self.samples = setup.shards.sizes()
@@ -232,6 +238,8 @@ class Simulation:
             state["batteries"] = self.batteries.state_dict()
         if self.device_states is not None:
             state["device_states"] = self.device_states.state_dict()
+        if self.client_server is not None:
+            state["client_server"] = self.client_server
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -247,6 +255,10 @@ class Simulation:
             self.batteries.load_state_dict(state["batteries"])
         if self.device_states is not None:
             self.device_states.load_state_dict(state.get("device_states", {}))
+        if self.client_server is not None:
+            if "client_server" not in state:
+                raise ValueError("checkpoint: holds no server state for the client algorithm, which keeps one")
+            self.client_server = {k: v.clone() for k, v in state["client_server"].items()}
 
     # ---------------------------------------------------------------- one round
     def select(self, r: int) -> np.ndarray:
@@ -280,7 +292,8 @@ class Simulation:
         plans, tasks = self.plan_tasks(draft)
         coord_s = time.perf_counter() - wall0
         t_train = time.perf_counter()
-        results = self.backend.train(r, self.params, plans, tasks) if tasks else []
+        server = {} if self.client_server is None else {"server": self.client_server}
+        results = self.backend.train(r, self.params, plans, tasks, **server) if tasks else []
         train_s = time.perf_counter() - t_train
         t_agg = time.perf_counter()
         total_sum, reports = merge_results(results, self.shapes)
@@ -291,6 +304,9 @@ class Simulation:
             delta, held = mean_delta(total_sum)
             self.server.step(self.params, delta, held, self.server_state)
             self.server_state.steps += 1
+            if self.client is not None and self.client_server is not None:
+                self.client_server = self.client.update_server(self.client_server, extra_total(total_sum),
+                                                               len(self.setup.fleet))
         clients = self.client_rows(draft, sched, reports)
         start = self.clock
         self.clock += sched.duration

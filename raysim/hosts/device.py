@@ -37,7 +37,7 @@ from raysim.hosts.state import pack, unpack
 from raysim.messages import HostResult, PartialSum, TrainReport, TrainTask
 from raysim.models import ModelSpec
 from raysim.records import FAILED, LATE, OK, OOM, PARTIAL
-from raysim.server.aggregate import contribute
+from raysim.server.aggregate import contribute, fold_extra
 from raysim.submodel import SubmodelPlan, extract, plan_indices
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,11 @@ class DeviceCore:
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plan: SubmodelPlan, task: TrainTask,
               start: Optional[float] = None, time_scale: float = 1.0, partial: bool = False,
-              stop: Any = None) -> HostResult:
+              stop: Any = None, server: Optional[dict[str, torch.Tensor]] = None) -> HostResult:
         """Train the device's task. With `start` (wall time of round start), follow the realtime
         timeline: sleep the download, train, stretch the compute, sleep the upload. `stop` is
-        event-like (`wait(timeout)`, `is_set()`): once set, the round is closed and sleeping ends."""
+        event-like (`wait(timeout)`, `is_set()`): once set, the round is closed and sleeping ends.
+        `server`: a stateful client algorithm's server quantity (global coordinates)."""
         t_call = time.perf_counter()
         stop = stop or threading.Event()
         realtime = start is not None
@@ -146,10 +147,12 @@ class DeviceCore:
                     return HostResult(acc, [report(LATE, "no local step fits before the deadline")],
                                       self.device_id, 0.0)
                 max_steps = fit if fit < self.steps_full else None
+        parts = unpack(self.host.spec, self.host.shapes, plan, task.state)
         c0 = time.time()
         try:
             with memory_cap(cap_bytes(self.memory)) if self.capped else no_cap():
-                res = self.trainer.train(model, start_w, x, y, round_idx, self.device_id, max_steps)
+                res = self.trainer.train(model, start_w, x, y, round_idx, self.device_id, max_steps,
+                                         parts.get("client"), None if server is None else extract(server, index))
         except (MemoryError, RuntimeError) as err:
             if not is_oom(err):
                 raise
@@ -177,12 +180,12 @@ class DeviceCore:
         if not res.finite:
             return HostResult(acc, [report(FAILED, "non-finite update", res.samples, res.steps, res.loss)],
                               self.device_id, time.perf_counter() - t_call)
-        delta, residual = send(self.trainer, res.delta, round_idx, self.device_id,
-                               unpack(self.host.spec, self.host.shapes, plan, task.state))
+        delta, residual = send(self.trainer, res.delta, round_idx, self.device_id, parts.get("residual"))
         contribute(acc, delta, res.samples, index, task.weight)
-        rep = report(status, reason, res.samples, res.steps, res.loss)
-        if residual is not None:
-            rep = replace(rep, state=pack(plan, residual))
+        if res.server_delta is not None:
+            fold_extra(acc, res.server_delta, index)
+        rep = replace(report(status, reason, res.samples, res.steps, res.loss),
+                      state=pack(plan, {"residual": residual, "client": res.state}))
         return HostResult(acc, [rep], self.device_id, time.perf_counter() - t_call)
 
 

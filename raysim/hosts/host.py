@@ -20,6 +20,7 @@ import logging
 import math
 import time
 import warnings
+from dataclasses import replace
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -38,7 +39,7 @@ from raysim.hosts.state import pack, unpack
 from raysim.messages import GroupResult, HostResult, PartialSum, TrainReport, TrainTask
 from raysim.models import ModelSpec
 from raysim.records import FAILED, OK, OOM
-from raysim.server.aggregate import add_weights, contribute
+from raysim.server.aggregate import add_weights, contribute, fold_extra
 from raysim.submodel import SubmodelPlan, extract, plan_indices
 from raysim.submodel.plan import rate_sizes
 
@@ -173,17 +174,19 @@ class HostCore:
         return live if self.choices[plan.rate] else None
 
     def train_plan(self, round_idx: int, plan: SubmodelPlan, start: Mapping[str, torch.Tensor],
-                   tasks: Sequence[TrainTask]) -> list[tuple[Optional[LocalResult], float]]:
+                   tasks: Sequence[TrainTask], server: Optional[Mapping[str, torch.Tensor]] = None
+                   ) -> list[tuple[Optional[LocalResult], float]]:
         """Train the tasks that share `plan` from `start` (on the host's device): per task, its
         result (None: it ran out of GPU memory) and wall seconds (a batched chunk's split evenly).
         Batched, devices are chunked by their step counts (`raysim.client.batched.chunks`).
 
-        Deltas come back on the CPU, where they are folded.
+        Deltas come back on the CPU, where they are folded. `server`: a stateful client
+        algorithm's server quantity, in the plan's coordinates (such algorithms train one by one).
         """
         model = self.module(plan)
         live = self._use_batched(plan, model)
         if live is None:
-            return [self._train_one(round_idx, model, start, t) for t in tasks]
+            return [self._train_one(round_idx, model, start, t, plan, server) for t in tasks]
         out: list[Optional[tuple[Optional[LocalResult], float]]] = [None] * len(tasks)
         tr = self.trainer
         steps = [min(tr.steps_full(len(self.shard(t.device_id))), t.max_steps if t.max_steps is not None else 1 << 30)
@@ -207,7 +210,7 @@ class HostCore:
                 # only those that do not fit even alone are out of memory.
                 _release(model)
                 for i, t in zip(ids, chunk):
-                    out[i] = self._train_one(round_idx, model, start, t)
+                    out[i] = self._train_one(round_idx, model, start, t, plan, server)
                 continue
             wall = (time.perf_counter() - ts) / len(chunk)
             for i, r in zip(ids, res):
@@ -215,27 +218,34 @@ class HostCore:
         return out  # type: ignore[return-value]
 
     def _train_one(self, round_idx: int, model: torch.nn.Module, start: Mapping[str, torch.Tensor],
-                   task: TrainTask) -> tuple[Optional[LocalResult], float]:
+                   task: TrainTask, plan: SubmodelPlan, server: Optional[Mapping[str, torch.Tensor]] = None
+                   ) -> tuple[Optional[LocalResult], float]:
         ts = time.perf_counter()
         oom = False
+        own = None
+        if self.trainer.client.keeps_state:
+            own = unpack(self.spec, self.shapes, plan, task.state).get("client")
+            own = {k: v.to(self.device) for k, v in own.items()} if own is not None else None
         try:
             load_params(model, start)
             x, y = self.data(task.device_id)
-            res = self.trainer.train(model, start, x, y, _stream(round_idx, task), task.device_id, task.max_steps)
+            res = self.trainer.train(model, start, x, y, _stream(round_idx, task), task.device_id, task.max_steps,
+                                     own, server)
         except torch.cuda.OutOfMemoryError:
             oom = True   # released below, once the traceback (and the tensors its frames hold) is gone
         if oom:
             _release(model)
             return None, time.perf_counter() - ts
         if self.device.type != "cpu":
-            res = LocalResult({k: v.cpu() for k, v in res.delta.items()}, res.samples, res.steps, res.loss, res.finite)
+            res = to_cpu(res)
         return res, time.perf_counter() - ts
 
     def train(self, round_idx: int, params: Mapping[str, torch.Tensor], plans: Mapping[int, SubmodelPlan],
-              tasks: list[TrainTask]) -> HostResult:
-        """Train every task's device and return the pre-aggregated result."""
+              tasks: list[TrainTask], server: Optional[Mapping[str, torch.Tensor]] = None) -> HostResult:
+        """Train every task's device and return the pre-aggregated result (`server`: a stateful
+        client algorithm's server quantity, in global coordinates)."""
         t0 = time.perf_counter()
-        partials, reports = self.fold_tasks(round_idx, {0: params}, plans, tasks)
+        partials, reports = self.fold_tasks(round_idx, {0: params}, plans, tasks, server)
         acc = partials[0] if 0 in partials else PartialSum.zeros(self.shapes)
         return HostResult(acc, reports, self.host_id, time.perf_counter() - t0)
 
@@ -248,7 +258,8 @@ class HostCore:
         return GroupResult(partials, reports, self.host_id, time.perf_counter() - t0)
 
     def fold_tasks(self, round_idx: int, versions: Mapping[int, Mapping[str, torch.Tensor]],
-                   plans: Mapping[int, SubmodelPlan], tasks: list[TrainTask]
+                   plans: Mapping[int, SubmodelPlan], tasks: list[TrainTask],
+                   server: Optional[Mapping[str, torch.Tensor]] = None
                    ) -> tuple[dict[int, PartialSum], list[TrainReport]]:
         """Train the tasks, plan by plan, and fold each device's delta into its group's partial sum."""
         partials: dict[int, PartialSum] = {}
@@ -267,7 +278,8 @@ class HostCore:
         plan_weight: dict[tuple[int, int], int] = {}  # element weights: once per (group, plan), not per device
         trained: list[tuple[TrainTask, tuple[Optional[LocalResult], float]]] = []
         for pid in used:
-            trained += zip(by_plan[pid], self.train_plan(round_idx, plans[pid], starts[pid], by_plan[pid]))
+            cut = None if server is None else {k: v.to(self.device) for k, v in extract(server, indices[pid]).items()}
+            trained += zip(by_plan[pid], self.train_plan(round_idx, plans[pid], starts[pid], by_plan[pid], cut))
         for task, (res, wall) in trained:
             if res is None:
                 reports.append(TrainReport(task.device_id, OOM, 0, 0, math.nan, wall, self.host_id, OOM_REASON,
@@ -282,15 +294,26 @@ class HostCore:
                 acc = partials[task.group] = PartialSum.zeros(self.shapes)
             plan = plans[task.plan_id]
             delta, residual = send(self.trainer, res.delta, _stream(round_idx, task), task.device_id,
-                                   unpack(self.spec, self.shapes, plan, task.state))
+                                   unpack(self.spec, self.shapes, plan, task.state).get("residual"))
             w = contribute(acc, delta, res.samples, indices[task.plan_id], task.weight, count=False)
+            if res.server_delta is not None:
+                fold_extra(acc, res.server_delta, indices[task.plan_id])
             key = (task.group, task.plan_id)
             plan_weight[key] = plan_weight.get(key, 0) + w
             reports.append(TrainReport(task.device_id, OK, res.samples, res.steps, res.loss, wall, self.host_id,
-                                       job=task.stream, state=pack(plan, residual) if residual is not None else None))
+                                       job=task.stream, state=pack(plan, {"residual": residual, "client": res.state})))
         for group, pid in sorted(plan_weight):
             add_weights(partials[group], indices[pid], plan_weight[(group, pid)])
         return partials, reports
+
+
+def to_cpu(res: LocalResult) -> LocalResult:
+    """A result's tensors (delta, state, server contribution) on the CPU, where they are folded."""
+    def cpu(t: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.cpu() for k, v in t.items()}
+
+    return replace(res, delta=cpu(res.delta), state=None if res.state is None else cpu(res.state),
+                   server_delta=None if res.server_delta is None else cpu(res.server_delta))
 
 
 def _shape_key(sizes: Mapping[str, int], rate: float) -> tuple:

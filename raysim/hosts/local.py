@@ -35,6 +35,7 @@ class LocalBackend:
                  shards: Sequence[np.ndarray], hosts: int = 1, ids: Optional[np.ndarray] = None,
                  rates: Sequence[float] = ()) -> None:
         s = Shards.from_list(shards)
+        self.trainer = trainer
         self.cores = [HostCore(spec, trainer, x, y, s.flat, s.offsets, h, ids) for h in range(hosts)]
         self.choices: dict[float, bool] = dict(trainer.choices or ())
         self.reasons: dict[float, str] = {}
@@ -46,8 +47,8 @@ class LocalBackend:
                 c.set_batching(self.choices)
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
-              tasks: list[TrainTask]) -> list[HostResult]:
-        return [c.train(round_idx, params, plans, share)
+              tasks: list[TrainTask], server: Optional[dict[str, torch.Tensor]] = None) -> list[HostResult]:
+        return [c.train(round_idx, params, plans, share, server)
                 for c, share in zip(self.cores, balance(tasks, len(self.cores))) if share]
 
     def train_groups(self, versions: dict[int, dict[str, torch.Tensor]], plans: dict[int, SubmodelPlan],

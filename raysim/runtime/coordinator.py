@@ -18,7 +18,7 @@ from raysim.engine.assignment import Assigner
 from raysim.engine.asynchronous import AsyncConfig, AsyncSimulation
 from raysim.engine.battery import EnergyConfig, batteries_for
 from raysim.engine.clock import Clock, VirtualClock
-from raysim.engine.device_state import DeviceStates
+from raysim.engine.device_state import states_for
 from raysim.engine.rounds import RoundConfig, Setup, Simulation
 from raysim.engine.selection import Selector, Uniform
 from raysim.records import RoundOutput
@@ -66,7 +66,7 @@ class Coordinator:
         else:
             self.sim = Simulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.clock, e.selector,
                                   batteries_for(self.setup.fleet, e.energy, e.cfg.seed),
-                                  DeviceStates() if e.trainer.up.error_feedback else None)
+                                  states_for(e.trainer), e.trainer.client)
 
     def step(self) -> RoundOutput:
         return self.sim.step()

@@ -107,11 +107,12 @@ class DeviceActor:
         return True
 
     def train(self, round_idx: int, params: dict[str, np.ndarray], plan: SubmodelPlan, task: TrainTask,
-              start: Optional[float]) -> HostResult:
+              start: Optional[float], server: Optional[dict[str, np.ndarray]] = None) -> HostResult:
         if self._crash_round == round_idx:
             os._exit(1)
-        tparams = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
-        return self.core.train(round_idx, tparams, plan, task, start, self.time_scale, self.partial, _Cancelled())
+        tparams, tserver = _tensors(params), None if server is None else _tensors(server)
+        return self.core.train(round_idx, tparams, plan, task, start, self.time_scale, self.partial, _Cancelled(),
+                               tserver)
 
     def try_allocate(self, nbytes: int) -> bool:
         return self.core.try_allocate(nbytes)
@@ -217,7 +218,7 @@ class DedicatedPool:
 
     # -- one round
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
-              tasks: list[TrainTask]) -> list[HostResult]:
+              tasks: list[TrainTask], server: Optional[dict[str, torch.Tensor]] = None) -> list[HostResult]:
         if not tasks:
             return []
         actors = self._ensure([t.device_id for t in tasks])
@@ -235,7 +236,9 @@ class DedicatedPool:
         pref = ray.put({k: v.numpy() for k, v in params.items()})
         realtime = self.realtime is not None
         start = time.time() if realtime else None
-        futures = {actors[t.device_id].train.remote(round_idx, pref, plans[t.plan_id], t, start): t for t in ready}
+        sref = None if server is None else ray.put({k: v.numpy() for k, v in server.items()})
+        futures = {actors[t.device_id].train.remote(round_idx, pref, plans[t.plan_id], t, start, sref): t
+                   for t in ready}
         if start is not None:  # realtime
             out, late = self._collect_realtime(futures, start)
         else:
@@ -299,3 +302,8 @@ class DedicatedPool:
 
 def _report(device_id: int, status: str, reason: str) -> TrainReport:
     return TrainReport(device_id, status, 0, 0, float("nan"), 0.0, device_id, reason)
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Tensors of stored (read-only) arrays, copied: training never writes into the store."""
+    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}

@@ -46,12 +46,13 @@ class DeviceHost:
         self._crash_round = round_idx
 
     def train(self, round_idx: int, params: dict[str, np.ndarray], plans: dict[int, SubmodelPlan],
-              tasks: list[TrainTask]) -> HostResult:
+              tasks: list[TrainTask], server: Optional[dict[str, np.ndarray]] = None) -> HostResult:
         tparams = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
+        tserver = None if server is None else {k: torch.from_numpy(np.array(v)) for k, v in server.items()}
         if self._crash_round == round_idx:
-            self.core.train(round_idx, tparams, plans, tasks[: len(tasks) // 2])
+            self.core.train(round_idx, tparams, plans, tasks[: len(tasks) // 2], tserver)
             os._exit(1)
-        return self.core.train(round_idx, tparams, plans, tasks)
+        return self.core.train(round_idx, tparams, plans, tasks, tserver)
 
     def train_groups(self, refs: dict[int, list], plans: dict[int, SubmodelPlan], tasks: list[TrainTask],
                      live: list[int]) -> GroupResult:
@@ -121,9 +122,10 @@ class RayPool:
         return host
 
     def train(self, round_idx: int, params: dict[str, torch.Tensor], plans: dict[int, SubmodelPlan],
-              tasks: list[TrainTask]) -> list[HostResult]:
+              tasks: list[TrainTask], server: Optional[dict[str, torch.Tensor]] = None) -> list[HostResult]:
         pref = ray.put({k: v.numpy() for k, v in params.items()})
-        return self._gather([(h, self.hosts[h].train.remote(round_idx, pref, plans, share))
+        sref = None if server is None else ray.put({k: v.numpy() for k, v in server.items()})
+        return self._gather([(h, self.hosts[h].train.remote(round_idx, pref, plans, share, sref))
                              for h, share in enumerate(balance(tasks, len(self.hosts))) if share], f"round {round_idx}")
 
     def _gather(self, futures: list, when: str) -> list:

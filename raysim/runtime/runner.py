@@ -85,6 +85,7 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     mods = user_modules(comps)
     started = start_ray(address or sc.runtime.address, sc.runtime.num_cpus, mods)
     pickle_by_value(mods)
+    live: list[Any] = []   # the coordinator of the moment (a lost one is replaced)
     try:
         eng = with_device(eng, resolve_device(sc.runtime.device, sc.runtime.placement))
         if resume is not None:
@@ -100,7 +101,8 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
         del setup  # the object store holds the one copy of the training data from here on
 
         def spawn():
-            return spawn_coordinator(eng, light, data)
+            live[:] = [spawn_coordinator(eng, light, data)]
+            return live[0]
 
         coord = spawn()
         info = ray.get(coord.info.remote())
@@ -144,14 +146,25 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
             done = writer.manifest["completed_rounds"] >= sc.rounds
             status = "complete" if done else "stopped"
             writer.finish(status, wall_s=time.perf_counter() - t0)
-            ray.kill(coord)
             return RunResult(writer.path, writer.rounds, time.perf_counter() - t0)
         finally:
             for cb in callbacks:
                 cb.on_end(writer.path, status)
     finally:
+        # However the run ends: on a caller's own Ray instance, a coordinator left alive would
+        # keep its device hosts and their CPUs, and the next run would wait for them.
+        for c in live:
+            _kill(c)
         if started:
             stop_ray()
+
+
+def _kill(actor: Any) -> None:
+    """Kill an actor (and the device hosts it owns), whether or not it is still alive."""
+    try:
+        ray.kill(actor)
+    except Exception:  # noqa: BLE001 (already gone, or Ray is shutting down: nothing to free)
+        pass
 
 
 def with_choices(eng: Any, choices: Optional[dict[str, bool]]) -> Any:

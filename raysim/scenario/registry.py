@@ -71,6 +71,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "train.algorithm": {
         "sgd": "raysim.client.algorithms:LocalSGD",
         "fedprox": "raysim.client.algorithms:FedProx",
+        "scaffold": "raysim.client.algorithms:Scaffold",
     },
     "server.optimizer": {
         "fedavg": "raysim.server.optimizers:FedAvg",

@@ -114,6 +114,9 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
     if up.error_feedback and sc.server.mode != "sync":
         raise ScenarioError(f"channel.up_params.error_feedback: residuals are kept in synchronous rounds only; "
                             f"server.mode {sc.server.mode!r} does not keep them yet")
+    if (client.keeps_state or client.server_state) and sc.server.mode != "sync":
+        raise ScenarioError(f"train.algorithm: {type(client).__name__} keeps state across rounds, which is kept in "
+                            f"synchronous rounds only; server.mode {sc.server.mode!r} does not keep it yet")
     smallest = min(m.rates) if baseline == "fedavg-smallest" else None
     narrow = smallest is not None or (strategy.compresses and baseline == "none" and list(m.rates) != [1.0])
     return Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,

@@ -199,7 +199,8 @@ class TrainConfig(_Section):
     """Local training on a device: the client algorithm and its budget."""
 
     algorithm: str = Field("sgd", description="sgd (minibatch SGD), fedprox (SGD plus a proximal term, "
-                           "params.mu), or an import path package.module:attr to a ClientAlgorithm")
+                           "params.mu), scaffold (SGD corrected by control variates kept per device and on "
+                           "the server), or an import path package.module:attr to a ClientAlgorithm")
     params: dict[str, Any] = _params()
     epochs: int = Field(1, ge=1, description="local epochs over the device's shard")
     batch_size: int = Field(20, ge=1, description="minibatch size")

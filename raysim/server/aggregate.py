@@ -20,7 +20,7 @@ from raysim.messages import HostResult, PartialSum, TrainReport
 from raysim.submodel.plan import Index
 
 __all__ = ["FRAC_BITS", "PartialSum", "quantise", "fold", "weight_of", "contribute", "add_weights", "merge_results",
-           "mean_delta", "buffered_mean", "mixed_update"]
+           "mean_delta", "buffered_mean", "mixed_update", "fold_extra", "extra_total"]
 
 FRAC_BITS = 24
 # A single quantised delta is clipped to +-2**CLIP_BITS so that sums of up to ~2**(62-CLIP_BITS)
@@ -67,6 +67,22 @@ def fold(acc: PartialSum, delta: Mapping[str, torch.Tensor], index: Mapping[str,
             acc.weights[k][ix] += weight
     acc.devices += 1
     acc.samples += samples
+
+
+def fold_extra(acc: PartialSum, contribution: Mapping[str, torch.Tensor], index: Mapping[str, Index]) -> None:
+    """Remap one device's contribution to the server quantity into global coordinates and add it
+    to `acc.extra` (unweighted, in the same exact fixed point as the deltas)."""
+    if acc.extra is None:
+        acc.extra = {k: np.zeros_like(v) for k, v in acc.sums.items()}
+    for k, v in contribution.items():
+        acc.extra[k][_np_index(index[k])] += quantise(v)
+
+
+def extra_total(acc: PartialSum) -> dict[str, torch.Tensor]:
+    """The summed contributions to the server quantity (zeros where none came), as float32."""
+    extra = acc.extra or {}
+    return {k: torch.from_numpy((extra[k] / _SCALE).astype(np.float32)) if k in extra else
+            torch.zeros(s.shape, dtype=torch.float32) for k, s in acc.sums.items()}
 
 
 def weight_of(samples: int, weighting: str) -> int:

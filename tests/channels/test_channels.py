@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import local_sim, tiny_overrides
+from helpers import local_sim, resumed, tiny_overrides
 
 from raysim.channels import FP16, Dense, Quantize, RandomK, Sign, TopK, keep_count, roundtrip, with_feedback
 from raysim.engine.device_state import DeviceStates
@@ -149,18 +149,10 @@ def test_error_feedback_runs_are_bit_identical_across_hosts_and_resume_exactly()
     assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
     assert len(a.device_states) > 0
     c, _ = run(sc, 2)
-    d = local_sim(sc)
-    d.load_state_dict(c.state_dict())
-    for _ in range(2):
-        d.step()
+    d = resumed(sc, c.state_dict(), 2)
     assert all(torch.equal(a.params[k], d.params[k]) for k in a.params)
     # without its residuals the resumed run would differ: they matter
-    e = local_sim(sc)
-    state = c.state_dict()
-    state["device_states"] = {}
-    e.load_state_dict(state)
-    for _ in range(2):
-        e.step()
+    e = resumed(sc, c.state_dict(), 2, drop_device_states=True)
     assert not all(torch.equal(a.params[k], e.params[k]) for k in a.params)
 
 

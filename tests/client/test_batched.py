@@ -278,10 +278,10 @@ def test_cuda_out_of_memory_is_recorded_oom_not_a_crash(batched, monkeypatch):
     host = _host(batched)
     real = Trainer.train
 
-    def tight(self, model, start, x, y, round_idx, device_id, max_steps):
+    def tight(self, model, start, x, y, round_idx, device_id, max_steps, *state):
         if device_id == 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, model, start, x, y, round_idx, device_id, max_steps)
+        return real(self, model, start, x, y, round_idx, device_id, max_steps, *state)
 
     def no_room(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")

@@ -66,3 +66,27 @@ def test_resume_reaches_the_same_final_numbers(default_run, tmp_path):
     pd.testing.assert_series_equal(a.rounds["accuracy"], b.rounds["accuracy"])
     pa, pb = final_params(full.path), final_params(part.path)
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_a_failed_run_frees_its_coordinator_and_hosts(tmp_path):
+    import time
+
+    import ray
+
+    from raysim.api import Callback
+
+    class Boom(Callback):
+        def on_round(self, out):
+            raise RuntimeError("the user's callback fails")
+
+    # the error is held (as a notebook holds its last traceback): its frames hold the handles
+    with pytest.raises(RuntimeError, match="callback fails") as held:
+        run(scenario(), out_root=str(tmp_path), progress=False, callbacks=[Boom()])
+    assert json.loads(next(tmp_path.glob("*/manifest.json")).read_text())["status"] == "failed"
+    # on the caller's own Ray instance, the next run must find every CPU free again
+    total = ray.cluster_resources()["CPU"]
+    deadline = time.time() + 20
+    while ray.available_resources().get("CPU", 0) < total and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == total
+    assert held.value is not None
