@@ -130,3 +130,55 @@ def save_plot(fig, ax, png: Path) -> Path:
     fig.savefig(png)
     plt.close(fig)
     return png
+
+
+def report_study(args: argparse.Namespace, arms: Sequence, seeds: Sequence[int], runs: dict[Key, Run],
+                 summarise: Callable, markdown: Callable[[pd.DataFrame, float], str], plot: Callable, png_name: str,
+                 extra: Optional[Callable[[pd.DataFrame], str]] = None) -> int:
+    """Summarise every (arm, seed) into a table, write it (CSV, markdown and `extra`'s text under
+    it) and the plot into `args.out`, print the table and where they are; returns exit code 0."""
+    table = pd.DataFrame([{**summarise(runs[(a.name, s)], a, args.target), "seed": s} for s in seeds for a in arms])
+    text = markdown(table, args.target)
+    more = extra(table) if extra is not None else ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "table.csv", index=False)
+    (args.out / "table.md").write_text(text + "\n" + (f"\n{more}\n" if more else ""))
+    png = plot(runs, arms, seeds, args.target, args.png or args.out / png_name)
+    print(text)
+    if more:
+        print("\n" + more)
+    print(f"\ntable  {args.out / 'table.md'}\nplot   {png}")
+    return 0
+
+
+def arm_scenario(path: Path, arm, extra: Sequence[str], seed: int, prefix: str) -> Scenario:
+    """A study's scenario for one arm and seed: the `--set` overrides, then the arm's, its name
+    and the seed (raises ScenarioError on a bad override)."""
+    from raysim import load_scenario  # noqa: PLC0415
+
+    return load_scenario(path, [*extra, *arm.overrides, f"name={prefix}{arm.name}", f"seed={seed}"])
+
+
+def study_main(argv: Optional[list[str]], doc: str, scenario: Path, name: str, target: float, arms: Sequence,
+               prefix: str, summarise: Callable, markdown: Callable[[pd.DataFrame, float], str],
+               plot: Callable) -> int:
+    """The whole command line of an arm-by-arm study whose arms differ by overrides only: parse,
+    run (or `--reuse`) every arm and seed into `runs/<name>`, write and print the table and plot."""
+    p = study_parser(doc, scenario, ROOT / "runs" / name, target=target)
+    p.add_argument("--png", type=Path, default=None, help=f"plot file (default: OUT/{name}.png)")
+    args = p.parse_args(argv)
+    picked = arms_and_runs(args, arms, prefix, lambda a, s: arm_scenario(args.scenario, a, args.overrides, s, prefix))
+    if picked is None:
+        return 2
+    chosen, seeds, runs = picked
+    return report_study(args, chosen, seeds, runs, summarise, markdown, plot, f"{name}.png")
+
+
+def reach(run: Run, target: float) -> tuple[pd.DataFrame, Optional[int], pd.DataFrame]:
+    """The global evaluations at or above `target`, the round of the first (None: never), and
+    the client rows up to that round (none when never reached)."""
+    ev = run.evals[run.evals["model"] == "global"].sort_values("round")
+    hit = ev[ev["accuracy"] >= target]
+    hit_round = int(hit["round"].iloc[0]) if len(hit) else None
+    c = run.clients
+    return hit, hit_round, (c[c["round"] <= hit_round] if hit_round is not None else c.iloc[0:0])

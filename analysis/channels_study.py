@@ -25,10 +25,10 @@ from typing import Optional
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _study import ROOT, Key, arms_and_runs, save_plot, spread, study_parser  # noqa: E402
+from _study import ROOT, Key, reach, save_plot, spread, study_main  # noqa: E402
 from framework_vs_baselines import Arm  # noqa: E402
 
-from raysim import Run, Scenario, load_scenario  # noqa: E402
+from raysim import Run  # noqa: E402
 
 SCENARIO = ROOT / "scenarios" / "channels-study.yaml"
 PREFIX = "channels-"
@@ -51,18 +51,11 @@ ARMS = (
 )
 
 
-def arm_scenario(path: Path, arm: Arm, extra: list[str], seed: int) -> Scenario:
-    """The study's scenario for one arm and seed (raises ScenarioError on a bad override)."""
-    return load_scenario(path, [*extra, *arm.overrides, f"name={PREFIX}{arm.name}", f"seed={seed}"])
-
-
 def summarise(run: Run, arm: Arm, target: float) -> dict:
     """One arm's figures: accuracy, bytes and time to the target, devices late, rates trained."""
     ev = run.evals[run.evals["model"] == "global"].sort_values("round")
-    hit = ev[ev["accuracy"] >= target]
-    hit_round = int(hit["round"].iloc[0]) if len(hit) else None
+    hit, hit_round, upto = reach(run, target)
     c = run.clients
-    upto = c[c["round"] <= hit_round] if hit_round is not None else c.iloc[0:0]
     trained = c[c["status"].isin(["ok", "partial"])]
     late = c[c["status"] == "late"]
     return {
@@ -130,22 +123,7 @@ def plot(runs: dict[Key, Run], arms: list, seeds: list[int], target: float, png:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = study_parser(__doc__, SCENARIO, ROOT / "runs" / "channels-study", target=0.85)
-    p.add_argument("--png", type=Path, default=None, help="plot file (default: OUT/channels-study.png)")
-    args = p.parse_args(argv)
-    picked = arms_and_runs(args, ARMS, PREFIX, lambda a, s: arm_scenario(args.scenario, a, args.overrides, s))
-    if picked is None:
-        return 2
-    arms, seeds, runs = picked
-    table = pd.DataFrame([{**summarise(runs[(a.name, s)], a, args.target), "seed": s} for s in seeds for a in arms])
-    text = markdown(table, args.target)
-    args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "table.csv", index=False)
-    (args.out / "table.md").write_text(text + "\n")
-    png = plot(runs, arms, seeds, args.target, args.png or args.out / "channels-study.png")
-    print(text)
-    print(f"\ntable  {args.out / 'table.md'}\nplot   {png}")
-    return 0
+    return study_main(argv, __doc__, SCENARIO, "channels-study", 0.85, ARMS, PREFIX, summarise, markdown, plot)
 
 
 if __name__ == "__main__":

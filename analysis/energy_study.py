@@ -29,7 +29,7 @@ from typing import Optional
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _study import ROOT, Key, arms_and_runs, save_plot, spread, study_parser  # noqa: E402
+from _study import ROOT, Key, arms_and_runs, reach, report_study, save_plot, spread, study_parser  # noqa: E402
 from framework_vs_baselines import ARMS as BASE_ARMS  # noqa: E402
 from framework_vs_baselines import Arm  # noqa: E402
 
@@ -67,10 +67,8 @@ def mains_classes(run: Run) -> set[str]:
 def summarise(run: Run, arm: Arm, target: float) -> dict:
     """One arm's figures: accuracy, time and joules to the target, devices lost to battery."""
     ev = run.evals[run.evals["model"] == "global"].sort_values("round")
-    hit = ev[ev["accuracy"] >= target]
-    hit_round = int(hit["round"].iloc[0]) if len(hit) else None
+    hit, hit_round, upto = reach(run, target)
     c = run.clients
-    upto = c[c["round"] <= hit_round] if hit_round is not None else c.iloc[0:0]
     mains = mains_classes(run)
     battery = ~upto["device_class"].astype(str).isin(mains)
     b = run.batteries
@@ -162,19 +160,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if picked is None:
         return 2
     arms, seeds, runs = picked
-    table = pd.DataFrame([{**summarise(runs[(a.name, s)], a, args.target), "seed": s} for s in seeds for a in arms])
-    text = markdown(table, args.target)
-    per_class = class_joules(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "table.csv", index=False)
-    (args.out / "table.md").write_text(text + "\n\nJoules per device class to the target (mean over seeds):\n\n```\n"
-                                       + per_class.round(1).to_string() + "\n```\n")
-    png = plot(runs, arms, seeds, args.target, args.png or args.out / "energy-study.png")
-    print(text)
-    print("\nJoules per device class to the target (mean over seeds):\n")
-    print(per_class.round(1).to_string())
-    print(f"\ntable  {args.out / 'table.md'}\nplot   {png}")
-    return 0
+
+    def per_class(table: pd.DataFrame) -> str:
+        return ("Joules per device class to the target (mean over seeds):\n\n```\n"
+                + class_joules(table).round(1).to_string() + "\n```")
+
+    return report_study(args, arms, seeds, runs, summarise, markdown, plot, "energy-study.png", per_class)
 
 
 if __name__ == "__main__":

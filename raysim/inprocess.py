@@ -16,13 +16,12 @@ from dataclasses import replace
 from typing import Optional, Union
 
 from raysim.engine.asynchronous import AsyncSimulation
-from raysim.engine.battery import batteries_for
 from raysim.engine.clock import VirtualClock
-from raysim.engine.device_state import states_for
+from raysim.engine.loops import Parts, round_loop
 from raysim.engine.rounds import Setup, Simulation
 from raysim.hosts.local import LocalBackend
 from raysim.runtime.gpu import local_device
-from raysim.scenario.build import async_config, build_setup, round_config, trainer
+from raysim.scenario.build import async_config, build_setup, gateways, round_config, trainer
 from raysim.scenario.resolve import Components, components
 from raysim.scenario.schema import Scenario
 
@@ -41,8 +40,6 @@ def local_simulation(sc: Scenario, comps: Optional[Components] = None, hosts: in
     backend = LocalBackend(setup.spec, replace(trainer(sc, comps), device=device), setup.dataset.x_train,
                            setup.dataset.y_train, setup.shards, hosts, setup.fleet.device_id, setup.rates)
     cfg = replace(round_config(sc), device=device)
-    acfg = async_config(sc, len(setup.fleet))
-    if acfg is not None:
-        return AsyncSimulation(setup, comps.strategy, comps.assigner, comps.server, backend, cfg, acfg)
-    return Simulation(setup, comps.strategy, comps.assigner, comps.server, backend, cfg, VirtualClock(), comps.selector,
-                      batteries_for(setup.fleet, sc.energy, sc.seed), states_for(backend.trainer), backend.trainer.client)
+    parts = Parts(comps.strategy, comps.assigner, comps.server, comps.selector, VirtualClock(), sc.energy,
+                  async_config(sc, len(setup.fleet)), gateways(sc))
+    return round_loop(setup, parts, backend, cfg, backend.trainer)

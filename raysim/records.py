@@ -122,13 +122,22 @@ class ClientRecords:
     version_start: list[int] = field(default_factory=list)
     version_applied: list[int] = field(default_factory=list)
     staleness: list[int] = field(default_factory=list)
+    # Under a topology: the device's gateway and the gateway round (1..kappa2) of the row;
+    # -1 and 0 in flat runs.
+    gateway: list[int] = field(default_factory=list)
+    gateway_round: list[int] = field(default_factory=list)
 
     def append(self, **row: Any) -> None:
         """Add one device's row (every column by name; the energy columns may come later, for
-        all rows at once, from `add_energy`)."""
+        all rows at once, from `add_energy`; the gateway columns default to a flat run's)."""
         for c in CLIENT_COLUMNS:
             if c in row or c not in ENERGY_COLUMNS:
-                getattr(self, c).append(row[c])
+                getattr(self, c).append(row[c] if c in row or c not in FLAT_DEFAULTS else FLAT_DEFAULTS[c])
+
+    def extend(self, other: "ClientRecords") -> None:
+        """Append every row of `other` (a round's rows gathered from several gateway rounds)."""
+        for c in CLIENT_COLUMNS:
+            getattr(self, c).extend(getattr(other, c))
 
     def add_energy(self, compute: Any, tx: Any, rx: Any, idle: Any) -> None:
         """Fill the energy columns of every row (joules per phase; the total is their sum)."""
@@ -154,6 +163,7 @@ class ClientRecords:
 
 CLIENT_COLUMNS: list[str] = [f.name for f in fields(ClientRecords)]
 ENERGY_COLUMNS: tuple[str, ...] = ("energy_compute_j", "energy_tx_j", "energy_rx_j", "energy_idle_j", "energy_j")
+FLAT_DEFAULTS: dict[str, int] = {"gateway": -1, "gateway_round": 0}
 # -1 in memory means "no update was applied"; the table stores a null, so a mean skips it.
 NOT_APPLIED_COLUMNS: tuple[str, ...] = ("version_applied", "staleness")
 
@@ -166,6 +176,7 @@ class RoundOutput:
     clients: ClientRecords
     evals: list[EvalRecord] = field(default_factory=list)
     batteries: list[dict[str, Any]] = field(default_factory=list)  # rows of batteries.parquet (per class)
+    gateways: list[dict[str, Any]] = field(default_factory=list)   # rows of gateways.parquet (under a topology)
 
     @property
     def round_row(self) -> dict[str, Any]:

@@ -125,6 +125,32 @@ class RoundConfig:
         return self.deadline if self.deadline_policy != "wait" else None
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Whom a selection draws from, when, and how many it asks: a flat round's is the whole
+    fleet at the simulated clock's now, K; a gateway round's is the gateway's devices at the
+    gateway's own clock, K per gateway, with `key` (gateway, gateway round) keeping the random
+    streams of the gateways and their rounds apart."""
+
+    start: float
+    per_round: int
+    among: Optional[np.ndarray] = None   # fleet-position mask of the devices to draw from (None: all)
+    key: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    """Where a draft's tasks start and fold: the weights they start from, the version and group
+    they carry (one backend call may train several groups, each from its own weights), their
+    random stream's key (-1: the round's) and the first plan id they may use."""
+
+    params: dict[str, torch.Tensor]
+    version: int = 0
+    group: int = 0
+    stream: int = -1
+    first_plan: int = 0
+
+
 @dataclass
 class RoundDraft:
     """A round's decisions before training (per selected device, in id order)."""
@@ -261,13 +287,17 @@ class Simulation:
             self.client_server = {k: v.clone() for k, v in state["client_server"].items()}
 
     # ---------------------------------------------------------------- one round
-    def select(self, r: int) -> np.ndarray:
-        """Online devices sampled for round r: K * (1 + overcommit) of them, sorted by id."""
+    def select(self, r: int, slot: Optional["Slot"] = None) -> np.ndarray:
+        """Online devices sampled for round r: K * (1 + overcommit) of them, sorted by id
+        (`slot`: among some devices, from another time, K of its own; default the whole fleet now)."""
+        slot = slot or self.slot()
         fleet = self.setup.fleet
         ids = fleet.device_id
-        online_mask = self.setup.availability.online(ids, self.clock)
+        online_mask = self.setup.availability.online(ids, slot.start)
+        if slot.among is not None:
+            online_mask &= slot.among
         online = ids[online_mask]
-        want = math.ceil(self.cfg.per_round * (1 + self.cfg.overcommit) - 1e-9)
+        want = math.ceil(slot.per_round * (1 + self.cfg.overcommit) - 1e-9)
         want = min(want, len(online))
         if want == 0:
             return np.zeros(0, np.int64)
@@ -276,8 +306,8 @@ class Simulation:
         def level() -> np.ndarray:
             return bat.level(np.flatnonzero(online_mask)) if bat is not None else np.ones(len(online))
 
-        picked = np.asarray(self.selector.select(SelectRequest(r, online, want, self.cfg.seed, self.clock, level)),
-                            dtype=np.int64)
+        picked = np.asarray(self.selector.select(SelectRequest(r, online, want, self.cfg.seed, slot.start, level,
+                                                               slot.key)), dtype=np.int64)
         if len(picked) != want or len(np.unique(picked)) != want or not np.isin(picked, online).all():
             raise ValueError(f"selection: {type(self.selector).__name__} must return {want} distinct online device "
                              f"ids, returned {len(picked)} ({len(np.unique(picked))} distinct)")
@@ -323,10 +353,16 @@ class Simulation:
                              samples_trained=int(total_sum.samples), **round_totals(clients, evals))
         return RoundOutput(record, clients, evals, battery_rows)
 
-    def draft(self, r: int) -> RoundDraft:
-        """Round r's decisions ahead of training: selection, rates, predicted times, schedule."""
+    def slot(self) -> "Slot":
+        """A flat round's slot: the whole fleet, from the simulated clock's now."""
+        return Slot(self.clock, self.cfg.per_round)
+
+    def draft(self, r: int, slot: Optional["Slot"] = None) -> RoundDraft:
+        """Round r's decisions ahead of training: selection, rates, predicted times, schedule
+        (`slot`: whom, when and how many; default the whole fleet, now, K)."""
         cfg, setup = self.cfg, self.setup
-        sel = self.select(r)
+        slot = slot or self.slot()
+        sel = self.select(r, slot)
         pos = np.searchsorted(setup.fleet.device_id, sel)
         n = len(sel)
         samples = self.samples[pos]
@@ -335,7 +371,7 @@ class Simulation:
         # One jitter draw per device and round, shared by every rate, so fit-deadline compares
         # rates under the same network and load conditions.
         times_at = {rt: device_times(setup.fleet, pos, costs[rt], samples, cfg.epochs,
-                                     rng(cfg.seed, "jitter", r)) for rt in rates}
+                                     rng(cfg.seed, "jitter", r, *slot.key)) for rt in rates}
         power = setup.fleet.power_of(pos)
         energy_at: dict[float, Energy] = {}
 
@@ -371,7 +407,7 @@ class Simulation:
         horizon = np.where(np.isnan(total), 0.0, total)
         if deadline is not None:
             horizon = np.minimum(horizon, deadline)
-        stays = setup.availability.online_during(sel, self.clock, self.clock + horizon) if n else np.zeros(0, bool)
+        stays = setup.availability.online_during(sel, slot.start, slot.start + horizon) if n else np.zeros(0, bool)
         t_empty = None
         if bat is not None and n:
             # a battery that runs empty before the device is done (or the deadline) loses the update
@@ -388,7 +424,7 @@ class Simulation:
             stays = stays & ~np.isfinite(t_empty)
         predicted = Predicted(np.nan_to_num(total, nan=np.inf), np.nan_to_num(t_down), np.nan_to_num(t_up),
                               np.nan_to_num(t_comp), assigned, stays)
-        sched = self.clock_kind.ahead(predicted, cfg.per_round, cfg.deadline, cfg.deadline_policy)
+        sched = self.clock_kind.ahead(predicted, slot.per_round, cfg.deadline, cfg.deadline_policy)
         reason = np.where(sched.reason != "", sched.reason, reason)
         steps_full = np.ceil(samples / cfg.batch_size).astype(np.int64) * cfg.epochs
         return RoundDraft(r, sel, pos, samples, rate, reason, t_down, t_comp, t_up, np.nan_to_num(w_down),
@@ -427,10 +463,14 @@ class Simulation:
             if rep.state is not None and rep.status in (OK, PARTIAL):
                 self.device_states.put(dev, rep.state)
 
-    def plan_tasks(self, d: RoundDraft) -> tuple[dict[int, SubmodelPlan], list[TrainTask]]:
+    def plan_tasks(self, d: RoundDraft, to: Optional["TaskGroup"] = None
+                   ) -> tuple[dict[int, SubmodelPlan], list[TrainTask]]:
         """Submodel plans (shared per rate unless the strategy draws one per device) and the
-        training task of every device the schedule trains."""
+        training task of every device the schedule trains (`to`: the weights they start from and
+        the group they fold into when one call trains several groups; default the global model)."""
         cfg = self.cfg
+        to = to or TaskGroup(self.params)
+        params = to.params
         plans: dict[int, SubmodelPlan] = {}
         plan_of_rate: dict[float, int] = {}
         tasks: list[TrainTask] = []
@@ -438,12 +478,12 @@ class Simulation:
         for i in d.train_idx:
             rt = float(d.rate[i])
             if self.strategy.per_device:
-                pid = len(plans)
-                plans[pid] = self.strategy.plan(self.spec, rt, d.round, int(d.sel[i]), self.params, cfg.seed)
+                pid = to.first_plan + len(plans)
+                plans[pid] = self.strategy.plan(self.spec, rt, d.round, int(d.sel[i]), params, cfg.seed)
             else:
                 if rt not in plan_of_rate:
-                    plan_of_rate[rt] = len(plans)
-                    plans[plan_of_rate[rt]] = self.strategy.plan(self.spec, rt, d.round, -1, self.params, cfg.seed)
+                    plan_of_rate[rt] = to.first_plan + len(plans)
+                    plans[plan_of_rate[rt]] = self.strategy.plan(self.spec, rt, d.round, -1, params, cfg.seed)
                 pid = plan_of_rate[rt]
             max_steps = None
             if d.sched.status[i] == PARTIAL:
@@ -453,7 +493,7 @@ class Simulation:
             state = self.device_states.get(int(d.sel[i])) if self.device_states is not None else None
             tasks.append(TrainTask(int(d.sel[i]), rt, pid, max_steps, cfg.weighting, hint,
                                    float(d.t_down[i]), float(d.t_comp[i]), float(d.t_up[i]), task_deadline,
-                                   state=state))
+                                   version=to.version, group=to.group, stream=to.stream, state=state))
         return plans, tasks
 
     def client_rows(self, d: RoundDraft, sched: Schedule, reports: dict[int, TrainReport]) -> ClientRecords:

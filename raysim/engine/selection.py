@@ -38,7 +38,9 @@ class SelectRequest:
     `online`: ids of the devices online at the round's start (sorted); `want`: how many to pick
     (never more than are online); `battery_level()`: per online device, charge above its reserve
     as a share (1 for mains-powered devices and when batteries are off); `seed`: the scenario's
-    seed, for the selector's own random stream (`raysim.rng(seed, "select", round)`).
+    seed, for the selector's own random stream (`req.rng()`: `raysim.rng(seed, "select", round,
+    *key)`); `key`: what tells apart several selections in one round (a gateway and its gateway
+    round under a topology; empty in flat rounds).
     """
 
     round: int
@@ -47,6 +49,11 @@ class SelectRequest:
     seed: int
     clock: float
     battery_level: Callable[[], np.ndarray]
+    key: tuple[int, ...] = ()
+
+    def rng(self) -> np.random.Generator:
+        """This selection's own random stream."""
+        return rng(self.seed, "select", self.round, *self.key)
 
 
 class Selector(ABC):
@@ -64,7 +71,7 @@ class Uniform(Selector):
     """Every online device equally likely (without replacement)."""
 
     def select(self, req: SelectRequest) -> np.ndarray:
-        pick = rng(req.seed, "select", req.round).choice(len(req.online), size=req.want, replace=False)
+        pick = req.rng().choice(len(req.online), size=req.want, replace=False)
         return req.online[pick]
 
 
@@ -81,7 +88,7 @@ class EnergyAware(Selector):
 
     def select(self, req: SelectRequest) -> np.ndarray:
         level = np.asarray(req.battery_level(), dtype=np.float64)
-        u = rng(req.seed, "select", req.round).random(len(req.online))
+        u = req.rng().random(len(req.online))
         w = level ** self.exponent if self.exponent > 0 else np.ones_like(level)
         with np.errstate(divide="ignore"):
             key = np.where(w > 0, np.log(np.maximum(u, 1e-300)) / np.where(w > 0, w, 1.0), -np.inf)

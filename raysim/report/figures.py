@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from raysim.records import STATUSES  # noqa: E402
 from raysim.report.summaries import (  # noqa: E402
@@ -26,6 +27,7 @@ from raysim.report.summaries import (  # noqa: E402
     outcome_shares,
     rate_order,
     staleness_of,
+    tier_frame,
     time_to_target,
 )
 from raysim.rundir.reader import Run  # noqa: E402
@@ -374,6 +376,35 @@ def plot_batteries(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Pat
         ax.set_xlabel(f"simulated time ({unit})")
     if len(with_b) > 1:
         _legend_below(fig, lines, [lab for _, lab, _ in with_b])
+    return _save(fig, out)
+
+
+def has_gateways(run: Run) -> bool:
+    """Whether a run went through gateways (it has a `gateways.parquet`)."""
+    return not run.gateways.empty
+
+
+def plot_gateways(runs: Sequence[Run], out: Path, labels: Sequence[str]) -> Path:
+    """Runs through gateways: per cloud round, the slowest gateway's time in its gateway rounds
+    and on the cloud link, and the megabytes on each tier; one colour per run."""
+    with_g = [(r, lab, c) for r, lab, c in zip(runs, labels, run_colours(len(runs))) if has_gateways(r)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8 + 0.22 * _legend_rows(labels)), layout="constrained")
+    lines = []
+    for r, _lab, colour in with_g:
+        t = tier_frame(r)
+        (line,) = left.plot(t.index, t["gateway_rounds_s"], color=colour)
+        left.plot(t.index, t["cloud_link_s"], color=colour, ls="--")
+        right.plot(t.index, t["mb_devices"], color=colour)
+        right.plot(t.index, t["mb_cloud"], color=colour, ls="--")
+        lines.append(line)
+    left.set(xlabel="cloud round", ylabel="simulated seconds",
+             title="Slowest gateway: gateway rounds (solid), cloud link (dashed)")
+    right.set(xlabel="cloud round", ylabel="MB", title="Traffic: devices-gateways (solid), gateways-cloud (dashed)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(with_g) > 1:
+        _legend_below(fig, lines, [lab for _, lab, _ in with_g])
     return _save(fig, out)
 
 

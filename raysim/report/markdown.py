@@ -19,7 +19,15 @@ import pandas as pd
 from raysim.records import STATUSES
 from raysim.report import figures
 from raysim.report.figures import has_batteries, plot_accuracy
-from raysim.report.summaries import class_table, default_target, format_value, lost_to_battery, run_summary, short_labels
+from raysim.report.summaries import (
+    class_table,
+    default_target,
+    format_value,
+    lost_to_battery,
+    run_summary,
+    short_labels,
+    tier_frame,
+)
 from raysim.report.tables import Runs
 from raysim.rundir.reader import Run, RunError
 from raysim.rundir.writer import atomic_write_text
@@ -67,6 +75,11 @@ FIGURES = (
            "percentile), and devices whose battery ran empty.",
            lambda runs, out, labels, target: figures.plot_batteries(runs, out, labels),
            lambda runs: any(figures.has_batteries(r) for r in runs)),
+    Figure("gateways.png", "Gateways",
+           "Runs through gateways: per cloud round, the slowest gateway's simulated time in its gateway rounds "
+           "and on its link to the cloud, and the megabytes on each tier.",
+           lambda runs, out, labels, target: figures.plot_gateways(runs, out, labels),
+           lambda runs: any(figures.has_gateways(r) for r in runs)),
     Figure("staleness.png", "Staleness",
            "Server steps between the version a device downloaded and the step its update went into "
            "(asynchronous modes; synchronous rounds apply every update fresh), overall and by device class.",
@@ -219,6 +232,14 @@ def summary_text(run: Run) -> str:
         lines.append(f"batteries  ran empty mid-round {depleted}   refused for battery {refused}   at the end: " +
                      "   ".join(f"{row.device_class} median {100 * row.charge_p50:.0f}% ({row.empty} empty)"
                                 for row in b.itertuples()))
+    if figures.has_gateways(run):
+        t = tier_frame(run)
+        g = run.gateways
+        span = float((t["gateway_rounds_s"] + t["cloud_link_s"]).sum())
+        lines.append(f"gateways   {g['gateway'].nunique()} x {int(g['gateway_round'].max())} gateway rounds a cloud round:"
+                     f"   MB devices-gateways {t['mb_devices'].sum():.1f}, gateways-cloud {t['mb_cloud'].sum():.1f}"
+                     f"   slowest gateway's time on the cloud link "
+                     f"{100 * float(t['cloud_link_s'].sum()) / span if span else 0:.0f}%")
     training = _training_line(run)
     if training:
         lines.append(f"training   {training}")

@@ -235,3 +235,18 @@ def staleness_of(clients: pd.DataFrame) -> pd.DataFrame:
     applied = clients[clients["status"].isin(["ok", "partial"])]
     st = applied["staleness"] if "staleness" in applied else pd.Series(0, index=applied.index)
     return pd.DataFrame({"device_class": applied["device_class"].to_numpy(), "staleness": st.to_numpy(np.int64)})
+
+
+def tier_frame(run: Run) -> pd.DataFrame:
+    """Per cloud round: simulated seconds in gateway rounds (the slowest gateway's) and on the
+    gateway-cloud link, and megabytes on each tier (device-gateway, gateway-cloud)."""
+    g = run.gateways
+    per_gw = g.groupby(["round", "gateway"]).agg(rounds_s=("duration", "sum"), link_s=("t_cloud_down", "sum"),
+                                                  up_s=("t_cloud_up", "sum"), done=("t_gateway_done", "max"))
+    slowest = per_gw.loc[per_gw.groupby("round")["done"].idxmax()].droplevel("gateway")
+    by_round = g.groupby("round")
+    return pd.DataFrame({
+        "gateway_rounds_s": slowest["rounds_s"], "cloud_link_s": slowest["link_s"] + slowest["up_s"],
+        "mb_devices": (by_round["bytes_down"].sum() + by_round["bytes_up"].sum()) / 1e6,
+        "mb_cloud": (by_round["bytes_cloud_down"].sum() + by_round["bytes_cloud_up"].sum()) / 1e6,
+    })

@@ -8,6 +8,8 @@
       evals.parquet      one row per (round, evaluated model)
       fleet.parquet      one row per device (class, profile, samples, label histogram)
       batteries.parquet  one row per (round, battery class): charge percentiles (energy.batteries on)
+      gateways.parquet   one row per (round, gateway round, gateway): devices, times, bytes per tier
+                         (under a topology)
       checkpoints/       round-NNNNNN.pt (global model + server state), torch-safe-loadable
       *.png              the report's figures
 
@@ -62,6 +64,7 @@ class Run:
     evals: pd.DataFrame
     fleet: pd.DataFrame = field(default_factory=pd.DataFrame)
     batteries: pd.DataFrame = field(default_factory=pd.DataFrame)  # empty: no battery tracked
+    gateways: pd.DataFrame = field(default_factory=pd.DataFrame)   # empty: a flat run
 
     @property
     def name(self) -> str:
@@ -112,7 +115,7 @@ def load_run(path: str | Path, allow_incomplete: bool = False) -> Run:
     if manifest.get("status") != "complete" and not allow_incomplete:
         raise RunError(f"{p}: run is {manifest.get('status')!r}, not complete "
                        f"(pass allow_incomplete=True to read it anyway)")
-    names = ("rounds", "clients", "evals", "fleet", "batteries")
+    names = ("rounds", "clients", "evals", "fleet", "batteries", "gateways")
     tables = read_tables(p, names)
     scenario: Any = {}
     if (p / "scenario.yaml").is_file():

@@ -115,6 +115,7 @@ class RunWriter:
         self.clients: list[pd.DataFrame] = []
         self.evals: list[dict[str, Any]] = []
         self.batteries: list[dict[str, Any]] = []
+        self.gateways: list[dict[str, Any]] = []
         self.manifest: dict[str, Any] = {
             "status": "running", "name": scenario.name, "seed": scenario.seed, "rounds": scenario.rounds,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -137,8 +138,8 @@ class RunWriter:
         w.manifest["driver"] = {"host": platform.node(), "pid": os.getpid()}
         w.manifest.setdefault("resumed", []).append(
             {"at_round": upto, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        w.rounds, w.clients, w.evals, w.batteries = [], [], [], []
-        tables = read_tables(w.path, ("rounds", "clients", "evals", "batteries"))
+        w.rounds, w.clients, w.evals, w.batteries, w.gateways = [], [], [], [], []
+        tables = read_tables(w.path, ("rounds", "clients", "evals", "batteries", "gateways"))
         if "rounds" in tables:
             w.rounds = tables["rounds"].to_dict("records")
         if "clients" in tables:
@@ -147,6 +148,8 @@ class RunWriter:
             w.evals = tables["evals"].to_dict("records")
         if "batteries" in tables:
             w.batteries = tables["batteries"].to_dict("records")
+        if "gateways" in tables:
+            w.gateways = tables["gateways"].to_dict("records")
         w.rewind(upto)
         return w
 
@@ -156,6 +159,7 @@ class RunWriter:
         self.clients = [c[c["round"] <= upto] for c in self.clients]
         self.evals = [e for e in self.evals if e["round"] <= upto]
         self.batteries = [b for b in self.batteries if b["round"] <= upto]
+        self.gateways = [g for g in self.gateways if g["round"] <= upto]
         self.manifest["completed_rounds"] = upto
         self._write_manifest()
 
@@ -172,6 +176,7 @@ class RunWriter:
         self.clients.append(client_frame(out.clients))
         self.evals.extend(e.row() for e in out.evals)
         self.batteries.extend(out.batteries)
+        self.gateways.extend(out.gateways)
         self.manifest["completed_rounds"] = int(out.record.round)
 
     def flush(self) -> None:
@@ -182,6 +187,8 @@ class RunWriter:
         atomic_write_parquet(self.path / "evals.parquet", pd.DataFrame(self.evals))
         if self.batteries:
             atomic_write_parquet(self.path / "batteries.parquet", pd.DataFrame(self.batteries))
+        if self.gateways:
+            atomic_write_parquet(self.path / "gateways.parquet", pd.DataFrame(self.gateways))
         self._write_manifest()
 
     def write_fleet(self, fleet: pd.DataFrame) -> None:

@@ -15,12 +15,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raysim.client.trainer import Trainer
 from raysim.engine.assignment import Assigner
-from raysim.engine.asynchronous import AsyncConfig, AsyncSimulation
-from raysim.engine.battery import EnergyConfig, batteries_for
+from raysim.engine.asynchronous import AsyncConfig
+from raysim.engine.battery import EnergyConfig
 from raysim.engine.clock import Clock, VirtualClock
-from raysim.engine.device_state import states_for
+from raysim.engine.loops import Parts, round_loop
 from raysim.engine.rounds import RoundConfig, Setup, Simulation
 from raysim.engine.selection import Selector, Uniform
+from raysim.engine.topology import Gateways
 from raysim.records import RoundOutput
 from raysim.runtime.gpu import coordinator_gpu_options
 from raysim.runtime.placement import Placement, Pooled
@@ -43,6 +44,7 @@ class Engine:
     asynchronous: Optional[AsyncConfig] = None  # FedBuff / FedAsync instead of sync rounds
     selector: Selector = field(default_factory=Uniform)
     energy: EnergyConfig = field(default_factory=EnergyConfig)  # batteries (sync rounds)
+    gateways: Optional[Gateways] = None  # rounds through gateways (sync rounds)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -60,13 +62,9 @@ class Coordinator:
         self.data = data
         e = engine
         self.pool = e.placement.start(self.setup, e.trainer, data, host_options)
-        self.sim: Simulation
-        if e.asynchronous is not None:
-            self.sim = AsyncSimulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.asynchronous)
-        else:
-            self.sim = Simulation(self.setup, e.strategy, e.assigner, e.server, self.pool, e.cfg, e.clock, e.selector,
-                                  batteries_for(self.setup.fleet, e.energy, e.cfg.seed),
-                                  states_for(e.trainer), e.trainer.client)
+        self.sim: Simulation = round_loop(self.setup, Parts(e.strategy, e.assigner, e.server, e.selector, e.clock,
+                                                            e.energy, e.asynchronous, e.gateways),
+                                          self.pool, e.cfg, e.trainer)
 
     def step(self) -> RoundOutput:
         return self.sim.step()

@@ -23,7 +23,7 @@ from raysim.rundir.reader import latest_checkpoint, load_checkpoint, read_manife
 from raysim.rundir.writer import RunWriter, check_output_root, new_run_dir
 from raysim.runtime.gpu import check_device_here, resolve_device, with_device
 from raysim.runtime.session import pickle_by_value, start_ray, stop_ray, user_modules
-from raysim.scenario.build import async_config, ladder_note, prepare, round_config, trainer
+from raysim.scenario.build import async_config, gateways, ladder_note, prepare, round_config, trainer
 from raysim.scenario.resolve import Components, components
 from raysim.scenario.schema import Scenario
 
@@ -54,7 +54,7 @@ def engine(sc: Scenario, comps: Components):
         placement = Pooled(rt.hosts, rt.hosts_per)
     clock = RealtimeClock(rt.time_scale) if realtime else VirtualClock()
     return Engine(comps.strategy, comps.assigner, comps.server, trainer(sc, comps), round_config(sc), placement, clock,
-                  async_config(sc), comps.selector, sc.energy)
+                  async_config(sc), comps.selector, sc.energy, gateways(sc))
 
 
 def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = None,

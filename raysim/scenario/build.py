@@ -197,6 +197,19 @@ def async_config(sc: Scenario, fleet_size: Optional[int] = None):
                        sv.staleness.b), sv.alpha, sv.poll_s)
 
 
+def gateways(sc: Scenario):
+    """The topology a scenario's `topology` section asks for (None: flat rounds)."""
+    from raysim.engine.topology import Gateways  # noqa: PLC0415
+
+    t = sc.topology
+    if not t.gateways:
+        return None
+    link = sc.fleet.catalogue()[t.gateway_class]
+    per = t.per_gateway or max(1, math.ceil(sc.selection.per_round / t.gateways))
+    return Gateways(t.gateways, t.gateway_rounds, per, t.attach, link.down_bps, link.up_bps, link.latency_s,
+                    t.cloud_deadline, t.gateway_class)
+
+
 def trainer(sc: Scenario, comps: Components) -> Trainer:
     """What device hosts train with: the client algorithm and the local budget."""
     return Trainer(comps.client, sc.train.epochs, sc.train.batch_size, sc.seed, sc.runtime.torch_threads,

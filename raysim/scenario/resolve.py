@@ -114,6 +114,9 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
     if up.error_feedback and sc.server.mode != "sync":
         raise ScenarioError(f"channel.up_params.error_feedback: residuals are kept in synchronous rounds only; "
                             f"server.mode {sc.server.mode!r} does not keep them yet")
+    if client.server_state and sc.topology.gateways:
+        raise ScenarioError(f"train.algorithm: {type(client).__name__} keeps a server quantity, which does not "
+                            f"pass through gateways yet (topology.gateways is set)")
     if (client.keeps_state or client.server_state) and sc.server.mode != "sync":
         raise ScenarioError(f"train.algorithm: {type(client).__name__} keeps state across rounds, which is kept in "
                             f"synchronous rounds only; server.mode {sc.server.mode!r} does not keep it yet")

@@ -21,6 +21,7 @@ from raysim.data.har import HarConfig
 from raysim.data.partition import PartitionConfig
 from raysim.data.synthetic import SyntheticConfig
 from raysim.engine.battery import EnergyConfig
+from raysim.engine.topology import TopologyConfig
 from raysim.errors import BadInput, ScenarioError
 from raysim.fleet.make import FleetConfig
 from raysim.scenario.strict_yaml import parse_value, read_yaml_file
@@ -330,6 +331,7 @@ class Scenario(_Section):
     server: ServerConfig = ServerConfig()
     eval: EvalConfig = EvalConfig()
     energy: EnergyConfig = EnergyConfig()
+    topology: TopologyConfig = TopologyConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     output: OutputConfig = OutputConfig()
 
@@ -360,6 +362,7 @@ class Scenario(_Section):
                 raise ValueError(f"deadline.policy: 'partial' needs rounds with a deadline; server.mode "
                                  f"{self.server.mode!r} has none")
         self._cross_energy()
+        self._cross_topology()
         if self.runtime.device == "cuda" and self.runtime.placement != "pooled":
             raise ValueError("runtime.device: 'cuda' needs runtime.placement 'pooled' (a dedicated device "
                              "trains under a CPU memory cap)")
@@ -393,6 +396,24 @@ class Scenario(_Section):
                 c.hourly()
             except ValueError as err:
                 raise ValueError(f"energy.charging.{name}: {err}") from None
+
+    def _cross_topology(self) -> None:
+        t = self.topology
+        if not t.gateways:
+            return
+        if self.server.mode != "sync":
+            raise ValueError(f"topology.gateways: gateway rounds are synchronous; server.mode {self.server.mode!r} "
+                             f"does not run through gateways yet")
+        if self.runtime.placement != "pooled" or self.runtime.clock != "virtual":
+            raise ValueError("topology.gateways: runs on runtime.placement 'pooled' with runtime.clock 'virtual'")
+        if self.energy.batteries:
+            raise ValueError("energy.batteries: not tracked through gateways yet (topology.gateways is set)")
+        if self.fleet.trace is None and t.gateways > self.fleet.devices:
+            raise ValueError(f"topology.gateways: {t.gateways} gateways for {self.fleet.devices} devices")
+        known = self.fleet.catalogue()
+        if t.gateway_class not in known:
+            raise ValueError(f"topology.gateway_class: {t.gateway_class!r} is not a device class (known: "
+                             f"{', '.join(sorted(known))})")
 
     def to_yaml(self) -> str:
         """The resolved scenario as YAML (every default written out)."""

@@ -20,7 +20,7 @@ from raysim.messages import HostResult, PartialSum, TrainReport
 from raysim.submodel.plan import Index
 
 __all__ = ["FRAC_BITS", "PartialSum", "quantise", "fold", "weight_of", "contribute", "add_weights", "merge_results",
-           "mean_delta", "buffered_mean", "mixed_update", "fold_extra", "extra_total"]
+           "mean_delta", "buffered_mean", "mixed_update", "fold_extra", "extra_total", "fold_held"]
 
 FRAC_BITS = 24
 # A single quantised delta is clipped to +-2**CLIP_BITS so that sums of up to ~2**(62-CLIP_BITS)
@@ -67,6 +67,19 @@ def fold(acc: PartialSum, delta: Mapping[str, torch.Tensor], index: Mapping[str,
             acc.weights[k][ix] += weight
     acc.devices += 1
     acc.samples += samples
+
+
+def fold_held(acc: PartialSum, delta: Mapping[str, torch.Tensor], held: Mapping[str, torch.Tensor],
+              weight: int) -> None:
+    """Add a whole-model delta, weighted, on the elements `held` marks (a gateway's change to
+    the global model: the elements its devices trained)."""
+    if weight <= 0:
+        return
+    for k, d in delta.items():
+        mask = held[k].numpy()
+        acc.sums[k] += np.where(mask, quantise(d) * weight, 0)
+        acc.weights[k] += mask.astype(np.int64) * weight
+    acc.devices += 1
 
 
 def fold_extra(acc: PartialSum, contribution: Mapping[str, torch.Tensor], index: Mapping[str, Index]) -> None:

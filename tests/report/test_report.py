@@ -20,7 +20,7 @@ from raysim.report.tables import flatten_params, load_runs, natural_key
 from raysim.rundir.reader import RunError, load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SYNC_FIGURES = [f.file for f in FIGURES if f.file not in ("staleness.png", "batteries.png")]  # sync, no batteries
+SYNC_FIGURES = [f.file for f in FIGURES if f.file not in ("staleness.png", "batteries.png", "gateways.png")]  # flat sync, no batteries
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -191,7 +191,7 @@ def test_report_writes_every_figure_and_a_markdown_summary(pair, tmp_path):
 def test_the_staleness_figure_comes_with_an_asynchronous_run(run_dir, tmp_path):
     asynchronous = variant(run_dir, tmp_path / "async", **{"server.mode": "fedbuff"})
     rep = write_report(load_runs([run_dir, asynchronous]), tmp_path / "report", target=0.05)
-    assert [p.name for p in rep.figures] == [f.file for f in FIGURES if f.file != "batteries.png"]
+    assert [p.name for p in rep.figures] == [f.file for f in FIGURES if f.file not in ("batteries.png", "gateways.png")]
     assert "](staleness.png)" in rep.markdown.read_text()
 
 

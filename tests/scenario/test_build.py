@@ -1,5 +1,7 @@
 """The builder's choices about a scenario's rate ladder."""
 
+from pathlib import Path
+
 import pytest
 from helpers import tiny_overrides
 
@@ -33,3 +35,9 @@ def test_a_ladder_without_1_runs_with_a_note_when_channels_rotate(strategy):
 def test_a_ladder_with_1_has_no_note():
     assert ladder_note(scenario()) is None
     assert ladder_note(scenario("model.rates=[0.5]", "compression.baseline=fedavg-capable")) is None
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("scenarios/*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_scenario_is_valid(path):
+    assert load_scenario(path).name

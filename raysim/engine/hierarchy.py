@@ -1,0 +1,186 @@
+"""Hierarchical FL through gateways: devices -> gateways -> cloud, on one simulated clock.
+
+HierFAVG (Liu et al., ICC 2020): each cloud round, every gateway downloads the global model
+and runs `kappa2` gateway rounds over its own devices (selection, rate assignment, deadline and
+over-commitment as a flat round has them, K per gateway); each gateway round aggregates its
+devices' submodel updates per element into the gateway's model. The gateway then sends its
+model's change to the cloud, which aggregates the gateways' changes per element (weighted by
+the samples trained under each) and takes its server optimizer's step.
+
+Time: a gateway's rounds run one after the other from when its download arrives (each lasts
+as long as its devices under the deadline, and availability is read at its own start); the
+cloud round lasts until the last gateway's upload arrives, or until `cloud_deadline`, past
+which a gateway is left out of the round. Gateway rounds of all gateways that run at the same
+time are trained in one backend call, one task group per gateway: hosts pre-aggregate per
+gateway, so a hierarchical run costs about what a flat one does.
+
+    gw = Gateways(count=10, rounds=2, per_gateway=5, attach="random", down_bps=5e7, up_bps=5e7,
+                  latency_s=0.02)
+    sim = HierarchicalSimulation(setup, Static(), FitMemory(), FedAvg(), backend, cfg, gateways=gw)
+    out = sim.step()          # one cloud round; out.gateways: its rows of gateways.parquet
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from raysim.engine.rounds import RoundDraft, Simulation, Slot, TaskGroup, round_totals
+from raysim.engine.topology import Gateways, attach, dominant_labels
+from raysim.messages import GroupResult, PartialSum, TrainReport
+from raysim.records import STATUSES, ClientRecords, RoundOutput, RoundRecord
+from raysim.server.aggregate import fold_held, mean_delta
+
+__all__ = ["HierarchicalSimulation", "gateway_row", "merge_groups"]
+
+class HierarchicalSimulation(Simulation):
+    """The round loop with gateways: one `step()` is one cloud round (see the module docstring)."""
+
+    def __init__(self, *args: Any, gateways: Gateways, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        gw = self.gateways = gateways
+        n = len(self.setup.fleet)
+        if gw.count > n:
+            raise ValueError(f"topology.gateways: {gw.count} gateways for {n} devices")
+        labels = dominant_labels(self.setup.dataset.y_train, self.setup.shards) if gw.attach == "label" else None
+        self.gateway_of = attach(gw.attach, gw.count, n, self.cfg.seed, labels)
+        self.members = [self.gateway_of == g for g in range(gw.count)]
+        # The gateway-cloud link carries the global model, dense float32, each way.
+        self.model_bytes = int(sum(v.numel() for v in self.params.values()) * 4)
+        self.t_cloud_down, self.t_cloud_up = gw.link_s(self.model_bytes)
+
+    def _key(self, g: int, j: int) -> tuple[int, ...]:
+        # One gateway with one gateway round is FedAvg through a relay: it draws what a flat round draws.
+        return () if (self.gateways.count, self.gateways.rounds) == (1, 1) else (g, j)
+
+    def step(self) -> RoundOutput:
+        """Run the next cloud round and return its records (with the gateway rows)."""
+        gw, cfg = self.gateways, self.cfg
+        r = self.round + 1
+        wall0 = time.perf_counter()
+        start = self.clock
+        models = {g: {k: v.clone() for k, v in self.params.items()} for g in range(gw.count)}
+        held = {g: {k: torch.zeros(v.shape, dtype=torch.bool) for k, v in self.params.items()} for g in range(gw.count)}
+        folded = np.zeros(gw.count, np.int64)      # devices and samples folded into each gateway's model
+        samples = np.zeros(gw.count, np.int64)
+        at = np.full(gw.count, start + self.t_cloud_down)   # each gateway's own clock
+        clients = ClientRecords()
+        rows: list[dict[str, Any]] = []
+        train_s = 0.0
+        for j in range(1, gw.rounds + 1):
+            stream = (r - 1) * gw.rounds + j   # the devices' random streams' key (r itself when kappa2 is 1)
+            drafts: dict[int, RoundDraft] = {}
+            plans: dict = {}
+            tasks: list = []
+            versions: dict[int, dict[str, torch.Tensor]] = {}
+            for g in range(gw.count):
+                d = drafts[g] = self.draft(r, Slot(float(at[g]), gw.per_gateway, self.members[g], self._key(g, j)))
+                # version ids are unique across the run: hosts cache weights by version
+                vid = stream * gw.count + g
+                p, t = self.plan_tasks(d, TaskGroup(models[g], vid, g, stream, len(plans)))
+                plans.update(p)
+                tasks += t
+                if t:
+                    versions[vid] = models[g]
+            t0 = time.perf_counter()
+            results = self.backend.train_groups(versions, plans, tasks, set(versions)) if tasks else []
+            train_s += time.perf_counter() - t0
+            parts, reports = merge_groups(results, self.shapes)
+            self.keep_states(reports)
+            for g in range(gw.count):
+                d = drafts[g]
+                reps = {int(dev): reports[int(dev)] for dev in d.sel if int(dev) in reports}
+                sched = self.clock_kind.settle(d.sched, d.sel, d.train_idx, reps, d.stays, gw.per_gateway,
+                                               d.deadline, d.steps_full)
+                part = parts.get(g)
+                if part is not None and part.devices:
+                    delta, h = mean_delta(part)
+                    for k in models[g]:   # the gateway's FedAvg step on the elements its devices held
+                        models[g][k] += delta[k]
+                        held[g][k] |= h[k]
+                    folded[g] += part.devices
+                    samples[g] += part.samples
+                rows_g = self.client_rows(d, sched, reps)
+                rows_g.gateway = [g] * len(rows_g)
+                rows_g.gateway_round = [j] * len(rows_g)
+                clients.extend(rows_g)
+                rows.append(gateway_row(r, j, g, float(at[g]), sched.duration, rows_g, part,
+                                        self.model_bytes if j == 1 else 0, self.t_cloud_down if j == 1 else 0.0))
+                at[g] += sched.duration
+        finish = at + self.t_cloud_up - start
+        in_time = finish <= gw.cloud_deadline if gw.cloud_deadline is not None else np.ones(gw.count, bool)
+        duration = float(finish.max()) if in_time.all() else float(gw.cloud_deadline)  # type: ignore[arg-type]
+        acc = PartialSum.zeros(self.shapes)
+        for g in range(gw.count):
+            if samples[g] > 0 and in_time[g]:
+                fold_held(acc, {k: models[g][k] - self.params[k] for k in self.params}, held[g], int(samples[g]))
+        if acc.devices:
+            delta, h = mean_delta(acc)
+            self.server.step(self.params, delta, h, self.server_state)
+            self.server_state.steps += 1
+        self._finish_rows(rows, clients, in_time, finish)
+        self.clock = start + duration
+        self.round = r
+        evals = self.evaluate(r) if (r % cfg.eval_every == 0 or r == cfg.rounds) else []
+        applied = in_time[np.asarray(clients.gateway, dtype=np.int64)] if len(clients) else np.zeros(0, bool)
+        ok_rows = np.array([v >= 0 for v in clients.version_applied], dtype=bool) & applied
+        record = RoundRecord(round=r, sim_start=start, sim_time=self.clock, duration=duration,
+                             wall_s=time.perf_counter() - wall0, coordinator_s=time.perf_counter() - wall0 - train_s,
+                             train_s=train_s, selected=len(clients), trained=int(folded[in_time].sum()),
+                             samples_trained=int(np.asarray(clients.samples_trained)[ok_rows].sum()) if len(clients)
+                             else 0, **round_totals(clients, evals))
+        return RoundOutput(record, clients, evals, [], rows)
+
+    def _finish_rows(self, rows: list[dict[str, Any]], clients: ClientRecords, in_time: np.ndarray,
+                     finish: np.ndarray) -> None:
+        """Fill the cloud link and whether the cloud took each gateway's model; a device under a
+        gateway the cloud left out had no update applied."""
+        last = self.gateways.rounds
+        for row in rows:
+            g = row["gateway"]
+            row["applied"] = bool(in_time[g])
+            if row["gateway_round"] == last:
+                row["bytes_cloud_up"] = self.model_bytes
+                row["t_cloud_up"] = self.t_cloud_up
+                row["t_gateway_done"] = float(finish[g])
+        for i, g in enumerate(clients.gateway):
+            if not in_time[g] and clients.version_applied[i] >= 0:
+                clients.version_applied[i] = -1
+                clients.staleness[i] = -1
+                clients.samples_trained[i] = 0
+                clients.reason[i] = (clients.reason[i] + "; " if clients.reason[i] else "") + \
+                    f"gateway {g} missed the cloud deadline"
+
+
+def gateway_row(r: int, j: int, g: int, start: float, duration: float, rows: ClientRecords,
+                part: Optional[PartialSum], cloud_down_bytes: int, t_cloud_down: float) -> dict[str, Any]:
+    """One row of gateways.parquet: a gateway round's devices, time and bytes per tier."""
+    status = np.array(rows.status, dtype=object)
+    row: dict[str, Any] = {"round": r, "gateway_round": j, "gateway": g, "sim_start": start, "duration": duration,
+                           "selected": len(rows), "trained": int(part.devices) if part is not None else 0,
+                           "samples_trained": int(part.samples) if part is not None else 0}
+    row.update({f"n_{s}": int(np.sum(status == s)) for s in STATUSES})
+    row.update({"bytes_down": int(np.sum(rows.bytes_down)), "bytes_up": int(np.sum(rows.bytes_up)),
+                "energy_j": float(np.sum(rows.energy_j)), "bytes_cloud_down": int(cloud_down_bytes),
+                "t_cloud_down": float(t_cloud_down), "bytes_cloud_up": 0, "t_cloud_up": 0.0,
+                "t_gateway_done": math.nan, "applied": False})
+    return row
+
+
+def merge_groups(results: list[GroupResult], shapes: dict[str, tuple]) -> tuple[dict[int, PartialSum],
+                                                                                  dict[int, TrainReport]]:
+    """The hosts' partial sums added per group (exact, so in any order) and their reports by device."""
+    parts: dict[int, PartialSum] = {}
+    reports: dict[int, TrainReport] = {}
+    for res in sorted(results, key=lambda h: h.host):
+        for gid, part in sorted(res.partials.items()):
+            if gid not in parts:
+                parts[gid] = PartialSum.zeros(shapes)
+            parts[gid].merge(part)
+        for rep in res.reports:
+            reports[rep.device_id] = rep
+    return parts, reports

@@ -1,0 +1,141 @@
+"""Hierarchical FL through gateways: attachment, one clock for both tiers, consistent records,
+determinism across hosts, exact resume, bad settings."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import local_sim, resumed, tiny_overrides
+
+from raysim.engine.topology import attach
+from raysim.errors import ScenarioError
+from raysim.scenario.schema import load_scenario
+
+
+def hier(rounds=3, **over):
+    base = {"topology.gateways": 3, "topology.gateway_rounds": 2, "selection.per_round": 9,
+            "compression.strategy": "rolling", "deadline.seconds": 30}
+    return load_scenario("scenarios/quickstart.yaml", tiny_overrides(rounds=rounds, **{**base, **over}))
+
+
+def run(sc, rounds, hosts=1):
+    sim = local_sim(sc, hosts=hosts)
+    return sim, [sim.step() for _ in range(rounds)]
+
+
+def test_attachments_are_balanced_contiguous_or_by_label():
+    r = attach("random", 7, 100, seed=3)
+    assert sorted(np.bincount(r).tolist()) == [14, 14, 14, 14, 14, 15, 15]
+    assert not np.array_equal(r, attach("random", 7, 100, seed=4))
+    b = attach("blocks", 4, 10, seed=0)
+    assert b.tolist() == sorted(b.tolist()) and set(b.tolist()) == {0, 1, 2, 3}
+    labels = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2])
+    by_label = attach("label", 3, 9, seed=0, labels=labels)
+    assert all(len(set(labels[by_label == g])) == 1 for g in range(3))
+
+
+def test_device_rows_sum_to_gateway_rows_and_gateway_rows_to_the_cloud_round():
+    sim, outs = run(hier(), 3)
+    for out in outs:
+        rec, c, g = out.record, pd.DataFrame(out.clients.columns()), pd.DataFrame(out.gateways)
+        assert len(g) == 3 * 2 and set(g["gateway_round"]) == {1, 2}
+        assert (c["gateway"].to_numpy() == sim.gateway_of[np.searchsorted(sim.setup.fleet.device_id,
+                                                                           c["device_id"])]).all()
+        per = c.groupby(["gateway", "gateway_round"])
+        gi = g.set_index(["gateway", "gateway_round"]).sort_index()
+        for col in ("bytes_up", "bytes_down"):
+            assert (per[col].sum().sort_index() == gi[col]).all()
+        assert (per.size().sort_index() == gi["selected"]).all()
+        assert (per["status"].apply(lambda s: int((s == "ok").sum())).sort_index() == gi["n_ok"]).all()
+        assert g["selected"].sum() == rec.selected and g["bytes_up"].sum() == rec.bytes_up
+        assert g["trained"].sum() == rec.trained and g["samples_trained"].sum() == rec.samples_trained
+        # one clock: a gateway's second round starts when its first ends; the cloud waits for the last
+        for _, rows in g.groupby("gateway"):
+            first, second = rows.sort_values("gateway_round").to_dict("records")
+            assert second["sim_start"] == pytest.approx(first["sim_start"] + first["duration"])
+            assert first["sim_start"] == pytest.approx(rec.sim_start + sim.t_cloud_down)
+            assert second["t_gateway_done"] == pytest.approx(second["sim_start"] + second["duration"]
+                                                             + sim.t_cloud_up - rec.sim_start)
+        assert rec.duration == pytest.approx(g["t_gateway_done"].max())
+        assert g["bytes_cloud_down"].sum() == g["bytes_cloud_up"].sum() == 3 * sim.model_bytes
+
+
+def test_identical_across_hosts_and_exact_on_resume():
+    sc = hier(rounds=4, **{"channel.up": "topk", "channel.up_params": "{fraction: 0.1, error_feedback: true}"})
+    a, outs = run(sc, 4, hosts=1)
+    b, _ = run(sc, 4, hosts=2)
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert a.clock == b.clock
+    c, _ = run(sc, 2)
+    d = resumed(sc, c.state_dict(), 2)
+    assert all(torch.equal(a.params[k], d.params[k]) for k in a.params) and a.clock == d.clock
+
+
+def test_one_gateway_one_round_and_a_free_link_is_flat_fedavg_through_a_relay():
+    free = {"fleet.classes": "{gateway: {down_bps: 1.0e+15, up_bps: 1.0e+15, latency_s: 0}}",
+            "selection.per_round": 8, "compression.strategy": "static"}
+    flat, fo = run(load_scenario("scenarios/quickstart.yaml", tiny_overrides(rounds=2, **free)), 2)
+    relay, ro = run(hier(rounds=2, **{**free, "topology.gateways": 1, "topology.gateway_rounds": 1}), 2)
+    for f, r in zip(fo, ro):
+        assert f.clients.device_id == r.clients.device_id and f.clients.status == r.clients.status
+        assert f.record.duration == pytest.approx(r.record.duration, abs=1e-6)
+    # the same updates; only the second fixed-point sum (gateway -> cloud) rounds differently
+    assert max(float((flat.params[k] - relay.params[k]).abs().max()) for k in flat.params) < 1e-2
+
+
+def test_a_gateway_past_the_cloud_deadline_is_left_out_of_the_round():
+    sim, [out] = run(hier(rounds=1, **{"topology.cloud_deadline": 1e-3}), 1)
+    start = local_sim(hier(rounds=1)).params
+    assert all(torch.equal(sim.params[k], start[k]) for k in start)   # nobody reached the cloud
+    g = pd.DataFrame(out.gateways)
+    assert not g["applied"].any() and out.record.duration == pytest.approx(1e-3)
+    c = pd.DataFrame(out.clients.columns())
+    assert (c["status"] == "ok").any() and (c["version_applied"] == -1).all() and out.record.samples_trained == 0
+    assert c.loc[c["status"] == "ok", "reason"].str.contains("missed the cloud deadline").all()
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"server.mode": "fedbuff", "deadline.seconds": None, "assignment.policy": "fit-memory"},
+     "topology.gateways: gateway rounds are synchronous"),
+    ({"energy.batteries": True}, "energy.batteries: not tracked through gateways yet"),
+    ({"topology.gateway_class": "router"}, "topology.gateway_class: 'router' is not a device class"),
+    ({"topology.gateways": 61}, "topology.gateways: 61 gateways for 60 devices"),
+    ({"runtime.placement": "dedicated"}, "topology.gateways: runs on runtime.placement 'pooled'"),
+    ({"topology.attach": "nearest"}, "topology.attach"),
+    ({"topology.gateway_rounds": 0}, "topology.gateway_rounds"),
+])
+def test_bad_topology_settings_are_one_line(over, message):
+    with pytest.raises(ScenarioError) as err:
+        hier(**{k: ("null" if v is None else v) for k, v in over.items()})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_scaffold_through_gateways_is_refused_in_one_line():
+    from raysim.scenario.resolve import components
+
+    with pytest.raises(ScenarioError, match="does not pass through gateways yet"):
+        components(hier(**{"train.algorithm": "scaffold"}))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_on_ray_a_stopped_and_resumed_run_writes_the_gateway_table_and_the_in_process_numbers(tmp_path):
+    from raysim.rundir.reader import latest_checkpoint, load_checkpoint, load_run
+    from raysim.runtime.runner import run as run_scenario
+
+    sc = hier(rounds=2)
+    part = run_scenario(sc, out_root=str(tmp_path), progress=False, stop_after=1)
+    run_scenario(sc, resume=part.path, progress=False)
+    r = load_run(part.path)
+    assert list(r.gateways["round"].unique()) == [1, 2] and len(r.gateways) == 2 * 3 * 2
+    assert set(r.clients["gateway"]) <= {0, 1, 2} and set(r.clients["gateway_round"]) == {1, 2}
+    assert r.gateways.groupby("round")["bytes_up"].sum().tolist() == r.rounds["bytes_up"].tolist()
+    sim, _ = run(sc, 2)
+    got = load_checkpoint(latest_checkpoint(part.path))["params"]
+    assert all(torch.equal(got[k], sim.params[k]) for k in got)
+    # the report draws the tiers and the run summary names them
+    from raysim.report.markdown import summary_text, write_report
+    from raysim.report.tables import Runs
+
+    write_report(Runs([r]), tmp_path / "rep")
+    assert (tmp_path / "rep" / "gateways.png").stat().st_size > 0
+    assert "gateways   3 x 2 gateway rounds a cloud round" in summary_text(r)
