@@ -20,7 +20,8 @@ from raysim.report.tables import flatten_params, load_runs, natural_key
 from raysim.rundir.reader import RunError, load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SYNC_FIGURES = [f.file for f in FIGURES if f.file not in ("staleness.png", "batteries.png", "gateways.png")]  # flat sync, no batteries
+# a flat synchronous run without batteries
+SYNC_FIGURES = [f.file for f in FIGURES if f.file not in ("staleness.png", "batteries.png", "gateways.png")]
 ROOT = Path(__file__).resolve().parents[2]
 
 
