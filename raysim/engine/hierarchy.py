@@ -47,7 +47,7 @@ class HierarchicalSimulation(Simulation):
         if gw.count > n:
             raise ValueError(f"topology.gateways: {gw.count} gateways for {n} devices")
         labels = dominant_labels(self.setup.dataset.y_train, self.setup.shards) if gw.attach == "label" else None
-        self.gateway_of = attach(gw.attach, gw.count, n, self.cfg.seed, labels)
+        self.gateway_of = attach(gw.attach, gw.count, n, self.cfg.seed, labels, self.setup.fleet.gateway)
         self.members = [self.gateway_of == g for g in range(gw.count)]
         # The gateway-cloud link carries the global model, dense float32, each way.
         self.model_bytes = int(sum(v.numel() for v in self.params.values()) * 4)

@@ -20,9 +20,9 @@ from pydantic import Field
 from raysim.seeding import rng
 from raysim.settings import Section
 
-__all__ = ["TopologyConfig", "Gateways", "attach", "dominant_labels", "ATTACH"]
+__all__ = ["TopologyConfig", "Gateways", "attach", "check_trace_gateways", "dominant_labels", "ATTACH"]
 
-ATTACH = ("random", "blocks", "label")
+ATTACH = ("random", "blocks", "label", "trace")
 
 
 class TopologyConfig(Section):
@@ -31,10 +31,10 @@ class TopologyConfig(Section):
     gateways: int = Field(0, ge=0, description="gateways between devices and the cloud (0: flat, no gateways)")
     gateway_class: str = Field("gateway", description="the catalogue class (or a fleet.classes one) whose "
                                "downlink, uplink and latency carry the gateway-cloud link")
-    attach: Literal["random", "blocks", "label"] = Field(
+    attach: Literal["random", "blocks", "label", "trace"] = Field(
         "random", description="how devices attach to gateways: random (balanced, at random), blocks (runs of "
         "device ids: regions), label (devices sorted by their most frequent training label, then split: each "
-        "gateway sees few labels, the non-IID edges of HierFAVG)")
+        "gateway sees few labels, the non-IID edges of HierFAVG), trace (the fleet.trace's gateway column)")
     gateway_rounds: int = Field(1, ge=1, description="kappa2: gateway rounds per cloud round (HierFAVG)")
     per_gateway: Optional[int] = Field(None, ge=1, description="devices a gateway round aggregates at most "
                                        "(default: selection.per_round / gateways, rounded up); over-commitment "
@@ -64,10 +64,12 @@ class Gateways:
         return (self.latency_s + nbytes * 8.0 / self.down_bps, self.latency_s + nbytes * 8.0 / self.up_bps)
 
 
-def attach(kind: str, gateways: int, n: int, seed: int, labels: Optional[np.ndarray] = None) -> np.ndarray:
+def attach(kind: str, gateways: int, n: int, seed: int, labels: Optional[np.ndarray] = None,
+           given: Optional[np.ndarray] = None) -> np.ndarray:
     """The gateway of every device (by fleet position): `random` deals a random permutation out
     in turn (balanced), `blocks` cuts the ids into runs, `label` sorts devices by `labels`
-    (each one's most frequent training label; ties by position) before cutting into runs.
+    (each one's most frequent training label; ties by position) before cutting into runs,
+    `trace` takes `given` (a trace's gateway column, checked by `check_trace_gateways`).
 
         >>> attach("blocks", 2, 5, seed=0).tolist()
         [0, 0, 0, 1, 1]
@@ -79,6 +81,10 @@ def attach(kind: str, gateways: int, n: int, seed: int, labels: Optional[np.ndar
     blocks = np.arange(n, dtype=np.int64) * gateways // max(n, 1)
     if kind == "blocks":
         return blocks
+    if kind == "trace":
+        if given is None:
+            raise ValueError("topology.attach: 'trace' needs the fleet trace's gateway column")
+        return np.asarray(given, np.int64)
     out = np.empty(n, np.int64)
     if kind == "random":
         out[rng(seed, "attach").permutation(n)] = np.arange(n) % gateways
@@ -96,3 +102,13 @@ def dominant_labels(y: np.ndarray, shards: Any) -> np.ndarray:
         if len(s):
             out[i] = int(np.bincount(np.asarray(y)[np.asarray(s)]).argmax())
     return out
+
+
+def check_trace_gateways(given: Optional[np.ndarray], gateways: int, trace: object) -> Optional[str]:
+    """Why a trace's gateway column cannot attach the fleet to `gateways` gateways (None: it can)."""
+    if given is None:
+        return f"topology.attach: 'trace' needs a 'gateway' column in the fleet trace {trace}"
+    if len(given) and int(np.max(given)) >= gateways:
+        return (f"topology.attach: the fleet trace {trace} attaches a device to gateway {int(np.max(given))}, but "
+                f"topology.gateways is {gateways} (gateways are numbered from 0)")
+    return None

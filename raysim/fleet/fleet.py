@@ -43,12 +43,15 @@ class Fleet:
     power: Optional[PowerStates] = None  # per class; None: unknown (energy is NaN)
     # per device, from a trace: compute_w, idle_w, standby_w, battery_wh (NaN: the class's figure)
     device_power: Optional[dict[str, np.ndarray]] = None
+    gateway: Optional[np.ndarray] = None  # per device, from a trace's `gateway` column (topology.attach: trace)
 
     def __post_init__(self) -> None:
         n = len(self.device_id)
         for name in ("class_idx", "flops", "memory", "down_bps", "up_bps", "latency", "mean_online", "mean_offline"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"Fleet.{name}: {len(getattr(self, name))} entries for {n} devices")
+        if self.gateway is not None and len(self.gateway) != n:
+            raise ValueError(f"Fleet.gateway: {len(self.gateway)} entries for {n} devices")
         if n > 1 and not np.all(np.diff(self.device_id) > 0):
             raise ValueError("Fleet.device_id must be strictly increasing")
 
@@ -109,6 +112,7 @@ class Fleet:
             "mean_online_s": self.mean_online,
             "mean_offline_s": self.mean_offline,
             **self._power_columns(),
+            **({"gateway": self.gateway} if self.gateway is not None else {}),
         })
 
     def _power_columns(self) -> dict[str, object]:

@@ -17,6 +17,7 @@ Device trace (CSV or parquet, one row per device; extra columns are ignored):
     idle_w           optional, W awake, not computing      } column: the device class's
     standby_w        optional, W of its own job            } figure (NaN energy for a class
     battery_wh       optional, battery capacity in Wh      } the catalogue lacks)
+    gateway          optional, the device's gateway (0, 1, ...; `topology.attach: trace`)
 
 `ms_per_sample` follows FedScale: it is the per-sample *forward* time of a reference model,
 and training a sample costs about 3x that. raysim turns it into a throughput,
@@ -127,6 +128,7 @@ def fleet_from_trace(path: str | Path, catalogue: Mapping[str, DeviceClass],
         if t.has(col):
             given = t.numbers(col, required=False, positive=col == "battery_wh")
             device_power[col] = given[order]
+    gateway = t.numbers("gateway", integer=True)[order].astype(np.int64) if t.has("gateway") else None
     return Fleet(
         device_id=ids[order],
         class_idx=class_idx[order],
@@ -140,6 +142,7 @@ def fleet_from_trace(path: str | Path, catalogue: Mapping[str, DeviceClass],
         mean_offline=mean_off[order],
         power=PowerStates.of(class_names, catalogue),
         device_power=device_power or None,
+        gateway=gateway,
     )
 
 

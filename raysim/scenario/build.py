@@ -153,6 +153,12 @@ def build_setup(sc: Scenario, comps: Components, dataset: Dataset) -> Setup:
     if sc.selection.per_round > len(fleet):
         raise ScenarioError(f"selection.per_round: {sc.selection.per_round} exceeds the fleet's {len(fleet)} devices")
     async_config(sc, len(fleet))  # a concurrency the fleet cannot fill is refused before anything runs
+    if sc.topology.gateways and sc.topology.attach == "trace":
+        from raysim.engine.topology import check_trace_gateways  # noqa: PLC0415
+
+        why = check_trace_gateways(fleet.gateway, sc.topology.gateways, sc.fleet.trace)
+        if why is not None:
+            raise ScenarioError(why)
     availability = Availability(fleet, sc.fleet.availability, sc.seed)
     shards = partition(dataset, len(fleet), sc.data.partition, sc.seed)
     return Setup(spec, rates, costs, fleet, availability, shards, dataset)

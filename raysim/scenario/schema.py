@@ -410,6 +410,9 @@ class Scenario(_Section):
             raise ValueError("energy.batteries: not tracked through gateways yet (topology.gateways is set)")
         if self.fleet.trace is None and t.gateways > self.fleet.devices:
             raise ValueError(f"topology.gateways: {t.gateways} gateways for {self.fleet.devices} devices")
+        if t.attach == "trace" and self.fleet.trace is None:
+            raise ValueError("topology.attach: 'trace' takes each device's gateway from fleet.trace's gateway column; "
+                             "set fleet.trace")
         known = self.fleet.catalogue()
         if t.gateway_class not in known:
             raise ValueError(f"topology.gateway_class: {t.gateway_class!r} is not a device class (known: "

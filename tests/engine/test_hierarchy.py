@@ -139,3 +139,27 @@ def test_on_ray_a_stopped_and_resumed_run_writes_the_gateway_table_and_the_in_pr
     write_report(Runs([r]), tmp_path / "rep")
     assert (tmp_path / "rep" / "gateways.png").stat().st_size > 0
     assert "gateways   3 x 2 gateway rounds a cloud round" in summary_text(r)
+
+
+def write_trace(path, gateways):
+    rows = ["device_id,flops,memory_bytes,down_kbps,up_kbps" + (",gateway" if gateways is not None else "")]
+    for d in range(30):
+        rows.append(f"{d},1e9,100000000,10000,10000" + (f",{gateways[d]}" if gateways is not None else ""))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_trace_column_attaches_devices_and_a_bad_one_is_one_line(tmp_path):
+    given = [(d * 7) % 3 for d in range(30)]
+    sc = hier(rounds=1, **{"fleet.trace": str(write_trace(tmp_path / "t.csv", given)), "topology.attach": "trace",
+                           "selection.per_round": 6})
+    sim, [out] = run(sc, 1)
+    assert sim.gateway_of.tolist() == given
+    assert all(given[d] == g for d, g in zip(out.clients.device_id, out.clients.gateway))
+    for trace, message in ((write_trace(tmp_path / "big.csv", [5] * 30), "attaches a device to gateway 5, but "
+                            "topology.gateways is 3"),
+                           (write_trace(tmp_path / "none.csv", None), "needs a 'gateway' column")):
+        with pytest.raises(ScenarioError, match=message):
+            local_sim(hier(**{"fleet.trace": str(trace), "topology.attach": "trace"}))
+    with pytest.raises(ScenarioError, match="set fleet.trace"):
+        hier(**{"topology.attach": "trace"})
