@@ -209,6 +209,12 @@ CASES = [
                                                      "runtime.placement=dedicated"), "needs runtime.placement 'pooled'"),
     Case("set-cuda-without-gpu", lambda t, r: run_args(t, QUICK, "--set", "runtime.device=cuda"), "has no CUDA GPU",
          marks=[pytest.mark.skipif(_has_cuda(), reason="this machine has a CUDA GPU")]),
+    Case("set-topology-unknown-gateway-class", lambda t, r: run_args(t, QUICK, "--set", "topology.gateways=3", "--set",
+                                                                     "topology.gateway_class=router"),
+         "topology.gateway_class: 'router' is not a device class"),
+    Case("set-scaffold-fedbuff", lambda t, r: run_args(t, QUICK, "--set", "train.algorithm=scaffold", "--set",
+                                                       "server.mode=fedbuff", "--set", "deadline.seconds=null"),
+         "train.algorithm: Scaffold keeps state across rounds"),
     Case("fleet-command-absurd-fleet", lambda t, r: ["fleet", QUICK, "--set", "fleet.devices=1000000000000"],
          "fleet.devices"),
     # the output directory
