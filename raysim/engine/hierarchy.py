@@ -37,6 +37,7 @@ from raysim.server.aggregate import fold_held, mean_delta
 
 __all__ = ["HierarchicalSimulation", "gateway_row", "merge_groups"]
 
+
 class HierarchicalSimulation(Simulation):
     """The round loop with gateways: one `step()` is one cloud round (see the module docstring)."""
 
