@@ -80,12 +80,14 @@ class HierarchicalSimulation(Simulation):
             versions: dict[int, dict[str, torch.Tensor]] = {}
             for g in range(gw.count):
                 d = drafts[g] = self.draft(r, Slot(float(at[g]), gw.per_gateway, self.members[g], self._key(g, j)))
-                # version ids are unique across the run: hosts cache weights by version
-                vid = stream * gw.count + g
+                # Version ids are unique across the run (hosts cache weights by version); in a
+                # cloud round's first gateway round every gateway starts from the global model:
+                # one version for all, sent to each host once.
+                vid = stream * gw.count + (g if j > 1 else 0)
                 p, t = self.plan_tasks(d, TaskGroup(models[g], vid, g, stream, len(plans)))
                 plans.update(p)
                 tasks += t
-                if t:
+                if t and vid not in versions:
                     versions[vid] = models[g]
             t0 = time.perf_counter()
             results = self.backend.train_groups(versions, plans, tasks, set(versions)) if tasks else []
