@@ -111,8 +111,10 @@ class HierarchicalSimulation(Simulation):
                 rows_g.gateway = [g] * len(rows_g)
                 rows_g.gateway_round = [j] * len(rows_g)
                 clients.extend(rows_g)
+                t_down = self.t_cloud_down if j == 1 else 0.0
                 rows.append(gateway_row(r, j, g, float(at[g]), sched.duration, rows_g, part,
-                                        self.model_bytes if j == 1 else 0, self.t_cloud_down if j == 1 else 0.0))
+                                        self.model_bytes if j == 1 else 0, t_down,
+                                        gw.energy_j(sched.duration, down_s=t_down)))
                 at[g] += sched.duration
         finish = at + self.t_cloud_up - start
         in_time = finish <= gw.cloud_deadline if gw.cloud_deadline is not None else np.ones(gw.count, bool)
@@ -150,6 +152,7 @@ class HierarchicalSimulation(Simulation):
                 row["bytes_cloud_up"] = self.model_bytes
                 row["t_cloud_up"] = self.t_cloud_up
                 row["t_gateway_done"] = float(finish[g])
+                row["gateway_energy_j"] += self.gateways.energy_j(0.0, up_s=self.t_cloud_up)
         for i, g in enumerate(clients.gateway):
             if not in_time[g] and clients.version_applied[i] >= 0:
                 clients.version_applied[i] = -1
@@ -160,8 +163,10 @@ class HierarchicalSimulation(Simulation):
 
 
 def gateway_row(r: int, j: int, g: int, start: float, duration: float, rows: ClientRecords,
-                part: Optional[PartialSum], cloud_down_bytes: int, t_cloud_down: float) -> dict[str, Any]:
-    """One row of gateways.parquet: a gateway round's devices, time and bytes per tier."""
+                part: Optional[PartialSum], cloud_down_bytes: int, t_cloud_down: float,
+                gateway_j: float = float("nan")) -> dict[str, Any]:
+    """One row of gateways.parquet: a gateway round's devices, time, bytes and energy per tier
+    (`gateway_j`: the gateway's own joules in the row's span)."""
     status = np.array(rows.status, dtype=object)
     row: dict[str, Any] = {"round": r, "gateway_round": j, "gateway": g, "sim_start": start, "duration": duration,
                            "selected": len(rows), "trained": int(part.devices) if part is not None else 0,
@@ -170,7 +175,7 @@ def gateway_row(r: int, j: int, g: int, start: float, duration: float, rows: Cli
     row.update({"bytes_down": int(np.sum(rows.bytes_down)), "bytes_up": int(np.sum(rows.bytes_up)),
                 "energy_j": float(np.sum(rows.energy_j)), "bytes_cloud_down": int(cloud_down_bytes),
                 "t_cloud_down": float(t_cloud_down), "bytes_cloud_up": 0, "t_cloud_up": 0.0,
-                "t_gateway_done": math.nan, "applied": False})
+                "t_gateway_done": math.nan, "gateway_energy_j": float(gateway_j), "applied": False})
     return row
 
 

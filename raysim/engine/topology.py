@@ -58,6 +58,18 @@ class Gateways:
     latency_s: float
     cloud_deadline: Optional[float] = None
     class_name: str = "gateway"
+    # The gateway class's power (W): the device awake, and its radio idle, receiving, sending
+    # (NaN: unknown, and so NaN energy).
+    idle_w: float = float("nan")
+    radio_idle_w: float = float("nan")
+    rx_w: float = float("nan")
+    tx_w: float = float("nan")
+
+    def energy_j(self, awake_s: float, down_s: float = 0.0, up_s: float = 0.0) -> float:
+        """A gateway's joules: awake with its uplink radio idle for `awake_s`, receiving for
+        `down_s`, sending for `up_s` (the device's idle power throughout)."""
+        return (self.idle_w * (awake_s + down_s + up_s) + self.radio_idle_w * awake_s + self.rx_w * down_s
+                + self.tx_w * up_s)
 
     def link_s(self, nbytes: int) -> tuple[float, float]:
         """Seconds to move `nbytes` from the cloud to a gateway, and back."""

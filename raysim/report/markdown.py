@@ -238,6 +238,7 @@ def summary_text(run: Run) -> str:
         span = float((t["gateway_rounds_s"] + t["cloud_link_s"]).sum())
         lines.append(f"gateways   {g['gateway'].nunique()} x {int(g['gateway_round'].max())} gateway rounds a cloud round:"
                      f"   MB devices-gateways {t['mb_devices'].sum():.1f}, gateways-cloud {t['mb_cloud'].sum():.1f}"
+                     f"   gateways' own energy {g['gateway_energy_j'].sum() / 1e3:.1f} kJ"
                      f"   slowest gateway's time on the cloud link "
                      f"{100 * float(t['cloud_link_s'].sum()) / span if span else 0:.0f}%")
     training = _training_line(run)

@@ -210,10 +210,15 @@ def gateways(sc: Scenario):
     t = sc.topology
     if not t.gateways:
         return None
-    link = sc.fleet.catalogue()[t.gateway_class]
+    from raysim.fleet.power import PowerStates  # noqa: PLC0415
+
+    catalogue = sc.fleet.catalogue()
+    link = catalogue[t.gateway_class]
+    p = PowerStates.of([t.gateway_class], catalogue)
     per = t.per_gateway or max(1, math.ceil(sc.selection.per_round / t.gateways))
     return Gateways(t.gateways, t.gateway_rounds, per, t.attach, link.down_bps, link.up_bps, link.latency_s,
-                    t.cloud_deadline, t.gateway_class)
+                    t.cloud_deadline, t.gateway_class, float(p.idle_w[0]), float(p.radio_idle_w[0]), float(p.rx_w[0]),
+                    float(p.tx_w[0]))
 
 
 def trainer(sc: Scenario, comps: Components) -> Trainer:

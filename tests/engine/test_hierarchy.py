@@ -8,6 +8,8 @@ import torch
 from helpers import local_sim, resumed, tiny_overrides
 
 from raysim.engine.topology import attach
+from raysim.fleet.catalogue import load_catalogue
+from raysim.fleet.radios import load_radios
 from raysim.errors import ScenarioError
 from raysim.scenario.schema import load_scenario
 
@@ -57,6 +59,13 @@ def test_device_rows_sum_to_gateway_rows_and_gateway_rows_to_the_cloud_round():
             assert second["t_gateway_done"] == pytest.approx(second["sim_start"] + second["duration"]
                                                              + sim.t_cloud_up - rec.sim_start)
         assert rec.duration == pytest.approx(g["t_gateway_done"].max())
+        # the gateway's own joules: awake from its download to its upload, radio by phase
+        eth = load_radios()[load_catalogue()["gateway"].radio]
+        for _, rows in g.groupby("gateway"):
+            awake = rows["duration"].sum()
+            want = (load_catalogue()["gateway"].idle_w * rows["t_gateway_done"].max() + eth.idle_w * awake
+                    + eth.rx_w * sim.t_cloud_down + eth.tx_w * sim.t_cloud_up)
+            assert rows["gateway_energy_j"].sum() == pytest.approx(want) and want > 0
         assert g["bytes_cloud_down"].sum() == g["bytes_cloud_up"].sum() == 3 * sim.model_bytes
 
 
