@@ -8,9 +8,9 @@ import torch
 from helpers import local_sim, resumed, tiny_overrides
 
 from raysim.engine.topology import attach
+from raysim.errors import ScenarioError
 from raysim.fleet.catalogue import load_catalogue
 from raysim.fleet.radios import load_radios
-from raysim.errors import ScenarioError
 from raysim.scenario.schema import load_scenario
 
 
