@@ -169,6 +169,16 @@ class Runs:
         """One row per (run, device)."""
         return self._stack("fleet")
 
+    @cached_property
+    def batteries(self) -> pd.DataFrame:
+        """One row per (run, round, battery class); none from runs that track no battery."""
+        return self._stack("batteries")
+
+    @cached_property
+    def gateways(self) -> pd.DataFrame:
+        """One row per (run, cloud round, gateway round, gateway); none from flat runs."""
+        return self._stack("gateways")
+
     def _stack(self, table: str) -> pd.DataFrame:
         parts = []
         for label, run in zip(self.labels, self.runs):

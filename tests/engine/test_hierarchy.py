@@ -138,6 +138,10 @@ def test_on_ray_a_stopped_and_resumed_run_writes_the_gateway_table_and_the_in_pr
     assert list(r.gateways["round"].unique()) == [1, 2] and len(r.gateways) == 2 * 3 * 2
     assert set(r.clients["gateway"]) <= {0, 1, 2} and set(r.clients["gateway_round"]) == {1, 2}
     assert r.gateways.groupby("round")["bytes_up"].sum().tolist() == r.rounds["bytes_up"].tolist()
+    from raysim.report.tables import load_runs
+
+    stacked = load_runs([part.path]).gateways
+    assert len(stacked) == len(r.gateways) and set(stacked["run"]) == {r.name}
     sim, _ = run(sc, 2)
     got = load_checkpoint(latest_checkpoint(part.path))["params"]
     assert all(torch.equal(got[k], sim.params[k]) for k in got)
