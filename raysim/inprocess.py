@@ -41,5 +41,5 @@ def local_simulation(sc: Scenario, comps: Optional[Components] = None, hosts: in
                            setup.dataset.y_train, setup.shards, hosts, setup.fleet.device_id, setup.rates)
     cfg = replace(round_config(sc), device=device)
     parts = Parts(comps.strategy, comps.assigner, comps.server, comps.selector, VirtualClock(), sc.energy,
-                  async_config(sc, len(setup.fleet)), gateways(sc))
+                  async_config(sc, len(setup.fleet)), gateways(sc), comps.gateway_server)
     return round_loop(setup, parts, backend, cfg, backend.trainer)

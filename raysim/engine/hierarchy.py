@@ -34,6 +34,7 @@ from raysim.engine.topology import Gateways, attach, dominant_labels
 from raysim.messages import GroupResult, PartialSum, TrainReport
 from raysim.records import STATUSES, ClientRecords, RoundOutput, RoundRecord
 from raysim.server.aggregate import fold_held, mean_delta
+from raysim.server.optimizers import FedAvg, ServerOptimizer, ServerState
 
 __all__ = ["HierarchicalSimulation", "gateway_row", "merge_groups"]
 
@@ -41,9 +42,11 @@ __all__ = ["HierarchicalSimulation", "gateway_row", "merge_groups"]
 class HierarchicalSimulation(Simulation):
     """The round loop with gateways: one `step()` is one cloud round (see the module docstring)."""
 
-    def __init__(self, *args: Any, gateways: Gateways, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gateways: Gateways, gateway_server: Optional[ServerOptimizer] = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         gw = self.gateways = gateways
+        self.gateway_server = gateway_server or FedAvg()
         n = len(self.setup.fleet)
         if gw.count > n:
             raise ValueError(f"topology.gateways: {gw.count} gateways for {n} devices")
@@ -69,6 +72,8 @@ class HierarchicalSimulation(Simulation):
         folded = np.zeros(gw.count, np.int64)      # devices and samples folded into each gateway's model
         samples = np.zeros(gw.count, np.int64)
         at = np.full(gw.count, start + self.t_cloud_down)   # each gateway's own clock
+        # a gateway optimizer's state lasts one cloud round: each starts from the global model
+        opt_states = {g: ServerState() for g in range(gw.count)}
         clients = ClientRecords()
         rows: list[dict[str, Any]] = []
         train_s = 0.0
@@ -102,8 +107,9 @@ class HierarchicalSimulation(Simulation):
                 part = parts.get(g)
                 if part is not None and part.devices:
                     delta, h = mean_delta(part)
-                    for k in models[g]:   # the gateway's FedAvg step on the elements its devices held
-                        models[g][k] += delta[k]
+                    self.gateway_server.step(models[g], delta, h, opt_states[g])
+                    opt_states[g].steps += 1
+                    for k in models[g]:
                         held[g][k] |= h[k]
                     folded[g] += part.devices
                     samples[g] += part.samples

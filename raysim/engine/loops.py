@@ -37,6 +37,7 @@ class Parts:
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     asynchronous: Optional[AsyncConfig] = None
     gateways: Optional[Gateways] = None
+    gateway_server: Optional[ServerOptimizer] = None  # how gateways aggregate (default: the plain mean)
 
 
 def round_loop(setup: Setup, parts: Parts, backend: Backend, cfg: RoundConfig, trainer: Trainer
@@ -49,5 +50,5 @@ def round_loop(setup: Setup, parts: Parts, backend: Backend, cfg: RoundConfig, t
     args = (setup, p.strategy, p.assigner, p.server, backend, cfg, p.clock, p.selector,
             batteries_for(setup.fleet, p.energy, cfg.seed), states_for(trainer), trainer.client)
     if p.gateways is not None:
-        return HierarchicalSimulation(*args, gateways=p.gateways)
+        return HierarchicalSimulation(*args, gateways=p.gateways, gateway_server=p.gateway_server)
     return Simulation(*args)

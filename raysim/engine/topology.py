@@ -42,6 +42,11 @@ class TopologyConfig(Section):
     cloud_deadline: Optional[float] = Field(None, gt=0.0, allow_inf_nan=False, description="seconds a cloud "
                                             "round waits for its gateways; one not back by then is left out of "
                                             "the round (default: wait for all)")
+    gateway_optimizer: str = Field("fedavg", description="how a gateway moves its model by its devices' mean "
+                                   "update: a server.optimizer name (fedavg: the plain mean, HierFAVG) or an "
+                                   "import path; its state lasts one cloud round (the gateway starts each from "
+                                   "the global model)")
+    gateway_params: dict[str, Any] = Field(default_factory=dict, description="the gateway optimizer's parameters")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class Engine:
     selector: Selector = field(default_factory=Uniform)
     energy: EnergyConfig = field(default_factory=EnergyConfig)  # batteries (sync rounds)
     gateways: Optional[Gateways] = None  # rounds through gateways (sync rounds)
+    gateway_server: Optional[ServerOptimizer] = None  # how gateways aggregate (default: the plain mean)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -63,7 +64,7 @@ class Coordinator:
         e = engine
         self.pool = e.placement.start(self.setup, e.trainer, data, host_options)
         self.sim: Simulation = round_loop(self.setup, Parts(e.strategy, e.assigner, e.server, e.selector, e.clock,
-                                                            e.energy, e.asynchronous, e.gateways),
+                                                            e.energy, e.asynchronous, e.gateways, e.gateway_server),
                                           self.pool, e.cfg, e.trainer)
 
     def step(self) -> RoundOutput:

@@ -54,7 +54,7 @@ def engine(sc: Scenario, comps: Components):
         placement = Pooled(rt.hosts, rt.hosts_per)
     clock = RealtimeClock(rt.time_scale) if realtime else VirtualClock()
     return Engine(comps.strategy, comps.assigner, comps.server, trainer(sc, comps), round_config(sc), placement, clock,
-                  async_config(sc), comps.selector, sc.energy, gateways(sc))
+                  async_config(sc), comps.selector, sc.energy, gateways(sc), comps.gateway_server)
 
 
 def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = None,

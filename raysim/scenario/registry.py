@@ -31,6 +31,13 @@ CHANNELS = {
     "sign": "raysim.channels.codecs:Sign",
 }
 
+SERVER_OPTIMIZERS = {
+    "fedavg": "raysim.server.optimizers:FedAvg",
+    "fedavgm": "raysim.server.optimizers:FedAvgM",
+    "fedadam": "raysim.server.optimizers:FedAdam",
+    "fedyogi": "raysim.server.optimizers:FedYogi",
+}
+
 # Built-in short names per scenario key, as import paths (resolved lazily: naming a built-in
 # imports only its own module). Plug-ins go through exactly the same resolution.
 BUILTINS: dict[str, dict[str, str]] = {
@@ -73,12 +80,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "fedprox": "raysim.client.algorithms:FedProx",
         "scaffold": "raysim.client.algorithms:Scaffold",
     },
-    "server.optimizer": {
-        "fedavg": "raysim.server.optimizers:FedAvg",
-        "fedavgm": "raysim.server.optimizers:FedAvgM",
-        "fedadam": "raysim.server.optimizers:FedAdam",
-        "fedyogi": "raysim.server.optimizers:FedYogi",
-    },
+    "server.optimizer": SERVER_OPTIMIZERS,
+    "topology.gateway_optimizer": SERVER_OPTIMIZERS,  # the same built-ins at the gateways
 }
 
 
@@ -163,11 +166,16 @@ def params_model(obj: Any, skip: int = 0) -> type[BaseModel]:
     return create_model("Params", __config__=ConfigDict(extra=extra, arbitrary_types_allowed=True), **fields)
 
 
+# Components whose parameters sit beside their name, not in their section's `params`.
+BESIDE = {"channel.up": "channel.up_params", "channel.down": "channel.down_params",
+          "topology.gateway_optimizer": "topology.gateway_params"}
+
+
 def params_key(key: str) -> str:
     """Where a component's parameters live in a scenario: `compression.params` for
-    `compression.strategy`; a channel's beside its name (`channel.up_params`)."""
+    `compression.strategy`; some beside their name (`channel.up_params`, `topology.gateway_params`)."""
     section, _, slot = key.rpartition(".")
-    return f"{key}_params" if section == "channel" else f"{section}.params"
+    return BESIDE.get(key, f"{section}.params")
 
 
 def validate_params(key: str, obj: Any, params: Mapping[str, Any], inherited: Optional[Mapping[str, Any]] = None,

@@ -59,6 +59,7 @@ class Components:
     selector: Selector = field(default_factory=Uniform)
     channel_up: Channel = field(default_factory=Dense)
     channel_down: Channel = field(default_factory=Dense)
+    gateway_server: Optional[ServerOptimizer] = None   # how gateways aggregate (topology.gateways)
 
     def load_dataset(self, seed: int) -> Dataset:
         """The dataset, checked (one-line DataError on bad output)."""
@@ -120,10 +121,13 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
     if (client.keeps_state or client.server_state) and sc.server.mode != "sync":
         raise ScenarioError(f"train.algorithm: {type(client).__name__} keeps state across rounds, which is kept in "
                             f"synchronous rounds only; server.mode {sc.server.mode!r} does not keep it yet")
+    topo = sc.topology
+    gateway_server = (_choose(sources, "gateway_server", "topology.gateway_optimizer", ServerOptimizer, None,
+                              topo.gateway_optimizer, topo.gateway_params) if topo.gateways else None)
     smallest = min(m.rates) if baseline == "fedavg-smallest" else None
     narrow = smallest is not None or (strategy.compresses and baseline == "none" and list(m.rates) != [1.0])
     return Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
-                      narrow, m.scaler, sources, selector, up, down)
+                      narrow, m.scaler, sources, selector, up, down, gateway_server)
 
 
 def _factory(sources: dict[str, str], slot: str, given: Optional[Callable], make: Callable[[], Callable],

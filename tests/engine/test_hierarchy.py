@@ -103,6 +103,22 @@ def test_a_gateway_past_the_cloud_deadline_is_left_out_of_the_round():
     assert c.loc[c["status"] == "ok", "reason"].str.contains("missed the cloud deadline").all()
 
 
+def test_gateways_may_take_a_server_optimizer_of_their_own():
+    plain, _ = run(hier(rounds=2), 2)
+    named, _ = run(hier(rounds=2, **{"topology.gateway_optimizer": "fedavg"}), 2)
+    assert all(torch.equal(plain.params[k], named.params[k]) for k in plain.params)   # the default is the mean
+    momentum, _ = run(hier(rounds=2, **{"topology.gateway_optimizer": "fedavgm",
+                                        "topology.gateway_params": "{momentum: 0.5}"}), 2)
+    assert type(momentum.gateway_server).__name__ == "FedAvgM" and momentum.gateway_server.momentum == 0.5
+    assert not all(torch.equal(plain.params[k], momentum.params[k]) for k in plain.params)
+    # its state lasts a cloud round: the run resumes exactly from a checkpoint between them
+    sc = hier(rounds=2, **{"topology.gateway_optimizer": "fedavgm"})
+    first, _ = run(sc, 1)
+    both, _ = run(sc, 2)
+    again = resumed(sc, first.state_dict(), 1)
+    assert all(torch.equal(both.params[k], again.params[k]) for k in both.params)
+
+
 @pytest.mark.parametrize("over, message", [
     ({"server.mode": "fedbuff", "deadline.seconds": None, "assignment.policy": "fit-memory"},
      "topology.gateways: gateway rounds are synchronous"),
@@ -112,10 +128,15 @@ def test_a_gateway_past_the_cloud_deadline_is_left_out_of_the_round():
     ({"runtime.placement": "dedicated"}, "topology.gateways: runs on runtime.placement 'pooled'"),
     ({"topology.attach": "nearest"}, "topology.attach"),
     ({"topology.gateway_rounds": 0}, "topology.gateway_rounds"),
+    ({"topology.gateway_optimizer": "fedsgd"}, "topology.gateway_optimizer: unknown name 'fedsgd'"),
+    ({"topology.gateway_optimizer": "fedavgm", "topology.gateway_params": "{momentum: 2}"},
+     "topology.gateway_params.momentum"),
 ])
 def test_bad_topology_settings_are_one_line(over, message):
+    from raysim.scenario.resolve import components
+
     with pytest.raises(ScenarioError) as err:
-        hier(**{k: ("null" if v is None else v) for k, v in over.items()})
+        components(hier(**{k: ("null" if v is None else v) for k, v in over.items()}))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
