@@ -44,6 +44,7 @@ from raysim.submodel import SubmodelPlan, extract, plan_indices
 from raysim.submodel.plan import rate_sizes
 
 log = logging.getLogger(__name__)
+Parts = dict[str, dict[str, torch.Tensor]]  # a device's state by part (`raysim.hosts.state`)
 OOM_REASON = "CUDA out of memory"
 
 
@@ -174,19 +175,21 @@ class HostCore:
         return live if self.choices[plan.rate] else None
 
     def train_plan(self, round_idx: int, plan: SubmodelPlan, start: Mapping[str, torch.Tensor],
-                   tasks: Sequence[TrainTask], server: Optional[Mapping[str, torch.Tensor]] = None
+                   tasks: Sequence[TrainTask], server: Optional[Mapping[str, torch.Tensor]] = None,
+                   parts: Optional[Mapping[tuple[int, int], Parts]] = None
                    ) -> list[tuple[Optional[LocalResult], float]]:
         """Train the tasks that share `plan` from `start` (on the host's device): per task, its
         result (None: it ran out of GPU memory) and wall seconds (a batched chunk's split evenly).
         Batched, devices are chunked by their step counts (`raysim.client.batched.chunks`).
 
         Deltas come back on the CPU, where they are folded. `server`: a stateful client
-        algorithm's server quantity, in the plan's coordinates (such algorithms train one by one).
+        algorithm's server quantity, in the plan's coordinates (such algorithms train one by one);
+        `parts`: the devices' states in the plan's coordinates, by `_task_key`.
         """
         model = self.module(plan)
         live = self._use_batched(plan, model)
         if live is None:
-            return [self._train_one(round_idx, model, start, t, plan, server) for t in tasks]
+            return [self._train_one(round_idx, model, start, t, server, parts) for t in tasks]
         out: list[Optional[tuple[Optional[LocalResult], float]]] = [None] * len(tasks)
         tr = self.trainer
         steps = [min(tr.steps_full(len(self.shard(t.device_id))), t.max_steps if t.max_steps is not None else 1 << 30)
@@ -210,7 +213,7 @@ class HostCore:
                 # only those that do not fit even alone are out of memory.
                 _release(model)
                 for i, t in zip(ids, chunk):
-                    out[i] = self._train_one(round_idx, model, start, t, plan, server)
+                    out[i] = self._train_one(round_idx, model, start, t, server, parts)
                 continue
             wall = (time.perf_counter() - ts) / len(chunk)
             for i, r in zip(ids, res):
@@ -218,14 +221,13 @@ class HostCore:
         return out  # type: ignore[return-value]
 
     def _train_one(self, round_idx: int, model: torch.nn.Module, start: Mapping[str, torch.Tensor],
-                   task: TrainTask, plan: SubmodelPlan, server: Optional[Mapping[str, torch.Tensor]] = None
-                   ) -> tuple[Optional[LocalResult], float]:
+                   task: TrainTask, server: Optional[Mapping[str, torch.Tensor]] = None,
+                   parts: Optional[Mapping[tuple[int, int], Parts]] = None) -> tuple[Optional[LocalResult], float]:
         ts = time.perf_counter()
         oom = False
-        own = None
-        if self.trainer.client.keeps_state:
-            own = unpack(self.spec, self.shapes, plan, task.state).get("client")
-            own = {k: v.to(self.device) for k, v in own.items()} if own is not None else None
+        own = (parts or {}).get(_task_key(task), {}).get("client")
+        if own is not None:
+            own = {k: v.to(self.device) for k, v in own.items()}
         try:
             load_params(model, start)
             x, y = self.data(task.device_id)
@@ -275,11 +277,15 @@ class HostCore:
                         receive(self.trainer, extract(versions[version_of[pid]], indices[pid]), round_idx,
                                 version_of[pid], pid).items()}
                   for pid in used}
+        # Each device's state (error-feedback residual, a client algorithm's own) in its plan's
+        # coordinates, moved once per task.
+        parts = {_task_key(t): unpack(self.spec, self.shapes, plans[t.plan_id], t.state)
+                 for t in tasks if t.state is not None}
         plan_weight: dict[tuple[int, int], int] = {}  # element weights: once per (group, plan), not per device
         trained: list[tuple[TrainTask, tuple[Optional[LocalResult], float]]] = []
         for pid in used:
             cut = None if server is None else {k: v.to(self.device) for k, v in extract(server, indices[pid]).items()}
-            trained += zip(by_plan[pid], self.train_plan(round_idx, plans[pid], starts[pid], by_plan[pid], cut))
+            trained += zip(by_plan[pid], self.train_plan(round_idx, plans[pid], starts[pid], by_plan[pid], cut, parts))
         for task, (res, wall) in trained:
             if res is None:
                 reports.append(TrainReport(task.device_id, OOM, 0, 0, math.nan, wall, self.host_id, OOM_REASON,
@@ -294,7 +300,7 @@ class HostCore:
                 acc = partials[task.group] = PartialSum.zeros(self.shapes)
             plan = plans[task.plan_id]
             delta, residual = send(self.trainer, res.delta, _stream(round_idx, task), task.device_id,
-                                   unpack(self.spec, self.shapes, plan, task.state).get("residual"))
+                                   parts.get(_task_key(task), {}).get("residual"))
             w = contribute(acc, delta, res.samples, indices[task.plan_id], task.weight, count=False)
             if res.server_delta is not None:
                 fold_extra(acc, res.server_delta, indices[task.plan_id])
@@ -314,6 +320,12 @@ def to_cpu(res: LocalResult) -> LocalResult:
 
     return replace(res, delta=cpu(res.delta), state=None if res.state is None else cpu(res.state),
                    server_delta=None if res.server_delta is None else cpu(res.server_delta))
+
+
+def _task_key(task: TrainTask) -> tuple[int, int]:
+    """A task's identity on a host: its device and its stream (a device may train twice in a call
+    only in asynchronous modes, each time under its own stream)."""
+    return task.device_id, task.stream
 
 
 def _shape_key(sizes: Mapping[str, int], rate: float) -> tuple:
