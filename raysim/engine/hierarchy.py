@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -36,7 +37,52 @@ from raysim.records import STATUSES, ClientRecords, RoundOutput, RoundRecord
 from raysim.server.aggregate import fold_held, mean_delta
 from raysim.server.optimizers import FedAvg, ServerOptimizer, ServerState
 
-__all__ = ["HierarchicalSimulation", "gateway_row", "merge_groups"]
+__all__ = ["HierarchicalSimulation", "Cycle", "CycleDone", "gateway_row", "merge_groups"]
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """A gateway's kappa2 gateway rounds from one cloud model: the gateway, the cloud version
+    it starts from (`params`), when its first gateway round starts (the model has arrived),
+    and the gateway's count of cycles so far (default: the version, as in synchronous cloud
+    rounds), which keeps the random streams of its cycles apart."""
+
+    gateway: int
+    version: int
+    start: float
+    params: dict[str, torch.Tensor]
+    count: Optional[int] = None
+    download: bool = True      # False: the gateway holds this version already (a retry)
+
+    @property
+    def number(self) -> int:
+        return self.version if self.count is None else self.count
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """Extra key of its draws: none when it is the gateway's v-th cycle from version v,
+        so that it draws what the synchronous cloud round would."""
+        return () if self.number == self.version else (self.number,)
+
+
+@dataclass
+class CycleDone:
+    """What a cycle ends with: the gateway's model and the elements its devices held, the
+    devices and samples folded in, when its last gateway round ended, and its records (device
+    rows and the gateway row, one of each per gateway round)."""
+
+    cycle: Cycle
+    model: dict[str, torch.Tensor]
+    held: dict[str, torch.Tensor]
+    devices: int
+    samples: int
+    end: float
+    clients: list[ClientRecords]
+    rows: list[dict[str, Any]]
+
+    def change(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The gateway model's change from `base` (the weights it started from, in the synchronous loop)."""
+        return {k: self.model[k] - base[k] for k in base}
 
 
 class HierarchicalSimulation(Simulation):
@@ -67,84 +113,102 @@ class HierarchicalSimulation(Simulation):
         r = self.round + 1
         wall0 = time.perf_counter()
         start = self.clock
-        models = {g: {k: v.clone() for k, v in self.params.items()} for g in range(gw.count)}
-        held = {g: {k: torch.zeros(v.shape, dtype=torch.bool) for k, v in self.params.items()} for g in range(gw.count)}
-        folded = np.zeros(gw.count, np.int64)      # devices and samples folded into each gateway's model
-        samples = np.zeros(gw.count, np.int64)
-        at = np.full(gw.count, start + self.t_cloud_down)   # each gateway's own clock
-        # a gateway optimizer's state lasts one cloud round: each starts from the global model
-        opt_states = {g: ServerState() for g in range(gw.count)}
-        clients = ClientRecords()
-        rows: list[dict[str, Any]] = []
-        train_s = 0.0
-        for j in range(1, gw.rounds + 1):
-            stream = (r - 1) * gw.rounds + j   # the devices' random streams' key (r itself when kappa2 is 1)
-            drafts: dict[int, RoundDraft] = {}
-            plans: dict = {}
-            tasks: list = []
-            versions: dict[int, dict[str, torch.Tensor]] = {}
-            for g in range(gw.count):
-                d = drafts[g] = self.draft(r, Slot(float(at[g]), gw.per_gateway, self.members[g], self._key(g, j)))
-                # Version ids are unique across the run (hosts cache weights by version); in a
-                # cloud round's first gateway round every gateway starts from the global model:
-                # one version for all, sent to each host once.
-                vid = stream * gw.count + (g if j > 1 else 0)
-                p, t = self.plan_tasks(d, TaskGroup(models[g], vid, g, stream, len(plans)))
-                plans.update(p)
-                tasks += t
-                if t and vid not in versions:
-                    versions[vid] = models[g]
-            t0 = time.perf_counter()
-            results = self.backend.train_groups(versions, plans, tasks, set(versions)) if tasks else []
-            train_s += time.perf_counter() - t0
-            parts, reports = merge_groups(results, self.shapes)
-            self.keep_states(reports)
-            for g in range(gw.count):
-                d = drafts[g]
-                reps = {int(dev): reports[int(dev)] for dev in d.sel if int(dev) in reports}
-                sched = self.clock_kind.settle(d.sched, d.sel, d.train_idx, reps, d.stays, gw.per_gateway,
-                                               d.deadline, d.steps_full)
-                part = parts.get(g)
-                if part is not None and part.devices:
-                    delta, h = mean_delta(part)
-                    self.gateway_server.step(models[g], delta, h, opt_states[g])
-                    opt_states[g].steps += 1
-                    for k in models[g]:
-                        held[g][k] |= h[k]
-                    folded[g] += part.devices
-                    samples[g] += part.samples
-                rows_g = self.client_rows(d, sched, reps)
-                rows_g.gateway = [g] * len(rows_g)
-                rows_g.gateway_round = [j] * len(rows_g)
-                clients.extend(rows_g)
-                t_down = self.t_cloud_down if j == 1 else 0.0
-                rows.append(gateway_row(r, j, g, float(at[g]), sched.duration, rows_g, part,
-                                        self.model_bytes if j == 1 else 0, t_down,
-                                        gw.energy_j(sched.duration, down_s=t_down)))
-                at[g] += sched.duration
-        finish = at + self.t_cloud_up - start
+        done, train_s = self.run_cycles([Cycle(g, r - 1, start + self.t_cloud_down, self.params)
+                                         for g in range(gw.count)])
+        finish = np.array([c.end for c in done]) + self.t_cloud_up - start
         in_time = finish <= gw.cloud_deadline if gw.cloud_deadline is not None else np.ones(gw.count, bool)
         duration = float(finish.max()) if in_time.all() else float(gw.cloud_deadline)  # type: ignore[arg-type]
         acc = PartialSum.zeros(self.shapes)
-        for g in range(gw.count):
-            if samples[g] > 0 and in_time[g]:
-                fold_held(acc, {k: models[g][k] - self.params[k] for k in self.params}, held[g], int(samples[g]))
+        for c in done:
+            if c.samples > 0 and in_time[c.cycle.gateway]:
+                fold_held(acc, c.change(self.params), c.held, c.samples)
         if acc.devices:
             delta, h = mean_delta(acc)
             self.server.step(self.params, delta, h, self.server_state)
             self.server_state.steps += 1
+        # rows in gateway-round order, then gateway order
+        clients = ClientRecords()
+        rows: list[dict[str, Any]] = []
+        for j in range(gw.rounds):
+            for c in done:
+                clients.extend(c.clients[j])
+                rows.append(c.rows[j])
         self._finish_rows(rows, clients, in_time, finish)
         self.clock = start + duration
         self.round = r
         evals = self.evaluate(r) if (r % cfg.eval_every == 0 or r == cfg.rounds) else []
         applied = in_time[np.asarray(clients.gateway, dtype=np.int64)] if len(clients) else np.zeros(0, bool)
         ok_rows = np.array([v >= 0 for v in clients.version_applied], dtype=bool) & applied
+        trained = sum(c.devices for c in done if in_time[c.cycle.gateway])
         record = RoundRecord(round=r, sim_start=start, sim_time=self.clock, duration=duration,
                              wall_s=time.perf_counter() - wall0, coordinator_s=time.perf_counter() - wall0 - train_s,
-                             train_s=train_s, selected=len(clients), trained=int(folded[in_time].sum()),
+                             train_s=train_s, selected=len(clients), trained=int(trained),
                              samples_trained=int(np.asarray(clients.samples_trained)[ok_rows].sum()) if len(clients)
                              else 0, **round_totals(clients, evals))
         return RoundOutput(record, clients, evals, [], rows)
+
+    def run_cycles(self, cycles: list[Cycle]) -> tuple[list[CycleDone], float]:
+        """Run each cycle's kappa2 gateway rounds (all cycles' j-th rounds in one backend call,
+        one task group each) and return what each gateway ends with, and the seconds training took.
+        At most one cycle per gateway."""
+        gw = self.gateways
+        models = [{k: v.clone() for k, v in c.params.items()} for c in cycles]
+        held = [{k: torch.zeros(v.shape, dtype=torch.bool) for k, v in self.params.items()} for _ in cycles]
+        out = [CycleDone(c, models[i], held[i], 0, 0, c.start, [], []) for i, c in enumerate(cycles)]
+        # a gateway optimizer's state lasts one cycle: each starts from a cloud model
+        opt_states = [ServerState() for _ in cycles]
+        train_s = 0.0
+        for j in range(1, gw.rounds + 1):
+            drafts: list[RoundDraft] = []
+            plans: dict = {}
+            tasks: list = []
+            versions: dict[int, dict[str, torch.Tensor]] = {}
+            for i, c in enumerate(cycles):
+                g = c.gateway
+                # the devices' random streams' key: the cloud round itself when kappa2 is 1
+                stream = c.number * gw.rounds + j
+                d = self.draft(c.version + 1, Slot(out[i].end, gw.per_gateway, self.members[g],
+                                                   self._key(g, j) + c.key))
+                drafts.append(d)
+                # Version ids are unique across the run (hosts cache weights by version); in a
+                # cycle's first gateway round every gateway starts from the cloud's model: one
+                # version for all that start from it, sent to each host once.
+                vid = stream * gw.count + g if j > 1 else (c.version * gw.rounds + 1) * gw.count
+                p, t = self.plan_tasks(d, TaskGroup(models[i], vid, i, stream, len(plans)))
+                plans.update(p)
+                tasks += t
+                if t and vid not in versions:
+                    versions[vid] = models[i]
+            t0 = time.perf_counter()
+            results = self.backend.train_groups(versions, plans, tasks, set(versions)) if tasks else []
+            train_s += time.perf_counter() - t0
+            parts, reports = merge_groups(results, self.shapes)
+            self.keep_states(reports)
+            for i, c in enumerate(cycles):
+                d, o, g = drafts[i], out[i], c.gateway
+                reps = {int(dev): reports[int(dev)] for dev in d.sel if int(dev) in reports}
+                sched = self.clock_kind.settle(d.sched, d.sel, d.train_idx, reps, d.stays, gw.per_gateway,
+                                               d.deadline, d.steps_full)
+                part = parts.get(i)
+                if part is not None and part.devices:
+                    delta, h = mean_delta(part)
+                    self.gateway_server.step(models[i], delta, h, opt_states[i])
+                    opt_states[i].steps += 1
+                    for k in models[i]:
+                        held[i][k] |= h[k]
+                    o.devices += part.devices
+                    o.samples += part.samples
+                rows_g = self.client_rows(d, sched, reps)
+                rows_g.gateway = [g] * len(rows_g)
+                rows_g.gateway_round = [j] * len(rows_g)
+                o.clients.append(rows_g)
+                fetched = j == 1 and c.download
+                t_down = self.t_cloud_down if fetched else 0.0
+                o.rows.append(gateway_row(c.version + 1, j, g, o.end, sched.duration, rows_g, part,
+                                          self.model_bytes if fetched else 0, t_down,
+                                          gw.energy_j(sched.duration, down_s=t_down)))
+                o.end += sched.duration
+        return out, train_s
 
     def _finish_rows(self, rows: list[dict[str, Any]], clients: ClientRecords, in_time: np.ndarray,
                      finish: np.ndarray) -> None:

@@ -15,6 +15,7 @@ from raysim.engine.asynchronous import AsyncConfig, AsyncSimulation
 from raysim.engine.battery import EnergyConfig, batteries_for
 from raysim.engine.clock import Clock, VirtualClock
 from raysim.engine.device_state import states_for
+from raysim.engine.gateway_async import AsyncGatewaySimulation
 from raysim.engine.hierarchy import HierarchicalSimulation
 from raysim.engine.rounds import Backend, RoundConfig, Setup, Simulation
 from raysim.engine.selection import Selector, Uniform
@@ -43,12 +44,16 @@ class Parts:
 def round_loop(setup: Setup, parts: Parts, backend: Backend, cfg: RoundConfig, trainer: Trainer
                ) -> Union[Simulation, AsyncSimulation]:
     """The engine for a run: `AsyncSimulation` with an asynchronous server, `HierarchicalSimulation`
-    with gateways, else `Simulation`; batteries and per-device state as the parts ask."""
+    with gateways (`AsyncGatewaySimulation` when the cloud is asynchronous), else `Simulation`;
+    batteries and per-device state as the parts ask."""
     p = parts
-    if p.asynchronous is not None:
+    if p.asynchronous is not None and p.gateways is None:
         return AsyncSimulation(setup, p.strategy, p.assigner, p.server, backend, cfg, p.asynchronous)
     args = (setup, p.strategy, p.assigner, p.server, backend, cfg, p.clock, p.selector,
             batteries_for(setup.fleet, p.energy, cfg.seed), states_for(trainer), trainer.client)
+    if p.gateways is not None and p.asynchronous is not None:
+        return AsyncGatewaySimulation(*args, gateways=p.gateways, gateway_server=p.gateway_server,
+                                      acfg=p.asynchronous)
     if p.gateways is not None:
         return HierarchicalSimulation(*args, gateways=p.gateways, gateway_server=p.gateway_server)
     return Simulation(*args)

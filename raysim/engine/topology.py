@@ -35,7 +35,8 @@ class TopologyConfig(Section):
         "random", description="how devices attach to gateways: random (balanced, at random), blocks (runs of "
         "device ids: regions), label (devices sorted by their most frequent training label, then split: each "
         "gateway sees few labels, the non-IID edges of HierFAVG), trace (the fleet.trace's gateway column)")
-    gateway_rounds: int = Field(1, ge=1, description="kappa2: gateway rounds per cloud round (HierFAVG)")
+    gateway_rounds: int = Field(1, ge=1, description="kappa2: gateway rounds per cloud round (HierFAVG); "
+                                "with an asynchronous server.mode, per upload of a gateway's model")
     per_gateway: Optional[int] = Field(None, ge=1, description="devices a gateway round aggregates at most "
                                        "(default: selection.per_round / gateways, rounded up); over-commitment "
                                        "and the deadline apply per gateway round")

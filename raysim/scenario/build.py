@@ -196,11 +196,14 @@ def async_config(sc: Scenario, fleet_size: Optional[int] = None):
     if sv.mode == "sync":
         return None
     sel = sc.selection
+    stale = staleness_fn(sv.staleness.kind, sv.staleness.a, sv.staleness.b)
+    if sc.topology.gateways:  # the cloud takes gateways' models: every gateway is always at work
+        g = sc.topology.gateways
+        return AsyncConfig(sv.mode, g, sv.buffer or max(1, g // 2), stale, sv.alpha, sv.poll_s)
     c = sv.concurrency or max(1, math.ceil(sel.per_round * (1 + sel.overcommit) - 1e-9))
     if fleet_size is not None and c > fleet_size:
         raise ScenarioError(f"server.concurrency: {c} devices training at once exceeds the fleet's {fleet_size} devices")
-    return AsyncConfig(sv.mode, c, sv.buffer or sel.per_round, staleness_fn(sv.staleness.kind, sv.staleness.a,
-                       sv.staleness.b), sv.alpha, sv.poll_s)
+    return AsyncConfig(sv.mode, c, sv.buffer or sel.per_round, stale, sv.alpha, sv.poll_s)
 
 
 def gateways(sc: Scenario):

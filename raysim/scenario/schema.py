@@ -243,15 +243,17 @@ class ServerConfig(_Section):
         "sync", description="sync: rounds of selected devices (deadline, over-commitment); fedbuff: C devices train "
         "at once and the server steps every K arrivals, each weighted by its staleness; fedasync: every arrival is "
         "mixed in with weight alpha x staleness. In both asynchronous modes `rounds` counts server steps and the "
-        "deadline section does not apply")
+        "deadline section does not apply. With topology.gateways the mode is the cloud's: gateway rounds stay "
+        "synchronous, and the cloud takes gateways' models as they arrive (fedasync: each; fedbuff: every K)")
     concurrency: Optional[int] = Field(None, ge=1, description="fedbuff, fedasync: C, devices training at once; "
                                        "null = selection.per_round x (1 + selection.overcommit)")
     buffer: Optional[int] = Field(None, ge=1, description="fedbuff: K, updates per server step; "
-                                  "null = selection.per_round")
+                                  "null = selection.per_round (with gateways: half the gateways)")
     alpha: float = Field(0.6, gt=0.0, le=1.0, description="fedasync: mixing weight of an arrival")
     staleness: StalenessConfig = StalenessConfig()
     poll_s: float = Field(10.0, gt=0.0, description="fedbuff, fedasync: simulated seconds before a training slot "
-                          "that found no available device tries again")
+                          "that found no available device tries again (with gateways: a gateway whose devices sent "
+                          "nothing, in an attempt that took no time)")
 
     optimizer: str = Field("fedavg", description="server optimizer over the per-element mean delta: fedavg, "
                            "fedavgm, fedadam, fedyogi, or an import path package.module:attr to a ServerOptimizer")
@@ -355,10 +357,11 @@ class Scenario(_Section):
             if self.runtime.placement != "pooled" or self.runtime.clock != "virtual":
                 raise ValueError(f"server.mode: {self.server.mode!r} runs on runtime.placement 'pooled' with "
                                  f"runtime.clock 'virtual'")
-            if self.assignment.policy == "fit-deadline":
+            # through gateways, the gateway rounds keep their deadline; only the cloud is asynchronous
+            if self.assignment.policy == "fit-deadline" and not self.topology.gateways:
                 raise ValueError(f"assignment.policy: 'fit-deadline' needs rounds with a deadline; server.mode "
                                  f"{self.server.mode!r} has none (use fit-memory)")
-            if self.deadline.policy == "partial":
+            if self.deadline.policy == "partial" and not self.topology.gateways:
                 raise ValueError(f"deadline.policy: 'partial' needs rounds with a deadline; server.mode "
                                  f"{self.server.mode!r} has none")
         self._cross_energy()
@@ -380,7 +383,7 @@ class Scenario(_Section):
             if e.batteries:
                 raise ValueError(f"energy.batteries: tracked in synchronous rounds only; server.mode "
                                  f"{self.server.mode!r} does not track them yet")
-            if self.selection.policy != "uniform":
+            if self.selection.policy != "uniform" and not self.topology.gateways:
                 raise ValueError(f"selection.policy: {self.selection.policy!r} applies to synchronous rounds; "
                                  f"server.mode {self.server.mode!r} dispatches idle devices at random")
         if self.selection.policy == "energy-aware" and not e.batteries:
@@ -402,8 +405,12 @@ class Scenario(_Section):
         if not t.gateways:
             return
         if self.server.mode != "sync":
-            raise ValueError(f"topology.gateways: gateway rounds are synchronous; server.mode {self.server.mode!r} "
-                             f"does not run through gateways yet")
+            if t.cloud_deadline is not None:
+                raise ValueError(f"topology.cloud_deadline: applies to synchronous cloud rounds; with server.mode "
+                                 f"{self.server.mode!r} the cloud waits for no gateway")
+            if self.server.concurrency is not None:
+                raise ValueError(f"server.concurrency: with topology.gateways every gateway is always at work; "
+                                 f"server.mode {self.server.mode!r} takes their models as they arrive")
         if self.runtime.placement != "pooled" or self.runtime.clock != "virtual":
             raise ValueError("topology.gateways: runs on runtime.placement 'pooled' with runtime.clock 'virtual'")
         if self.energy.batteries:

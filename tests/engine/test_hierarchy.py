@@ -120,8 +120,10 @@ def test_gateways_may_take_a_server_optimizer_of_their_own():
 
 
 @pytest.mark.parametrize("over, message", [
-    ({"server.mode": "fedbuff", "deadline.seconds": None, "assignment.policy": "fit-memory"},
-     "topology.gateways: gateway rounds are synchronous"),
+    ({"server.mode": "fedbuff", "topology.cloud_deadline": 60}, "topology.cloud_deadline: applies to synchronous"),
+    ({"server.mode": "fedasync", "server.concurrency": 4}, "server.concurrency: with topology.gateways"),
+    ({"server.mode": "fedasync", "channel.up": "topk", "channel.up_params": "{fraction: 0.1, error_feedback: true}"},
+     "channel.up_params.error_feedback: residuals are kept in synchronous rounds only"),
     ({"energy.batteries": True}, "energy.batteries: not tracked through gateways yet"),
     ({"topology.gateway_class": "router"}, "topology.gateway_class: 'router' is not a device class"),
     ({"topology.gateways": 61}, "topology.gateways: 61 gateways for 60 devices"),
