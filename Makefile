@@ -26,8 +26,13 @@ check: $(DEV_STAMP)
 	$(BIN)/ruff check raysim tests analysis examples bench
 	$(BIN)/mypy
 
+# Tests run in TEST_WORKERS processes (each with its own small Ray instance); those that time
+# wall-clock behaviour run alone afterwards, so that no other test competes for the cores.
+TEST_WORKERS ?= 2
+
 test: check
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not wallclock" tests
+	$(BIN)/python -m pytest -m wallclock tests
 	$(BIN)/python -m pytest --doctest-modules raysim
 
 clean:

@@ -11,6 +11,10 @@ a round for 30 rounds):
                             rounds a cloud round, 30 / kappa2 cloud rounds
   ...-capable               the same without submodels: fedavg-capable (the full model, only on
                             devices that hold it)
+  async-k1, async-k2        asynchronous gateways, FedAsync at the cloud: each gateway's model is
+                            mixed in as it arrives (kappa2 = 1, 2), 300 / kappa2 cloud steps
+  buff-k2                   asynchronous gateways, FedBuff at the cloud: a step every 5 gateway
+                            models (kappa2 = 2), 30 cloud steps
 
 A flat run's device traffic also crosses the gateways' uplinks in a deployment where devices
 reach the cloud through gateways (relayed), so its WAN bytes are its devices' bytes; a
@@ -41,8 +45,17 @@ DEVICE_ROUNDS = 30
 CAPABLE = ("compression.baseline=fedavg-capable",)
 
 
+GATEWAYS = 10
+
+
 def hier(k: int) -> tuple[str, ...]:
     return (f"topology.gateway_rounds={k}", f"rounds={DEVICE_ROUNDS // k}")
+
+
+def cloud_async(k: int, mode: str = "fedasync", buffer: int = 1) -> tuple[str, ...]:
+    # a cloud step takes `buffer` gateway cycles of k gateway rounds
+    return (f"topology.gateway_rounds={k}", f"server.mode={mode}", f"server.buffer={buffer}",
+            f"rounds={DEVICE_ROUNDS * GATEWAYS // (k * buffer)}")
 
 
 ARMS = (
@@ -54,6 +67,9 @@ ARMS = (
     Arm("hier-k1-capable", (*hier(1), *CAPABLE), "baseline"),
     Arm("hier-k2-capable", (*hier(2), *CAPABLE), "baseline"),
     Arm("hier-k5-capable", (*hier(5), *CAPABLE), "baseline"),
+    Arm("async-k1", cloud_async(1), "framework"),
+    Arm("async-k2", cloud_async(2), "framework"),
+    Arm("buff-k2", cloud_async(2, "fedbuff", 5), "framework"),
 )
 
 
@@ -71,13 +87,17 @@ def summarise(run: Run, arm: Arm, target: float) -> dict:
     """One arm's figures: accuracy, time, WAN megabytes and device joules to the target."""
     ev = run.evals[run.evals["model"] == "global"].sort_values("round")
     hit, hit_round, upto = reach(run, target)
-    kappa2 = int(run.gateways["gateway_round"].max()) if not run.gateways.empty else 1
     wan = wan_mb(run)
+    # a device round is 50 devices: a flat round, or one gateway round of every gateway
+    if run.gateways.empty:
+        device_rounds = run.rounds.set_index("round").assign(n=1.0)["n"]
+    else:
+        device_rounds = run.gateways.groupby("round").size().reindex(run.rounds["round"]).fillna(0) / GATEWAYS
     return {
         "arm": arm.name, "kind": arm.kind,
         "final_acc": float(ev["accuracy"].tail(3).mean()),
         "cloud_rounds_to_target": hit_round,
-        "device_rounds_to_target": hit_round * kappa2 if hit_round is not None else None,
+        "device_rounds_to_target": float(device_rounds.loc[:hit_round].sum()) if hit_round is not None else None,
         "time_to_target_s": float(hit["sim_time"].iloc[0]) if len(hit) else math.nan,
         "wan_mb_to_target": float(wan.loc[:hit_round].sum()) if hit_round else math.nan,
         "device_mb_to_target": float(upto["bytes_down"].sum() + upto["bytes_up"].sum()) / 1e6 if hit_round
@@ -85,7 +105,7 @@ def summarise(run: Run, arm: Arm, target: float) -> dict:
         "device_kj_to_target": float(upto["energy_j"].sum()) / 1e3 if hit_round else math.nan,
         "wan_mb_total": float(wan.sum()),
         "sim_time_s": float(run.rounds["sim_time"].iloc[-1]),
-        "trained_per_device_round": float(run.rounds["trained"].sum() / (len(run.rounds) * kappa2)),
+        "trained_per_device_round": float(run.rounds["trained"].sum() / device_rounds.sum()),
     }
 
 

@@ -76,14 +76,31 @@ class RayStartNode:
         return self.pids()
 
 
-def wait_for_nodes(address: str, n: int, env: dict[str, str], timeout: float = 120.0) -> None:
+class PortTaken(AssertionError):
+    """A node could not bind a port picked free a moment before: another process took it."""
+
+
+# What Ray's GCS and raylet say when a port they were given is in use.
+_TAKEN = ("Address already in use", "Failed to start the grpc server", "failed to bind")
+
+
+def _exited(node: "RayStartNode") -> AssertionError:
+    log = node.log.read_text()[-2000:]
+    kind = PortTaken if any(s in log for s in _TAKEN) else AssertionError
+    return kind(f"ray start exited ({node.proc.returncode}): {log}")
+
+
+def wait_for_nodes(address: str, n: int, env: dict[str, str], timeout: float = 120.0,
+                   watch: Optional["RayStartNode"] = None) -> None:
     """Wait until the cluster at `address` has `n` alive nodes (asked from a subprocess, so
-    the caller's process never joins the cluster)."""
+    the caller's process never joins the cluster); `watch`: a node whose exit ends the wait."""
     code = ("import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
             "print(sum(1 for x in ray.nodes() if x['Alive']))")
     deadline = time.time() + timeout
     last = ""
     while time.time() < deadline:
+        if watch is not None and watch.proc.poll() is not None:
+            raise _exited(watch)
         p = subprocess.run([sys.executable, "-c", code, address], env=env, capture_output=True, text=True,
                            timeout=120)
         last = p.stdout.strip() or p.stderr.strip()[-500:]
@@ -96,7 +113,20 @@ def wait_for_nodes(address: str, n: int, env: dict[str, str], timeout: float = 1
 def start_cluster(tmp: Path, env: dict[str, str], head_cpus: int = 1, worker_cpus: int = 1,
                   ) -> tuple[str, list[RayStartNode]]:
     """A head and one joining node on loopback, on different ports, started as the README
-    says (token authentication as `ray start` sets it up by default)."""
+    says (token authentication as `ray start` sets it up by default). A port picked free can
+    be taken before Ray binds it (other Ray instances on the machine pick ports at random):
+    then the cluster is started again on new ports, up to three times."""
+    for attempt in range(3):
+        try:
+            return _start_cluster(tmp, env, head_cpus, worker_cpus)
+        except PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_cluster(tmp: Path, env: dict[str, str], head_cpus: int, worker_cpus: int,
+                   ) -> tuple[str, list[RayStartNode]]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
@@ -108,7 +138,7 @@ def start_cluster(tmp: Path, env: dict[str, str], head_cpus: int = 1, worker_cpu
         worker_env = {**env, "RAY_AUTH_MODE": "token"}
         nodes.append(RayStartNode([f"--address={address}", f"--num-cpus={worker_cpus}",
                                    f"--node-manager-port={free_port()}", *common], worker_env, tmp / "worker.log"))
-        wait_for_nodes(address, 2, worker_env)
+        wait_for_nodes(address, 2, worker_env, watch=nodes[-1])
     except BaseException:
         for node in nodes:
             node.stop()
@@ -120,7 +150,7 @@ def _wait_listening(port: int, node: RayStartNode, timeout: float = 90.0) -> Non
     deadline = time.time() + timeout
     while time.time() < deadline:
         if node.proc.poll() is not None:
-            raise AssertionError(f"ray start exited ({node.proc.returncode}): {node.log.read_text()[-2000:]}")
+            raise _exited(node)
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return

@@ -236,7 +236,10 @@ def summary_text(run: Run) -> str:
         t = tier_frame(run)
         g = run.gateways
         span = float((t["gateway_rounds_s"] + t["cloud_link_s"]).sum())
-        lines.append(f"gateways   {g['gateway'].nunique()} x {int(g['gateway_round'].max())} gateway rounds a cloud round:"
+        shape = (f"{g['gateway'].nunique()} gateways, {int(g['gateway_round'].max())} gateway rounds an upload, "
+                 f"the cloud {run.scenario['server']['mode']}" if is_asynchronous(run) else
+                 f"{g['gateway'].nunique()} x {int(g['gateway_round'].max())} gateway rounds a cloud round")
+        lines.append(f"gateways   {shape}:"
                      f"   MB devices-gateways {t['mb_devices'].sum():.1f}, gateways-cloud {t['mb_cloud'].sum():.1f}"
                      f"   gateways' own energy {g['gateway_energy_j'].sum() / 1e3:.1f} kJ"
                      f"   slowest gateway's time on the cloud link "

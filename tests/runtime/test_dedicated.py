@@ -113,6 +113,7 @@ def test_actors_are_kept_in_a_bounded_lru(bench):
 
 # ------------------------------------------------------------------ realtime, one pool
 @pytest.mark.slow
+@pytest.mark.wallclock
 def test_realtime_pool_sleeps_the_timeline_and_enforces_the_deadline():
     """Real time = simulated time, deadline 1.5 s; each task's timeline is given by hand."""
     sc = scenario(**{"fleet.devices": 10, "selection.per_round": 4, "runtime.placement": "dedicated",
@@ -182,6 +183,7 @@ def virtual_run(sc, path):
 
 
 @pytest.mark.slow
+@pytest.mark.wallclock
 def test_realtime_and_virtual_runs_agree_on_which_devices_are_late(tmp_path):
     virtual = virtual_run(scenario(**REALTIME), tmp_path / "v" / "virtual")
     real = load_run(run(scenario(**REALTIME, **{"runtime.placement": "dedicated", "runtime.clock": "realtime",
