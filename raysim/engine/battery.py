@@ -195,13 +195,16 @@ class Batteries:
             return np.zeros(self.profile.shape[0])
         return _cumulative(self.profile, self.offset_s + t1) - _cumulative(self.profile, self.offset_s + t0)
 
-    def advance(self, t0: float, t1: float, pos: np.ndarray, spent: np.ndarray) -> None:
-        """Move every battery from t0 to t1: charging and standby for all, FL energy `spent` (J)
-        for the devices at `pos`; clipped to [0, capacity]."""
+    def advance(self, t0: float, t1: float, pos: np.ndarray, spent: np.ndarray,
+                among: Optional[np.ndarray] = None) -> None:
+        """Move every battery (`among`: a fleet mask, those only, e.g. a gateway's devices on its
+        own clock) from t0 to t1: charging and standby, FL energy `spent` (J) for the devices at
+        `pos`; clipped to [0, capacity]."""
         dt = max(float(t1) - float(t0), 0.0)
-        new = self.charge + self.harvest(t0, t1)[self.class_idx] - self.standby_w * dt
+        new = self.charge + (self.harvest(t0, t1)[self.class_idx] - self.standby_w * dt if dt > 0 else 0.0)
         np.subtract.at(new, np.asarray(pos, dtype=np.int64), np.nan_to_num(np.asarray(spent, dtype=np.float64)))
-        self.charge = np.where(np.isfinite(self.capacity), np.clip(new, 0.0, self.capacity), np.inf)
+        new = np.where(np.isfinite(self.capacity), np.clip(new, 0.0, self.capacity), np.inf)
+        self.charge = new if among is None else np.where(among, new, self.charge)
 
     def empty(self, pos: np.ndarray) -> np.ndarray:
         """Devices whose battery is empty."""

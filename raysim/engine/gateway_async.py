@@ -60,6 +60,9 @@ class AsyncGatewaySimulation(HierarchicalSimulation):
         if self.gateways.cloud_deadline is not None:
             raise ValueError("topology.cloud_deadline: applies to synchronous cloud rounds; with server.mode "
                              f"{acfg.mode!r} the cloud waits for no gateway")
+        if self.batteries is not None:
+            raise ValueError(f"energy.batteries: tracked in synchronous rounds only; server.mode {acfg.mode!r} "
+                             f"does not track them yet")
         self.acfg = acfg
         self.versions: dict[int, dict[str, torch.Tensor]] = {0: _copy(self.params)}
         self.counts = np.zeros(self.gateways.count, np.int64)   # cycles each gateway has started

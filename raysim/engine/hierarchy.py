@@ -102,6 +102,7 @@ class HierarchicalSimulation(Simulation):
         # The gateway-cloud link carries the global model, dense float32, each way.
         self.model_bytes = int(sum(v.numel() for v in self.params.values()) * 4)
         self.t_cloud_down, self.t_cloud_up = gw.link_s(self.model_bytes)
+        self.battery_at = np.zeros(gw.count)   # how far each gateway's devices' batteries have moved
 
     def _key(self, g: int, j: int) -> tuple[int, ...]:
         # One gateway with one gateway round is FedAvg through a relay: it draws what a flat round draws.
@@ -113,6 +114,7 @@ class HierarchicalSimulation(Simulation):
         r = self.round + 1
         wall0 = time.perf_counter()
         start = self.clock
+        self.battery_at[:] = start
         done, train_s = self.run_cycles([Cycle(g, r - 1, start + self.t_cloud_down, self.params)
                                          for g in range(gw.count)])
         finish = np.array([c.end for c in done]) + self.t_cloud_up - start
@@ -136,6 +138,13 @@ class HierarchicalSimulation(Simulation):
         self._finish_rows(rows, clients, in_time, finish)
         self.clock = start + duration
         self.round = r
+        battery_rows: list[dict[str, Any]] = []
+        if self.batteries is not None:
+            # every gateway's devices idle from its last gateway round to the cloud round's end
+            for g in range(gw.count):
+                self.batteries.advance(float(self.battery_at[g]), self.clock, np.zeros(0, np.int64), np.zeros(0),
+                                       among=self.members[g])
+            battery_rows = self.batteries.rows(r, self.clock)
         evals = self.evaluate(r) if (r % cfg.eval_every == 0 or r == cfg.rounds) else []
         applied = in_time[np.asarray(clients.gateway, dtype=np.int64)] if len(clients) else np.zeros(0, bool)
         ok_rows = np.array([v >= 0 for v in clients.version_applied], dtype=bool) & applied
@@ -145,7 +154,7 @@ class HierarchicalSimulation(Simulation):
                              train_s=train_s, selected=len(clients), trained=int(trained),
                              samples_trained=int(np.asarray(clients.samples_trained)[ok_rows].sum()) if len(clients)
                              else 0, **round_totals(clients, evals))
-        return RoundOutput(record, clients, evals, [], rows)
+        return RoundOutput(record, clients, evals, battery_rows, rows)
 
     def run_cycles(self, cycles: list[Cycle]) -> tuple[list[CycleDone], float]:
         """Run each cycle's kappa2 gateway rounds (all cycles' j-th rounds in one backend call,
@@ -202,6 +211,11 @@ class HierarchicalSimulation(Simulation):
                 rows_g.gateway = [g] * len(rows_g)
                 rows_g.gateway_round = [j] * len(rows_g)
                 o.clients.append(rows_g)
+                if self.batteries is not None:
+                    # a gateway's devices live on its clock: their batteries move with its rounds
+                    self.batteries.advance(float(self.battery_at[g]), o.end + sched.duration, d.pos,
+                                           np.asarray(rows_g.energy_j, dtype=np.float64), among=self.members[g])
+                    self.battery_at[g] = o.end + sched.duration
                 fetched = j == 1 and c.download
                 t_down = self.t_cloud_down if fetched else 0.0
                 o.rows.append(gateway_row(c.version + 1, j, g, o.end, sched.duration, rows_g, part,

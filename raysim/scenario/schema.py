@@ -413,8 +413,6 @@ class Scenario(_Section):
                                  f"server.mode {self.server.mode!r} takes their models as they arrive")
         if self.runtime.placement != "pooled" or self.runtime.clock != "virtual":
             raise ValueError("topology.gateways: runs on runtime.placement 'pooled' with runtime.clock 'virtual'")
-        if self.energy.batteries:
-            raise ValueError("energy.batteries: not tracked through gateways yet (topology.gateways is set)")
         if self.fleet.trace is None and t.gateways > self.fleet.devices:
             raise ValueError(f"topology.gateways: {t.gateways} gateways for {self.fleet.devices} devices")
         if t.attach == "trace" and self.fleet.trace is None:

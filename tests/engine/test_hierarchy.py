@@ -124,7 +124,7 @@ def test_gateways_may_take_a_server_optimizer_of_their_own():
     ({"server.mode": "fedasync", "server.concurrency": 4}, "server.concurrency: with topology.gateways"),
     ({"server.mode": "fedasync", "channel.up": "topk", "channel.up_params": "{fraction: 0.1, error_feedback: true}"},
      "channel.up_params.error_feedback: residuals are kept in synchronous rounds only"),
-    ({"energy.batteries": True}, "energy.batteries: not tracked through gateways yet"),
+    ({"energy.batteries": True, "server.mode": "fedasync"}, "energy.batteries: tracked in synchronous rounds only"),
     ({"topology.gateway_class": "router"}, "topology.gateway_class: 'router' is not a device class"),
     ({"topology.gateways": 61}, "topology.gateways: 61 gateways for 60 devices"),
     ({"runtime.placement": "dedicated"}, "topology.gateways: runs on runtime.placement 'pooled'"),
@@ -199,3 +199,36 @@ def test_a_trace_column_attaches_devices_and_a_bad_one_is_one_line(tmp_path):
             local_sim(hier(**{"fleet.trace": str(trace), "topology.attach": "trace"}))
     with pytest.raises(ScenarioError, match="set fleet.trace"):
         hier(**{"topology.attach": "trace"})
+
+
+def test_batteries_move_on_each_gateways_clock_and_resume_exactly():
+    over = {"fleet.mix": "{mcu: 0.5, mcu-psram: 0.5}", "energy.batteries": "true",
+            "fleet.classes": "{mcu: {battery_wh: 0.004}, mcu-psram: {battery_wh: 0.004}}",
+            "energy.initial_charge": "[0.05, 1.0]", "deadline.policy": "wait", "selection.overcommit": 0}
+    sc = hier(rounds=3, **over)
+    sim = local_sim(sc)
+    bat = sim.batteries
+    outs = []
+    for _ in range(3):
+        before = bat.charge.copy()
+        out = sim.step()
+        outs.append(out)
+        c = pd.DataFrame(out.clients.columns())
+        # every device's battery went from the cloud round's start to its end: standby for all,
+        # the FL work of the selected on top (no charging here, no device ran empty)
+        assert "depleted" not in set(c["status"])
+        pos = np.searchsorted(sim.setup.fleet.device_id, c["device_id"])
+        spent = np.zeros(len(before))
+        np.add.at(spent, pos, c["energy_j"].to_numpy())
+        want = np.clip(before - bat.standby_w * out.record.duration - spent, 0.0, bat.capacity)
+        assert np.allclose(bat.charge, want, rtol=0, atol=1e-9)
+        assert out.batteries and out.batteries[0]["sim_time"] == out.record.sim_time
+    assert any("battery:" in r for o in outs for r in o.clients.reason), "small batteries exclude some devices"
+    two = local_sim(sc, hosts=2)
+    for _ in range(3):
+        two.step()
+    assert np.array_equal(two.batteries.charge, bat.charge)
+    first, _ = run(sc, 1)
+    again = resumed(sc, first.state_dict(), 2)
+    assert np.array_equal(again.batteries.charge, bat.charge)
+    assert all(torch.equal(again.params[k], sim.params[k]) for k in sim.params)
