@@ -109,6 +109,7 @@ class AsyncGatewaySimulation(HierarchicalSimulation):
             g = min(self.done, key=lambda h: (self._event(h), h))
             t = self._event(g)
             d = self.done.pop(g)
+            self.keep_gateway_state(d)
             concluded.append((t, d))
             if d.samples > 0:
                 arrived.append((t, d))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -79,6 +79,7 @@ class CycleDone:
     end: float
     clients: list[ClientRecords]
     rows: list[dict[str, Any]]
+    opt_state: ServerState = field(default_factory=ServerState)   # the gateway optimizer's, at its end
 
     def change(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The gateway model's change from `base` (the weights it started from, in the synchronous loop)."""
@@ -103,6 +104,7 @@ class HierarchicalSimulation(Simulation):
         self.model_bytes = int(sum(v.numel() for v in self.params.values()) * 4)
         self.t_cloud_down, self.t_cloud_up = gw.link_s(self.model_bytes)
         self.battery_at = np.zeros(gw.count)   # how far each gateway's devices' batteries have moved
+        self.gateway_states: dict[int, ServerState] = {}   # kept gateway optimizer states (keep_state)
 
     def _key(self, g: int, j: int) -> tuple[int, ...]:
         # One gateway with one gateway round is FedAvg through a relay: it draws what a flat round draws.
@@ -128,6 +130,8 @@ class HierarchicalSimulation(Simulation):
             delta, h = mean_delta(acc)
             self.server.step(self.params, delta, h, self.server_state)
             self.server_state.steps += 1
+        for c in done:
+            self.keep_gateway_state(c)
         # rows in gateway-round order, then gateway order
         clients = ClientRecords()
         rows: list[dict[str, Any]] = []
@@ -156,6 +160,31 @@ class HierarchicalSimulation(Simulation):
                              else 0, **round_totals(clients, evals))
         return RoundOutput(record, clients, evals, battery_rows, rows)
 
+    def gateway_state_of(self, g: int) -> ServerState:
+        """The optimizer state gateway g's next cycle starts from (a copy: fresh per cycle unless kept)."""
+        kept = self.gateway_states.get(g) if self.gateways.keep_state else None
+        if kept is None:
+            return ServerState()
+        return ServerState({k: {n: t.clone() for n, t in v.items()} for k, v in kept.slots.items()}, kept.steps)
+
+    def keep_gateway_state(self, done: CycleDone) -> None:
+        """A concluded cycle's optimizer state, kept for its gateway's next (with `keep_state`)."""
+        if self.gateways.keep_state:
+            self.gateway_states[done.cycle.gateway] = done.opt_state
+
+    def state_dict(self) -> dict[str, Any]:
+        st = super().state_dict()
+        if self.gateways.keep_state:
+            st["gateway_states"] = {g: {"slots": {k: dict(v) for k, v in s.slots.items()}, "steps": s.steps}
+                                    for g, s in self.gateway_states.items()}
+        return st
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.gateway_states = {int(g): ServerState({k: {n: t.clone() for n, t in v.items()} for k, v in s["slots"].items()},
+                                                   int(s["steps"]))
+                               for g, s in state.get("gateway_states", {}).items()}
+
     def run_cycles(self, cycles: list[Cycle]) -> tuple[list[CycleDone], float]:
         """Run each cycle's kappa2 gateway rounds (all cycles' j-th rounds in one backend call,
         one task group each) and return what each gateway ends with, and the seconds training took.
@@ -164,8 +193,12 @@ class HierarchicalSimulation(Simulation):
         models = [{k: v.clone() for k, v in c.params.items()} for c in cycles]
         held = [{k: torch.zeros(v.shape, dtype=torch.bool) for k, v in self.params.items()} for _ in cycles]
         out = [CycleDone(c, models[i], held[i], 0, 0, c.start, [], []) for i, c in enumerate(cycles)]
-        # a gateway optimizer's state lasts one cycle: each starts from a cloud model
-        opt_states = [ServerState() for _ in cycles]
+        # A gateway optimizer's state lasts one cycle (each starts from a cloud model), or the run:
+        # then a cycle starts from a copy of the state its gateway's last concluded cycle left,
+        # which the caller keeps when the cycle concludes (trained ahead, it may not have yet).
+        opt_states = [self.gateway_state_of(c.gateway) for c in cycles]
+        for o, st in zip(out, opt_states):
+            o.opt_state = st
         train_s = 0.0
         for j in range(1, gw.rounds + 1):
             drafts: list[RoundDraft] = []

@@ -45,9 +45,12 @@ class TopologyConfig(Section):
                                             "the round (default: wait for all)")
     gateway_optimizer: str = Field("fedavg", description="how a gateway moves its model by its devices' mean "
                                    "update: a server.optimizer name (fedavg: the plain mean, HierFAVG) or an "
-                                   "import path; its state lasts one cloud round (the gateway starts each from "
-                                   "the global model)")
+                                   "import path; its state lasts as topology.gateway_state says")
     gateway_params: dict[str, Any] = Field(default_factory=dict, description="the gateway optimizer's parameters")
+    gateway_state: Literal["cycle", "run"] = Field(
+        "cycle", description="how long a gateway optimizer's state (momentum, moments) lasts: cycle (one cloud "
+        "round, or one upload's gateway rounds with an asynchronous cloud: each starts from a cloud model) or run "
+        "(each gateway keeps its own for the whole run, checkpointed)")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Gateways:
     latency_s: float
     cloud_deadline: Optional[float] = None
     class_name: str = "gateway"
+    keep_state: bool = False   # the gateway optimizer's state lasts the run (else one cycle)
     # The gateway class's power (W): the device awake, and its radio idle, receiving, sending
     # (NaN: unknown, and so NaN energy).
     idle_w: float = float("nan")

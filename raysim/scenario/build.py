@@ -220,8 +220,8 @@ def gateways(sc: Scenario):
     p = PowerStates.of([t.gateway_class], catalogue)
     per = t.per_gateway or max(1, math.ceil(sc.selection.per_round / t.gateways))
     return Gateways(t.gateways, t.gateway_rounds, per, t.attach, link.down_bps, link.up_bps, link.latency_s,
-                    t.cloud_deadline, t.gateway_class, float(p.idle_w[0]), float(p.radio_idle_w[0]), float(p.rx_w[0]),
-                    float(p.tx_w[0]))
+                    t.cloud_deadline, t.gateway_class, t.gateway_state == "run", float(p.idle_w[0]),
+                    float(p.radio_idle_w[0]), float(p.rx_w[0]), float(p.tx_w[0]))
 
 
 def trainer(sc: Scenario, comps: Components) -> Trainer:

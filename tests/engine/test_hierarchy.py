@@ -232,3 +232,19 @@ def test_batteries_move_on_each_gateways_clock_and_resume_exactly():
     again = resumed(sc, first.state_dict(), 2)
     assert np.array_equal(again.batteries.charge, bat.charge)
     assert all(torch.equal(again.params[k], sim.params[k]) for k in sim.params)
+
+
+@pytest.mark.parametrize("mode, rounds", [("sync", 3), ("fedasync", 8)])
+def test_a_gateway_optimizer_state_kept_for_the_run_resumes_exactly(mode, rounds):
+    over = {"topology.gateway_optimizer": "fedavgm", "server.mode": mode}
+    per_cycle, _ = run(hier(rounds=rounds, **over), rounds)
+    sc = hier(rounds=rounds, **over, **{"topology.gateway_state": "run"})
+    kept, outs = run(sc, rounds)
+    assert not all(torch.equal(per_cycle.params[k], kept.params[k]) for k in kept.params)
+    # each gateway's momentum has taken a step per gateway round of its that trained, over the run
+    g = pd.concat([pd.DataFrame(o.gateways) for o in outs])
+    steps = g[g["trained"] > 0].groupby("gateway").size().to_dict()
+    assert {gw: s.steps for gw, s in kept.gateway_states.items()} == steps and max(steps.values()) > 2
+    first, _ = run(sc, rounds // 2)
+    again = resumed(sc, first.state_dict(), rounds - rounds // 2)
+    assert all(torch.equal(again.params[k], kept.params[k]) for k in kept.params)
