@@ -87,3 +87,23 @@ def test_asynchronous_gateways_keep_their_rounds_deadline_and_fit_deadline():
     sim, outs = run(gw_async(rounds=2, **{"assignment.policy": "fit-deadline", "deadline.policy": "partial"}), 2)
     g = pd.concat([pd.DataFrame(o.gateways) for o in outs])
     assert (g["duration"] <= 30 + 1e-9).all() and np.isfinite(sim.clock)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_on_ray_a_stopped_and_resumed_run_gives_the_in_process_numbers(tmp_path):
+    from raysim.report.markdown import summary_text
+    from raysim.rundir.reader import latest_checkpoint, load_checkpoint, load_run
+    from raysim.runtime.runner import run as run_scenario
+
+    sc = gw_async(rounds=4, **{"server.mode": "fedbuff", "server.buffer": 2, "topology.gateway_optimizer": "fedavgm",
+                               "topology.gateway_state": "run"})
+    part = run_scenario(sc, out_root=str(tmp_path), progress=False, stop_after=2)
+    run_scenario(sc, resume=part.path, progress=False)
+    r = load_run(part.path)
+    assert r.rounds["round"].tolist() == [1, 2, 3, 4]
+    assert r.gateways.groupby("round")["bytes_up"].sum().tolist() == r.rounds["bytes_up"].tolist()
+    sim, _ = run(sc, 4)
+    got = load_checkpoint(latest_checkpoint(part.path))
+    assert all(torch.equal(got["params"][k], sim.params[k]) for k in sim.params)
+    assert got["gateways_async"]["counts"] == sim.counts.tolist()
+    assert "3 gateways, 2 gateway rounds an upload, the cloud fedbuff" in summary_text(r)
