@@ -148,8 +148,9 @@ def plot(runs: dict[Key, Run], arms: list, seeds: list[int], target: float, png:
         run = runs[(arm.name, seeds[0])]
         acc = run.rounds.set_index("round")["accuracy"]
         ok = acc.notna().to_numpy()
-        style = "--" if arm.kind == "baseline" else "-"
-        colour = f"C{i % 4}"
+        # flat and synchronous hierarchies solid (dashed without submodels), asynchronous clouds dash-dot
+        style = "--" if arm.kind == "baseline" else "-." if arm.name.startswith(("async", "buff")) else "-"
+        colour = f"C{i}" if i < 10 else "k"
         ax.plot(run.rounds["sim_time"].to_numpy()[ok] / 60, acc.to_numpy()[ok], style, color=colour, lw=1.4,
                 label=arm.name)
         right.plot(wan_mb(run).cumsum().to_numpy()[ok], acc.to_numpy()[ok], style, color=colour, lw=1.4)
