@@ -349,8 +349,10 @@ def test_bad_input_is_one_line_and_changes_nothing(case, complete_run, tmp_path,
     def no_ray(*args, **kwargs):
         raise AssertionError("bad input must be refused before Ray starts")
 
-    monkeypatch.setattr("raysim.runtime.session.start_ray", no_ray)
+    # The runner first: importing it after the session's patch would bind the stub into it for
+    # good (monkeypatch would then "restore" the stub), and break later tests in this process.
     monkeypatch.setattr("raysim.runtime.runner.start_ray", no_ray)
+    monkeypatch.setattr("raysim.runtime.session.start_ray", no_ray)
     if case.subprocess:
         p = subprocess.run([sys.executable, "-m", "raysim", *args], capture_output=True, text=True, timeout=120)
         code, err = p.returncode, p.stderr
