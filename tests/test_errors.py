@@ -103,6 +103,16 @@ def test_a_dedicated_round_must_fit_the_measured_cluster(ray_local):
         check_dedicated_fits(big, spec)
 
 
+def test_more_pooled_hosts_than_the_cluster_has_cpus_is_one_line_not_a_wait(ray_local, tmp_path):
+    from raysim.errors import ClusterError
+    from raysim.runtime.runner import run as run_scenario
+
+    sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(**{"runtime.hosts": 3}))   # the session has 2
+    with pytest.raises(ClusterError, match=r"runtime.hosts: 3 device hosts take a CPU each, but the cluster has 2 CPUs"):
+        run_scenario(sc, out_root=str(tmp_path), progress=False)
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_a_killed_local_driver_leaves_no_process_behind(tmp_path):
     sets = [a for o in tiny_overrides(rounds=500, **{"eval.every": 100}) for a in ("--set", o)]

@@ -22,7 +22,7 @@ from raysim.records import RoundOutput
 from raysim.rundir.reader import latest_checkpoint, load_checkpoint, read_manifest, read_tables
 from raysim.rundir.writer import RunWriter, check_output_root, new_run_dir
 from raysim.runtime.gpu import check_device_here, resolve_device, with_device
-from raysim.runtime.session import pickle_by_value, start_ray, stop_ray, user_modules
+from raysim.runtime.session import check_hosts_fit, pickle_by_value, start_ray, stop_ray, user_modules
 from raysim.scenario.build import async_config, gateways, ladder_note, prepare, round_config, trainer
 from raysim.scenario.resolve import Components, components
 from raysim.scenario.schema import Scenario
@@ -94,6 +94,8 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
             from raysim.runtime.capacity import check_dedicated_fits  # noqa: PLC0415
 
             check_dedicated_fits(sc, setup.spec)  # a round's actors must all fit the cluster
+        else:
+            check_hosts_fit(sc)
         from raysim.runtime.coordinator import spawn_coordinator  # noqa: PLC0415
         from raysim.runtime.shared import share  # noqa: PLC0415
 

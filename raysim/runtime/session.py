@@ -238,6 +238,18 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def check_hosts_fit(sc: Any) -> None:
+    """ClusterError when `runtime.hosts` pooled hosts of one CPU each cannot all start on the
+    cluster (Ray would wait for the missing CPUs for ever)."""
+    rt = sc.runtime
+    if rt.placement != "pooled" or rt.hosts_per != "cpu" or not rt.hosts:
+        return
+    have = cluster_cpus()
+    if rt.hosts > have:
+        raise ClusterError(f"runtime.hosts: {rt.hosts} device hosts take a CPU each, but the cluster has {have} CPUs "
+                           f"(set runtime.hosts to at most {have}, or leave it unset for one host a CPU)")
+
+
 def host_placements(hosts_per: str, hosts: Optional[int], torch_threads: int = 1,
                     gpu_share: Optional[float] = None) -> list[dict[str, Any]]:
     """Ray options of every device host, in host order.

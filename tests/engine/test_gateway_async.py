@@ -90,20 +90,26 @@ def test_asynchronous_gateways_keep_their_rounds_deadline_and_fit_deadline():
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_on_ray_a_stopped_and_resumed_run_gives_the_in_process_numbers(tmp_path):
+def test_a_checkpoint_file_resumes_exactly_and_a_ray_run_gives_the_in_process_numbers(tmp_path):
+    # the runner's checkpoint format: torch.save, read back with the weights-only unpickler
+    import torch as t
+
     from raysim.report.markdown import summary_text
     from raysim.rundir.reader import latest_checkpoint, load_checkpoint, load_run
     from raysim.runtime.runner import run as run_scenario
 
     sc = gw_async(rounds=4, **{"server.mode": "fedbuff", "server.buffer": 2, "topology.gateway_optimizer": "fedavgm",
                                "topology.gateway_state": "run"})
-    part = run_scenario(sc, out_root=str(tmp_path), progress=False, stop_after=2)
-    run_scenario(sc, resume=part.path, progress=False)
-    r = load_run(part.path)
-    assert r.rounds["round"].tolist() == [1, 2, 3, 4]
+    whole, _ = run(sc, 4)
+    first, _ = run(sc, 2)
+    t.save(first.state_dict(), tmp_path / "round-2.pt")
+    state = load_checkpoint(tmp_path / "round-2.pt")
+    assert state["gateways_async"]["counts"] == first.counts.tolist()
+    again = resumed(sc, state, 2)
+    assert all(torch.equal(again.params[k], whole.params[k]) for k in whole.params)
+    assert again.counts.tolist() == whole.counts.tolist() and again.clock == whole.clock
+    r = load_run(run_scenario(sc, out_root=str(tmp_path / "runs"), progress=False).path)
+    got = load_checkpoint(latest_checkpoint(r.path))["params"]
+    assert all(torch.equal(got[k], whole.params[k]) for k in whole.params)
     assert r.gateways.groupby("round")["bytes_up"].sum().tolist() == r.rounds["bytes_up"].tolist()
-    sim, _ = run(sc, 4)
-    got = load_checkpoint(latest_checkpoint(part.path))
-    assert all(torch.equal(got["params"][k], sim.params[k]) for k in sim.params)
-    assert got["gateways_async"]["counts"] == sim.counts.tolist()
     assert "3 gateways, 2 gateway rounds an upload, the cloud fedbuff" in summary_text(r)

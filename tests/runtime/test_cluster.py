@@ -1,4 +1,4 @@
-"""A run on a two-node Ray cluster uses both nodes and gives the same numbers as one node."""
+"""A run on a two-node Ray cluster uses both nodes, gives the same numbers as one node, and survives a lost node."""
 
 import json
 import subprocess
@@ -14,19 +14,14 @@ def test_two_node_cluster_uses_both_nodes_and_matches_one_node(tmp_path):
     p = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     verdict = json.loads(p.stdout.strip().splitlines()[-1])
-    assert verdict["distinct_nodes"] == 2
+    # the run with one host per CPU ends with the one-node numbers (the CLI on a cluster, with
+    # components by import path, is tests/runtime/test_ray_start_cluster.py)
     assert verdict["same_params"] is True
     # Hosts on both nodes read the refs the driver put: one stored copy, fetched once per node;
     # the head has 2 CPUs and the worker 1: three hosts per CPU, two per node, on both nodes.
     for per, hosts in (("cpu", 3), ("node", 2)):
         layout = verdict["layouts"][per]
         assert layout == {"hosts": hosts, "host_nodes": 2, "one_copy": True}, (per, layout)
-    # Components named by import path from a module outside the repository (on the driver's
-    # PYTHONPATH only) reach the hosts on both nodes: plain MLP sliced, own strategy and server.
-    plug = verdict["plugins"]
-    assert plug == {"host_nodes": 2, "trained": plug["trained"], "rates": [0.5], "model": "mylab_parts:tiny_mlp",
-                    "moves_max": 2}, plug
-    assert plug["trained"] > 0
     # A node lost mid-run: its host's devices fail that round, the host comes back on the node
     # that is left, and the next round trains on both hosts again without failures.
     lost = verdict["node_loss"]
