@@ -82,8 +82,9 @@ class FedAvg(ServerOptimizer):
 
     def step(self, params, delta, held, state):
         for k, p in params.items():
-            h = held[k]
-            p[h] += (delta[k] * self.lr)[h]
+            # a dense select, not p[h] += ...[h]: the boolean gather and scatter cost several
+            # times more (once per gateway and round with gateways); unheld elements keep their bits
+            p.copy_(torch.where(held[k], p + delta[k] * self.lr, p))
 
 
 class FedAvgM(ServerOptimizer):
