@@ -113,3 +113,16 @@ def test_a_checkpoint_file_resumes_exactly_and_a_ray_run_gives_the_in_process_nu
     assert all(torch.equal(got[k], whole.params[k]) for k in whole.params)
     assert r.gateways.groupby("round")["bytes_up"].sum().tolist() == r.rounds["bytes_up"].tolist()
     assert "3 gateways, 2 gateway rounds an upload, the cloud fedbuff" in summary_text(r)
+
+
+def test_gateways_whose_devices_never_come_online_retry_on_the_poll_then_stop_with_a_reason(monkeypatch):
+    import raysim.engine.gateway_async as ga
+
+    sim = local_sim(gw_async(rounds=2))
+    monkeypatch.setattr(sim.setup.availability, "online", lambda ids, t: np.zeros(len(ids), bool))
+    monkeypatch.setattr(ga, "_MAX_IDLE", 30)
+    with pytest.raises(ValueError, match="no gateway's devices sent an update in 30 tries") as err:
+        sim.step()
+    # each empty try waited the poll (10 s): 31 tries over 3 gateways reach ~100 simulated seconds
+    t = float(str(err.value).split("simulated time ")[1].split(" s")[0])
+    assert 90 <= t <= 110 and sim.round == 0
