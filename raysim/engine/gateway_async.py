@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raysim.engine.asynchronous import AsyncConfig
+from raysim.engine.asynchronous import AsyncConfig, AsyncSimulation
 from raysim.engine.hierarchy import Cycle, CycleDone, HierarchicalSimulation
 from raysim.engine.rounds import round_totals
 from raysim.messages import PartialSum
@@ -50,6 +50,7 @@ __all__ = ["AsyncGatewaySimulation"]
 # Attempts in a row that trained nothing anywhere before a run gives up (devices never online,
 # or without samples): at a 10 s poll, about 11 simulated days for one gateway.
 _MAX_IDLE = 100_000
+_copy = AsyncSimulation._copy   # the flat asynchronous engine's copy of a version's weights
 
 
 class AsyncGatewaySimulation(HierarchicalSimulation):
@@ -213,7 +214,3 @@ class AsyncGatewaySimulation(HierarchicalSimulation):
         self.running = {int(g): Cycle(int(g), int(v), float(s), self.versions[int(v)], int(n), bool(dl))
                         for g, (v, s, n, dl) in a["running"].items()}
         self.done.clear()
-
-
-def _copy(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in params.items()}
