@@ -55,6 +55,33 @@ class ClusterError(BadInput):
     """A Ray cluster cannot be reached or refuses the connection; the message names the fix."""
 
 
+class PluginError(BadInput):
+    """A component the user brought (by import path or as an object) broke its contract: the
+    message names the component, what it returned or raised, and what raysim expected.
+
+        >>> class Twice: ...
+        >>> str(PluginError(Twice(), "selector", "returned device 3 twice; expected 5 distinct online ids"))
+        'selector raysim.errors:Twice returned device 3 twice; expected 5 distinct online ids'
+    """
+
+    def __init__(self, plugin: object, role: str, problem: str) -> None:
+        self.plugin, self.role = plugin_name(plugin), role
+        super().__init__(f"{role} {self.plugin} {problem}")
+
+
+def plugin_name(obj: object) -> str:
+    """How a component is named to its author: `module:QualName` of a function or class, or of
+    an instance's class.
+
+        >>> plugin_name(one_line)
+        'raysim.errors:one_line'
+    """
+    target = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") else type(obj)
+    mod = getattr(target, "__module__", None) or "?"
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
+    return f"{mod}:{name}"
+
+
 class InternalError(RuntimeError):
     """An unanticipated failure, already logged; the message holds the log file's path."""
 
