@@ -48,6 +48,14 @@ PRERESNET = ["model.arch=preresnet18", "model.widths=[64,128,256,512]", "data.sy
 MODES = ("loop", "batched", "auto")
 
 
+def _work(sim, r):
+    """Round r's plans and tasks as the coordinator hands them out."""
+    from raysim.engine.device_round import Slot, TaskGroup  # noqa: PLC0415
+
+    rounds = sim.mode.rounds
+    return rounds.plan_tasks(rounds.draft(r, Slot(sim.clock, sim.cfg.per_round)), TaskGroup(sim.params))
+
+
 def _hosts(sim, device: str) -> dict[str, Any]:
     """One host per mode over the same data (auto measures its rates at start, as a pool does)."""
     from dataclasses import replace  # noqa: PLC0415
@@ -89,7 +97,7 @@ def bench_fleet(name: str, extra: list[str], rounds: int, device: str, per_round
     counts: dict[float, int] = {}
     exact = []
     for r in range(1, rounds + 2):   # round 1 warms every shape up and is left out
-        plans, tasks = sim.plan_tasks(sim.draft(r))
+        plans, tasks = _work(sim, r)
         order = MODES[r % 3:] + MODES[:r % 3]
         got = {m: _timed(hosts[m], r, params, plans, tasks) for m in order}
         if r == 1:
@@ -131,7 +139,7 @@ def bench_preresnet(device: str, per_round: int, rounds: int = 3) -> dict[str, A
     times: dict[str, list[float]] = {"loop": [], "batched": [], "auto": []}
     devices = []
     for r in range(1, rounds + 2):   # round 1 warms up and is left out
-        plans, tasks = sim.plan_tasks(sim.draft(r))
+        plans, tasks = _work(sim, r)
         order = MODES[r % 3:] + MODES[:r % 3]
         got = {m: _timed(hosts[m], r, params, plans, tasks)[0] for m in order}
         if r > 1:

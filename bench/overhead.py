@@ -72,15 +72,16 @@ class _Recorder:
 
 def record_work(sc, setup) -> list[RoundWork]:
     """The work of every round of the scenario, exactly as the coordinator will hand it out."""
-    from raysim.engine.rounds import Simulation  # noqa: PLC0415
-    from raysim.scenario.build import round_config  # noqa: PLC0415
+    from raysim.engine.loops import Parts, round_loop  # noqa: PLC0415
+    from raysim.scenario.build import round_config, trainer  # noqa: PLC0415
     from raysim.scenario.resolve import components  # noqa: PLC0415
 
     if sc.compression.strategy not in ("static", "full", "rolling"):
         raise SystemExit("overhead: needs a strategy whose plans do not depend on the weights")
     rec = _Recorder()
     comps = components(sc)
-    sim = Simulation(setup, comps.strategy, comps.assigner, comps.server, rec, round_config(sc))
+    parts = Parts(strategy=comps.strategy, assigner=comps.assigner, server=comps.server)
+    sim = round_loop(setup=setup, parts=parts, backend=rec, cfg=round_config(sc), trainer=trainer(sc, comps))
     for _ in range(sc.rounds):
         sim.step()
     return rec.rounds
@@ -170,7 +171,7 @@ class Floor:
         self.params = {k: p.detach().clone() for k, p in model.named_parameters()}
 
     def round(self, work: RoundWork) -> dict[str, Any]:
-        from raysim.engine.rounds import host_work  # noqa: PLC0415
+        from raysim.engine.setup import host_work  # noqa: PLC0415
 
         pids = [os.getpid()] + [p.pid for p in self.pool._pool]  # parent and pool workers
         c0 = C.cpu_seconds(pids)

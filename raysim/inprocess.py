@@ -13,12 +13,12 @@ are those of a Ray run of the same scenario (same seed, any host count).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional, Union
+from typing import Optional
 
-from raysim.engine.asynchronous import AsyncSimulation
 from raysim.engine.clock import VirtualClock
+from raysim.engine.loop import RoundLoop
 from raysim.engine.loops import Parts, round_loop
-from raysim.engine.rounds import Setup, Simulation
+from raysim.engine.setup import Setup
 from raysim.hosts.local import LocalBackend
 from raysim.runtime.gpu import local_device
 from raysim.scenario.build import async_config, build_setup, gateways, round_config, trainer
@@ -27,7 +27,7 @@ from raysim.scenario.schema import Scenario
 
 
 def local_simulation(sc: Scenario, comps: Optional[Components] = None, hosts: int = 1, setup: Optional[Setup] = None
-                     ) -> Union[Simulation, AsyncSimulation]:
+                     ) -> RoundLoop:
     """The whole engine in this process, no Ray (tests, debugging, notebooks): `hosts`
     in-process device hosts, the scenario's clock. Same numbers as a Ray run.
 
@@ -40,6 +40,7 @@ def local_simulation(sc: Scenario, comps: Optional[Components] = None, hosts: in
     backend = LocalBackend(setup.spec, replace(trainer(sc, comps), device=device), setup.dataset.x_train,
                            setup.dataset.y_train, setup.shards, hosts, setup.fleet.device_id, setup.rates)
     cfg = replace(round_config(sc), device=device)
-    parts = Parts(comps.strategy, comps.assigner, comps.server, comps.selector, VirtualClock(), sc.energy,
-                  async_config(sc, len(setup.fleet)), gateways(sc), comps.gateway_server)
-    return round_loop(setup, parts, backend, cfg, backend.trainer)
+    parts = Parts(strategy=comps.strategy, assigner=comps.assigner, server=comps.server, selector=comps.selector,
+                  clock=VirtualClock(), energy=sc.energy, asynchronous=async_config(sc, len(setup.fleet)),
+                  gateways=gateways(sc), gateway_server=comps.gateway_server)
+    return round_loop(setup=setup, parts=parts, backend=backend, cfg=cfg, trainer=backend.trainer)

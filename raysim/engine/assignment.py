@@ -30,6 +30,8 @@ from typing import Callable, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from raysim.errors import PluginError
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -203,3 +205,25 @@ class Fixed(Assigner):
         if self.rate not in req.memory_need:
             raise ValueError(f"assignment: fixed rate {self.rate:g} is not on the ladder {req.rates}")
         return ladder_assign(req, [self.rate], "fixed", need_deadline=False)
+
+
+def check_rates(assigner: object, rates: object, ladder: list[float], n: int) -> np.ndarray:
+    """The assigned rates as floats (NaN: excluded); `PluginError` naming `assigner` unless
+    there is one per device, each on the ladder or NaN.
+
+        >>> check_rates(FitMemory(), [0.5, float("nan")], [1.0, 0.5], 2).tolist()
+        [0.5, nan]
+    """
+    try:
+        rate = np.asarray(rates, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise PluginError(assigner, "assigner", f"returned rates that are not numbers ({err}); expected one rate "
+                          f"of the ladder {ladder} (or NaN: excluded) per device") from None
+    if len(rate) != n:
+        raise PluginError(assigner, "assigner", f"returned {len(rate)} rates for {n} devices; expected one per "
+                          f"device")
+    off = ~np.isnan(rate) & ~np.isin(rate, ladder)
+    if off.any():
+        raise PluginError(assigner, "assigner", f"assigned rate {float(rate[off][0]):g}, which is not on the ladder "
+                          f"{ladder}; expected a ladder rate or NaN (excluded)")
+    return rate

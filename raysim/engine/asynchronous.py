@@ -1,15 +1,15 @@
 """Asynchronous FL on the event-queue clock: FedBuff and FedAsync, with compressed submodels.
 
-`AsyncSimulation` has the same face as the round loop (`step()` returns one server step's
-records; `state_dict()` / `load_state_dict()` resume it exactly), so the coordinator, the
-run directory and `raysim report` treat it like any run.
+`FlatEvents` is a mode of the one round loop (`raysim.engine.loop`): a step is one server
+step; its `state_dict()` / `load_state_dict()` resume it exactly, so the coordinator, the run
+directory and `raysim report` treat it like any run.
 
 - The timeline (`raysim.engine.events`) decides, from predictions alone, which device trains from
   which global version and which server step its update goes into.
 - Devices train their rate's submodel of the version they downloaded. Their deltas are
   remapped into global coordinates and folded, exactly (int64), into one partial sum per
   (step, start version): the devices of such a group share their staleness.
-- A server step combines the groups of its arrivals: FedBuff takes the per-element mean of
+- A server step combines the groups of its arrivals (`raysim.server.rules`): FedBuff takes the per-element mean of
   s(staleness) x delta over the devices that held each element (Nguyen et al., 2022: the
   buffer of K updates, each down-weighted by staleness); FedAsync mixes the one arrival into
   the model, x <- x + alpha s (x_start + delta - x) on the elements it held (Xie et al., 2019).
@@ -18,8 +18,9 @@ run directory and `raysim report` treat it like any run.
   next steps are trained in one backend call (grouped by start version), so hosts stay busy
   even when a step takes one update. Which call trains a device changes nothing in the numbers.
 
-    sim = AsyncSimulation(setup, Static(), FitMemory(), FedAvg(), backend, cfg, AsyncConfig("fedbuff", 100, 10))
-    out = sim.step()       # one server step
+    mode = FlatEvents(setup=setup, cfg=cfg, strategy=Static(), assigner=FitMemory(), model=model,
+                      backend=backend, acfg=AsyncConfig("fedbuff", 100, 10))
+    got = mode.gather(1)   # the arrivals of server step 1
 """
 
 from __future__ import annotations
@@ -30,23 +31,24 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
-from raysim.engine.assignment import Assigner, AssignRequest
+from raysim.engine.assignment import Assigner, AssignRequest, check_rates
 from raysim.engine.cost import device_times
 from raysim.engine.energy import Phases, phase_energy, seconds
 from raysim.engine.events import Dispatched, Job, Refusal, Timeline, Window
-from raysim.engine.rounds import Backend, RoundConfig, Setup, Simulation, host_work, round_totals
+from raysim.engine.loop import Gathered, Global
+from raysim.engine.setup import Backend, RoundConfig, Setup, host_work
+from raysim.engine.versions import Versions
 from raysim.messages import GroupResult, PartialSum, TrainReport, TrainTask
-from raysim.records import EXCLUDED, FAILED, OFFLINE, OK, ClientRecords, RoundOutput, RoundRecord
+from raysim.records import EXCLUDED, FAILED, OFFLINE, OK, ClientRecords
 from raysim.seeding import rng
-from raysim.server.aggregate import buffered_mean, mixed_update
-from raysim.server.optimizers import ServerOptimizer
+from raysim.server.aggregate import merge
+from raysim.server.rules import MODES, Arrival, Rule, rule_for
 from raysim.server.staleness import Polynomial, Staleness
 from raysim.submodel import SubmodelPlan
 from raysim.submodel.strategies import Strategy
 
-MODES = ("fedbuff", "fedasync")
+__all__ = ["AsyncConfig", "Dispatcher", "FlatEvents"]
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,14 @@ class AsyncConfig:
             raise ValueError(f"server.mode: {self.mode!r} is not one of {MODES}")
 
     @property
+    def rule(self) -> Rule:
+        """How the server combines arrivals (FedBuff's buffer or FedAsync's mix)."""
+        return rule_for(self.mode, self.staleness, self.alpha)
+
+    @property
     def per_step(self) -> int:
         """Arrivals that trigger a server step."""
-        return 1 if self.mode == "fedasync" else self.buffer
+        return self.rule.per_step(self.buffer)
 
 
 class Dispatcher:
@@ -121,11 +128,7 @@ class Dispatcher:
                                 {rt: c.memory_bytes for rt, c in setup.costs.items()}, setup.fleet.memory[pos],
                                 lambda rt: times_at[rt].total, None)  # noqa: B023 - called before the loop moves on
             assign = self.assigner.assign(req)
-            rate = np.asarray(assign.rate, dtype=np.float64)
-            off = ~np.isnan(rate) & ~np.isin(rate, list(setup.rates))
-            if off.any():
-                raise ValueError(f"assignment: {type(self.assigner).__name__} assigned rate {float(rate[off][0]):g}, "
-                                 f"which is not on the ladder {list(setup.rates)}")
+            rate = check_rates(self.assigner, assign.rate, list(setup.rates), len(pos))
             for i in range(len(pos)):
                 p, dev = int(pos[i]), int(ids[i])
                 if np.isnan(rate[i]) or samples[i] == 0:
@@ -141,40 +144,36 @@ class Dispatcher:
         return Dispatched(jobs, refused, job - first_job)
 
 
-class AsyncSimulation(Simulation):
-    """The asynchronous engine: one `step()` per server step (see the module docstring)."""
+class FlatEvents:
+    """The flat asynchronous mode (a `raysim.engine.loop.Mode`): one step per server step (see
+    the module docstring)."""
 
-    def __init__(self, setup: Setup, strategy: Strategy, assigner: Assigner, server: ServerOptimizer,
-                 backend: Backend, cfg: RoundConfig, acfg: AsyncConfig) -> None:
-        super().__init__(setup, strategy, assigner, server, backend, cfg)
+    def __init__(self, *, setup: Setup, cfg: RoundConfig, strategy: Strategy, assigner: Assigner, model: Global,
+                 backend: Backend, acfg: AsyncConfig) -> None:
+        self.setup, self.cfg, self.strategy, self.model, self.backend = setup, cfg, strategy, model, backend
         self.acfg = acfg
+        self.samples = setup.shards.sizes()
         self.timeline = Timeline(Dispatcher(setup, assigner, cfg), acfg.concurrency, acfg.per_step, acfg.poll_s)
         self.windows: dict[int, Window] = {}     # computed, not yet applied (step -> window)
-        self.versions: dict[int, dict[str, torch.Tensor]] = {0: self._copy(self.params)}
+        self.versions = Versions(model.params)
         self.results: dict[tuple[int, int], PartialSum] = {}  # (step, start version) -> exact sum
         self.reports: dict[int, TrainReport] = {}              # job -> report
         self.trained: set[int] = set()                         # jobs trained (or lost with their host)
         self._applied_state = self.timeline.snapshot()  # the timeline as of the last applied step
         self._plans: dict[tuple, SubmodelPlan] = {}
-
-    @staticmethod
-    def _copy(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in params.items()}
+        self._win: Optional[Window] = None
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        st = super().state_dict()
         tl = self._applied_state
-        keep = sorted(tl.versions() | {self.round})
-        st["async"] = {"timeline": tl.plain(), "versions": {v: self.versions[v] for v in keep}}
-        return st
+        keep = tl.versions() | {self.model.round}
+        return {"async": {"timeline": tl.plain(), "versions": self.versions.plain(keep)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
         a = state["async"]
         self.timeline.load_state(a["timeline"])
         self._applied_state = self.timeline.snapshot()
-        self.versions = {int(v): {k: t.clone() for k, t in p.items()} for v, p in a["versions"].items()}
+        self.versions.load(a["versions"])
         self.windows.clear()
         self.results.clear()
         self.reports.clear()
@@ -189,36 +188,33 @@ class AsyncSimulation(Simulation):
             self.windows[w.step] = w
         return self.windows[step]
 
-    def step(self) -> RoundOutput:
-        """Run the next server step and return its records."""
-        cfg = self.cfg
-        w = self.round + 1
-        wall0 = time.perf_counter()
+    def gather(self, step: int) -> Gathered:
+        w = step
         win = self.window(w)
         train_s = 0.0
         if any(j.job not in self.trained for j in win.arrivals):
             train_s = self.train_ahead(w)
-        applied = self.apply(win)
-        self.round = w
-        self.clock = win.time
-        self.versions[w] = self._copy(self.params)
-        assert win.state is not None  # `Timeline.next_window` always records it
-        self._applied_state = win.state
-        del self.windows[w]
+        applied = {j.job for j in win.arrivals if j.job in self.reports and self.reports[j.job].status == OK}
+        # a fixed order of float additions: ascending start version
+        keys = sorted(k for k in self.results if k[0] == w)
+        arrivals = [Arrival(self.results.pop(k), k[1], self.versions[k[1]]) for k in keys]
         clients = self.window_rows(win, applied)
-        self._release(w)
-        evals = self.evaluate(w) if (w % cfg.eval_every == 0 or w == cfg.rounds) else []
-        wall = time.perf_counter() - wall0
         ok = [j for j in win.arrivals if j.job in applied]
-        record = RoundRecord(round=w, sim_start=win.start, sim_time=win.time, duration=win.time - win.start,
-                             wall_s=wall, coordinator_s=wall - train_s, train_s=train_s,
-                             selected=win.dispatched + len(win.refused), trained=len(ok),
-                             samples_trained=int(sum(self.reports[j.job].samples for j in ok)),
-                             **round_totals(clients, evals))
+        self._win = win
+        return Gathered(arrivals, win.start, win.time, win.time - win.start, clients, len(ok),
+                        int(sum(self.reports[j.job].samples for j in ok)), train_s)
+
+    def after_step(self, step: int, stepped: bool, got: Gathered) -> None:
+        win = self._win
+        assert win is not None and win.state is not None  # `Timeline.next_window` always records it
+        self.versions.add(step, self.model.params)
+        self._applied_state = win.state
+        del self.windows[step]
+        self._release()
         for j in win.arrivals:
             self.reports.pop(j.job, None)
             self.trained.discard(j.job)
-        return RoundOutput(record, clients, evals)
+        self._win = None
 
     def train_ahead(self, w: int) -> float:
         """Train every arrival of step w, and of the next steps whose start version exists,
@@ -245,22 +241,13 @@ class AsyncSimulation(Simulation):
             hint = host_work(steps, self.cfg.batch_size, self.setup.costs[j.rate].flops_per_sample)
             tasks.append(TrainTask(j.device, j.rate, plan_ids[key], None, self.cfg.weighting, hint, j.t_download,
                                    j.t_compute, j.t_upload, None, version=j.version, group=gid, stream=j.job))
-        versions = {v: self.versions[v] for v in sorted({j.version for _, j in jobs})}
+        versions = self.versions.plain(j.version for _, j in jobs)
         t0 = time.perf_counter()
         results: list[GroupResult] = self.backend.train_groups(versions, plans, tasks, self._live())
         took = time.perf_counter() - t0
         by_gid = {g: k for k, g in groups.items()}
-        for res in sorted(results, key=lambda r: r.host):
-            for gid, part in res.partials.items():
-                gkey = by_gid[gid]
-                if gkey in self.results:
-                    self.results[gkey].merge(part)
-                else:  # a writable copy: what hosts send back is read-only
-                    self.results[gkey] = PartialSum({k: v.copy() for k, v in part.sums.items()},
-                                                   {k: v.copy() for k, v in part.weights.items()},
-                                                   part.devices, part.samples)
-            for rep in res.reports:
-                self.reports[rep.job] = rep
+        _, reports = merge(results, self.model.shapes, into=self.results, key=by_gid.__getitem__)
+        self.reports.update((rep.job, rep) for rep in reports)
         self.trained.update(j.job for _, j in jobs)
         return took
 
@@ -275,50 +262,22 @@ class AsyncSimulation(Simulation):
         if plan is None:
             # The strategy sees the step the device joins (rolling windows move per version) and
             # the weights it downloaded (magnitude).
-            plan = self.strategy.plan(self.spec, j.rate, j.version + 1, key[2], self.versions[j.version],
+            plan = self.strategy.plan(self.setup.spec, j.rate, j.version + 1, key[2], self.versions[j.version],
                                       self.cfg.seed)
             self._plans[key] = plan
         return plan
-
-    def apply(self, win: Window) -> set[int]:
-        """Combine the step's groups into one update and take the server step; returns the jobs
-        whose update went in."""
-        w = win.step
-        applied = {j.job for j in win.arrivals if j.job in self.reports and self.reports[j.job].status == OK}
-        keys = sorted(k for k in self.results if k[0] == w)
-        if keys:
-            if self.acfg.mode == "fedbuff":
-                delta, held = self._buffered(w, keys)
-            else:
-                delta, held = self._mixed(w, keys)
-            self.server.step(self.params, delta, held, self.server_state)
-            self.server_state.steps += 1
-        for k in keys:
-            del self.results[k]
-        return applied
-
-    def _buffered(self, w: int, keys: list[tuple[int, int]]):
-        # ascending start version: a fixed order of float additions
-        parts = [(self.acfg.staleness(w - 1 - v), self.results[(w, v)]) for _, v in keys]
-        return buffered_mean(parts, self.shapes)
-
-    def _mixed(self, w: int, keys: list[tuple[int, int]]):
-        ((_, v),) = keys  # one arrival per step
-        mix = self.acfg.alpha * self.acfg.staleness(w - 1 - v)
-        return mixed_update(self.results[(w, v)], mix, self.versions[v], self.params)
 
     def _live(self) -> set[int]:
         """Versions some device still needs (in flight, or arriving in a computed window)."""
         live = {j.version for j in self.timeline.in_flight()}
         for win in self.windows.values():
             live.update(j.version for j in win.arrivals)
-        live.add(self.round)
+        live.add(self.model.round)
         return live
 
-    def _release(self, w: int) -> None:
+    def _release(self) -> None:
         live = self._live()
-        for v in [v for v in self.versions if v not in live]:
-            del self.versions[v]
+        self.versions.keep(live)
         self._plans = {k: p for k, p in self._plans.items() if k[0] in live}
 
     # ---------------------------------------------------------------- records

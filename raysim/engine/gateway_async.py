@@ -24,53 +24,48 @@ Resume: the state is each gateway's running cycle (start version, start time, co
 cloud versions they start from; cycles trained ahead are trained again after a resume, to the
 same numbers (their draws are keyed, aggregation is exact).
 
-    sim = AsyncGatewaySimulation(setup, Static(), FitMemory(), FedAvg(), backend, cfg, gateways=gw,
-                                 acfg=AsyncConfig("fedasync", concurrency=gw.count))
-    out = sim.step()        # one cloud step: the arriving gateway's rows and its devices'
+    mode = GatewayEvents(cycles=cycles, acfg=AsyncConfig("fedasync", concurrency=gw.count))
+    got = mode.gather(1)    # one cloud step: the arriving gateway's rows and its devices'
 """
 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
-import torch
 
-from raysim.engine.asynchronous import AsyncConfig, AsyncSimulation
-from raysim.engine.hierarchy import Cycle, CycleDone, HierarchicalSimulation
-from raysim.engine.rounds import round_totals
+from raysim.engine.asynchronous import AsyncConfig
+from raysim.engine.events import NoDevices
+from raysim.engine.hierarchy import Cycle, CycleDone, Cycles
+from raysim.engine.loop import Gathered
+from raysim.engine.versions import Versions
 from raysim.messages import PartialSum
-from raysim.records import ClientRecords, RoundOutput, RoundRecord
-from raysim.server.aggregate import buffered_mean, fold_held, mixed_update
+from raysim.records import ClientRecords
+from raysim.server.aggregate import fold_held
+from raysim.server.rules import Arrival
 
-__all__ = ["AsyncGatewaySimulation"]
+__all__ = ["GatewayEvents"]
 
 # Attempts in a row that trained nothing anywhere before a run gives up (devices never online,
 # or without samples): at a 10 s poll, about 11 simulated days for one gateway.
 _MAX_IDLE = 100_000
-_copy = AsyncSimulation._copy   # the flat asynchronous engine's copy of a version's weights
 
 
-class AsyncGatewaySimulation(HierarchicalSimulation):
-    """Gateways on their own clocks, the cloud asynchronous (see the module docstring)."""
+class GatewayEvents:
+    """Gateways on their own clocks, the cloud asynchronous (a `raysim.engine.loop.Mode`; see
+    the module docstring)."""
 
-    def __init__(self, *args: Any, acfg: AsyncConfig, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.gateways.cloud_deadline is not None:
-            raise ValueError("topology.cloud_deadline: applies to synchronous cloud rounds; with server.mode "
-                             f"{acfg.mode!r} the cloud waits for no gateway")
-        if self.batteries is not None:
-            raise ValueError(f"energy.batteries: tracked in synchronous rounds only; server.mode {acfg.mode!r} "
-                             f"does not track them yet")
-        self.acfg = acfg
-        self.versions: dict[int, dict[str, torch.Tensor]] = {0: _copy(self.params)}
-        self.counts = np.zeros(self.gateways.count, np.int64)   # cycles each gateway has started
+    def __init__(self, *, cycles: Cycles, acfg: AsyncConfig) -> None:
+        self.cycles, self.acfg = cycles, acfg
+        self.model = cycles.model
+        self.versions = Versions(self.model.params)
+        self.counts = np.zeros(cycles.gateways.count, np.int64)   # cycles each gateway has started
         self.running: dict[int, Cycle] = {}
         self.done: dict[int, CycleDone] = {}                     # trained ahead, not yet arrived
-        for g in range(self.gateways.count):
-            self._start(g, self.clock + self.t_cloud_down, 0, True)
+        self._last: tuple[int, float] = (-1, 0.0)                # the step's last arrival: gateway, time
+        for g in range(cycles.gateways.count):
+            self._start(g, self.model.clock + cycles.t_cloud_down, 0, True)
 
     def _start(self, g: int, at: float, version: int, download: bool) -> None:
         self.running[g] = Cycle(g, version, at, self.versions[version], int(self.counts[g]), download)
@@ -80,7 +75,7 @@ class AsyncGatewaySimulation(HierarchicalSimulation):
         """When gateway g's trained cycle is over: its upload arrives, or (nothing to send) it tries again."""
         d = self.done[g]
         if d.samples > 0:
-            return d.end + self.t_cloud_up
+            return d.end + self.cycles.t_cloud_up
         return max(d.end, d.cycle.start + self.acfg.poll_s)
 
     def _train_due(self) -> float:
@@ -92,16 +87,14 @@ class AsyncGatewaySimulation(HierarchicalSimulation):
             due = [g for g in sorted(self.running) if g not in self.done and self.running[g].start <= bound]
             if not due:
                 return took
-            out, s = self.run_cycles([self.running[g] for g in due])
+            out, s = self.cycles.run_cycles([self.running[g] for g in due])
             took += s
             self.done.update(zip(due, out))
 
     # ---------------------------------------------------------------- one cloud step
-    def step(self) -> RoundOutput:
-        """Run the next cloud step and return its records."""
-        cfg, w = self.cfg, self.round + 1
-        wall0 = time.perf_counter()
-        start = self.clock
+    def gather(self, step: int) -> Gathered:
+        cy, w = self.cycles, step
+        start = self.model.clock
         arrived: list[tuple[float, CycleDone]] = []
         concluded: list[tuple[float, CycleDone]] = []   # in time order, arrivals and empty tries
         train_s, idle = 0.0, 0
@@ -110,67 +103,52 @@ class AsyncGatewaySimulation(HierarchicalSimulation):
             g = min(self.done, key=lambda h: (self._event(h), h))
             t = self._event(g)
             d = self.done.pop(g)
-            self.keep_gateway_state(d)
+            cy.keep_gateway_state(d)
             concluded.append((t, d))
             if d.samples > 0:
                 arrived.append((t, d))
                 idle = 0
                 if len(arrived) < self.acfg.per_step:   # FedBuff: goes on from the cloud's model now
-                    self._start(g, t + self.t_cloud_down, self.round, True)
+                    self._start(g, t + cy.t_cloud_down, self.model.round, True)
             else:
                 idle += 1
                 if idle > _MAX_IDLE:
-                    raise ValueError(f"topology.gateways: no gateway's devices sent an update in {_MAX_IDLE} tries "
-                                     f"(simulated time {t:.0f} s): are their devices never online, or without "
-                                     f"training samples?")
-                fresh = self.round != d.cycle.version
-                self._start(g, t + (self.t_cloud_down if fresh else 0.0), self.round, fresh)
-        self._apply(w, arrived)
+                    raise NoDevices(f"topology.gateways: no gateway's devices sent an update in {_MAX_IDLE} tries "
+                                    f"(simulated time {t:.0f} s): are their devices never online, or without "
+                                    f"training samples?")
+                fresh = self.model.round != d.cycle.version
+                self._start(g, t + (cy.t_cloud_down if fresh else 0.0), self.model.round, fresh)
         now = arrived[-1][0]
-        last = arrived[-1][1].cycle.gateway
-        self.round, self.clock = w, now
-        self.versions[w] = _copy(self.params)
-        self._start(last, now + self.t_cloud_down, w, True)
-        self._release()
+        self._last = (arrived[-1][1].cycle.gateway, now)
         clients, rows = self._rows(w, concluded)
-        evals = self.evaluate(w) if (w % cfg.eval_every == 0 or w == cfg.rounds) else []
         ok = np.array([v >= 0 for v in clients.version_applied], dtype=bool)
-        wall = time.perf_counter() - wall0
-        record = RoundRecord(round=w, sim_start=start, sim_time=now, duration=now - start, wall_s=wall,
-                             coordinator_s=wall - train_s, train_s=train_s, selected=len(clients),
-                             trained=int(sum(d.devices for _, d in arrived)),
-                             samples_trained=int(np.asarray(clients.samples_trained)[ok].sum()) if len(clients) else 0,
-                             **round_totals(clients, evals))
-        return RoundOutput(record, clients, evals, [], rows)
+        samples = int(np.asarray(clients.samples_trained)[ok].sum()) if len(clients) else 0
+        return Gathered(self._arrivals(arrived), start, now, now - start, clients,
+                        int(sum(d.devices for _, d in arrived)), samples, train_s, [], rows)
 
-    def _apply(self, w: int, arrived: list[tuple[float, CycleDone]]) -> None:
-        """The cloud's step on the arrived gateway models."""
-        parts = []
-        # a fixed order of float additions: by start version, then gateway
+    def _arrivals(self, arrived: list[tuple[float, CycleDone]]) -> list[Arrival]:
+        """Each arrived gateway's change from the version it started from, as the cloud's rule
+        takes it; a fixed order of float additions: by start version, then gateway."""
+        out = []
         for _, d in sorted(arrived, key=lambda a: (a[1].cycle.version, a[1].cycle.gateway)):
-            part = PartialSum.zeros(self.shapes)
-            fold_held(part, d.change(self.versions[d.cycle.version]), d.held, d.samples)
-            parts.append((d.cycle.version, part))
-        if self.acfg.mode == "fedasync":
-            ((v, part),) = parts
-            delta, held = mixed_update(part, self.acfg.alpha * self.acfg.staleness(w - 1 - v), self.versions[v],
-                                       self.params)
-        else:
-            delta, held = buffered_mean([(self.acfg.staleness(w - 1 - v), p) for v, p in parts], self.shapes)
-        self.server.step(self.params, delta, held, self.server_state)
-        self.server_state.steps += 1
+            part = PartialSum.zeros(self.model.shapes)
+            v = d.cycle.version
+            fold_held(part, d.change(self.versions[v]), d.held, d.samples)
+            out.append(Arrival(part, v, self.versions[v]))
+        return out
 
-    def _release(self) -> None:
-        keep = {c.version for c in self.running.values()} | {self.round}
-        for v in [v for v in self.versions if v not in keep]:
-            del self.versions[v]
+    def after_step(self, step: int, stepped: bool, got: Gathered) -> None:
+        self.versions.add(step, self.model.params)
+        last, now = self._last
+        self._start(last, now + self.cycles.t_cloud_down, step, True)
+        self.versions.keep({c.version for c in self.running.values()} | {self.model.round})
 
     def _rows(self, w: int, concluded: list[tuple[float, CycleDone]]) -> tuple[ClientRecords, list[dict[str, Any]]]:
         """The device rows and gateway rows of the cycles concluded in step w: an arrival's updates
         went in at w; an empty try's did not."""
         clients = ClientRecords()
         rows: list[dict[str, Any]] = []
-        last = self.gateways.rounds
+        last = self.cycles.gateways.rounds
         for t, d in concluded:
             c, sent = d.cycle, d.samples > 0
             if not sent and not any(len(x) for x in d.clients) and not c.download:
@@ -187,29 +165,29 @@ class AsyncGatewaySimulation(HierarchicalSimulation):
                 row = d.rows[j]
                 row["round"], row["applied"] = w, sent
                 if j + 1 == last and sent:
-                    began = c.start - (self.t_cloud_down if c.download else 0.0)
-                    row["bytes_cloud_up"], row["t_cloud_up"] = self.model_bytes, self.t_cloud_up
+                    began = c.start - (self.cycles.t_cloud_down if c.download else 0.0)
+                    row["bytes_cloud_up"], row["t_cloud_up"] = self.cycles.model_bytes, self.cycles.t_cloud_up
                     row["t_gateway_done"] = t - began
-                    row["gateway_energy_j"] += self.gateways.energy_j(0.0, up_s=self.t_cloud_up)
+                    row["gateway_energy_j"] += self.cycles.gateways.energy_j(0.0, up_s=self.cycles.t_cloud_up)
                 rows.append(row)
         return clients, rows
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        st = super().state_dict()
+        st = self.cycles.state_dict()
         st["gateways_async"] = {
             "running": {g: (c.version, c.start, c.number, c.download) for g, c in self.running.items()},
             "counts": self.counts.tolist(),
-            "versions": {v: self.versions[v] for v in sorted({c.version for c in self.running.values()})}}
+            "versions": self.versions.plain(c.version for c in self.running.values())}
         return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+        self.cycles.load_state_dict(state)
         a = state.get("gateways_async")
         if a is None:
             raise ValueError("checkpoint: holds no asynchronous gateway state, but the scenario runs gateways "
                              "with an asynchronous cloud")
-        self.versions = {int(v): _copy(p) for v, p in a["versions"].items()}
+        self.versions.load(a["versions"])
         self.counts = np.asarray(a["counts"], dtype=np.int64)
         self.running = {int(g): Cycle(int(g), int(v), float(s), self.versions[int(v)], int(n), bool(dl))
                         for g, (v, s, n, dl) in a["running"].items()}

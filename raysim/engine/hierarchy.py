@@ -16,8 +16,8 @@ gateway, so a hierarchical run costs about what a flat one does.
 
     gw = Gateways(count=10, rounds=2, per_gateway=5, attach="random", down_bps=5e7, up_bps=5e7,
                   latency_s=0.02)
-    sim = HierarchicalSimulation(setup, Static(), FitMemory(), FedAvg(), backend, cfg, gateways=gw)
-    out = sim.step()          # one cloud round; out.gateways: its rows of gateways.parquet
+    mode = GatewayRounds(cycles=Cycles(rounds=device_rounds, model=model, backend=backend, gateways=gw))
+    got = mode.gather(1)      # one cloud round; got.gateways: its rows of gateways.parquet
 """
 
 from __future__ import annotations
@@ -30,14 +30,19 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from raysim.engine.rounds import RoundDraft, Simulation, Slot, TaskGroup, round_totals
+from raysim.engine.battery import Batteries
+from raysim.engine.device_round import DeviceRounds, RoundDraft, Slot, TaskGroup
+from raysim.engine.flat import load_device_side
+from raysim.engine.loop import Gathered, Global
+from raysim.engine.setup import Backend
 from raysim.engine.topology import Gateways, attach, dominant_labels
-from raysim.messages import GroupResult, PartialSum, TrainReport
-from raysim.records import STATUSES, ClientRecords, RoundOutput, RoundRecord
-from raysim.server.aggregate import fold_held, mean_delta
+from raysim.messages import PartialSum
+from raysim.records import STATUSES, ClientRecords
+from raysim.server.aggregate import fold_held, mean_delta, merge
 from raysim.server.optimizers import FedAvg, ServerOptimizer, ServerState
+from raysim.server.rules import Arrival
 
-__all__ = ["HierarchicalSimulation", "Cycle", "CycleDone", "gateway_row", "merge_groups"]
+__all__ = ["Cycles", "GatewayRounds", "Cycle", "CycleDone", "gateway_row"]
 
 
 @dataclass(frozen=True)
@@ -86,86 +91,41 @@ class CycleDone:
         return {k: self.model[k] - base[k] for k in base}
 
 
-class HierarchicalSimulation(Simulation):
-    """The round loop with gateways: one `step()` is one cloud round (see the module docstring)."""
+class Cycles:
+    """The gateway tier both gateway modes share: which devices each gateway serves, the
+    gateway-cloud link, each gateway's optimizer and its state, and `run_cycles`, which trains
+    gateways' kappa2 rounds from the models they start from."""
 
-    def __init__(self, *args: Any, gateways: Gateways, gateway_server: Optional[ServerOptimizer] = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, rounds: DeviceRounds, model: Global, backend: Backend, gateways: Gateways,
+                 gateway_server: Optional[ServerOptimizer] = None) -> None:
+        self.rounds, self.model, self.backend = rounds, model, backend
         gw = self.gateways = gateways
         self.gateway_server = gateway_server or FedAvg()
-        n = len(self.setup.fleet)
+        setup = rounds.setup
+        n = len(setup.fleet)
         if gw.count > n:
             raise ValueError(f"topology.gateways: {gw.count} gateways for {n} devices")
-        labels = dominant_labels(self.setup.dataset.y_train, self.setup.shards) if gw.attach == "label" else None
-        self.gateway_of = attach(gw.attach, gw.count, n, self.cfg.seed, labels, self.setup.fleet.gateway)
+        labels = dominant_labels(setup.dataset.y_train, setup.shards) if gw.attach == "label" else None
+        self.gateway_of = attach(gw.attach, gw.count, n, rounds.cfg.seed, labels, setup.fleet.gateway)
         self.members = [self.gateway_of == g for g in range(gw.count)]
         # The gateway-cloud link carries the global model, dense float32, each way.
-        self.model_bytes = int(sum(v.numel() for v in self.params.values()) * 4)
+        self.model_bytes = int(sum(v.numel() for v in model.params.values()) * 4)
         self.t_cloud_down, self.t_cloud_up = gw.link_s(self.model_bytes)
         self.battery_at = np.zeros(gw.count)   # how far each gateway's devices' batteries have moved
         self.gateway_states: dict[int, ServerState] = {}   # kept gateway optimizer states (keep_state)
+
+    @property
+    def batteries(self) -> Optional[Batteries]:
+        return self.rounds.batteries
 
     def _key(self, g: int, j: int) -> tuple[int, ...]:
         # One gateway with one gateway round is FedAvg through a relay: it draws what a flat round draws.
         return () if (self.gateways.count, self.gateways.rounds) == (1, 1) else (g, j)
 
-    def step(self) -> RoundOutput:
-        """Run the next cloud round and return its records (with the gateway rows)."""
-        gw, cfg = self.gateways, self.cfg
-        r = self.round + 1
-        wall0 = time.perf_counter()
-        start = self.clock
-        self.battery_at[:] = start
-        done, train_s = self.run_cycles([Cycle(g, r - 1, start + self.t_cloud_down, self.params)
-                                         for g in range(gw.count)])
-        finish = np.array([c.end for c in done]) + self.t_cloud_up - start
-        in_time = finish <= gw.cloud_deadline if gw.cloud_deadline is not None else np.ones(gw.count, bool)
-        duration = float(finish.max()) if in_time.all() else float(gw.cloud_deadline)  # type: ignore[arg-type]
-        acc = PartialSum.zeros(self.shapes)
-        for c in done:
-            if c.samples > 0 and in_time[c.cycle.gateway]:
-                fold_held(acc, c.change(self.params), c.held, c.samples)
-        if acc.devices:
-            delta, h = mean_delta(acc)
-            self.server.step(self.params, delta, h, self.server_state)
-            self.server_state.steps += 1
-        for c in done:
-            self.keep_gateway_state(c)
-        # rows in gateway-round order, then gateway order
-        clients = ClientRecords()
-        rows: list[dict[str, Any]] = []
-        for j in range(gw.rounds):
-            for c in done:
-                clients.extend(c.clients[j])
-                rows.append(c.rows[j])
-        self._finish_rows(rows, clients, in_time, finish)
-        self.clock = start + duration
-        self.round = r
-        battery_rows: list[dict[str, Any]] = []
-        if self.batteries is not None:
-            # every gateway's devices idle from its last gateway round to the cloud round's end
-            for g in range(gw.count):
-                self.batteries.advance(float(self.battery_at[g]), self.clock, np.zeros(0, np.int64), np.zeros(0),
-                                       among=self.members[g])
-            battery_rows = self.batteries.rows(r, self.clock)
-        evals = self.evaluate(r) if (r % cfg.eval_every == 0 or r == cfg.rounds) else []
-        applied = in_time[np.asarray(clients.gateway, dtype=np.int64)] if len(clients) else np.zeros(0, bool)
-        ok_rows = np.array([v >= 0 for v in clients.version_applied], dtype=bool) & applied
-        trained = sum(c.devices for c in done if in_time[c.cycle.gateway])
-        record = RoundRecord(round=r, sim_start=start, sim_time=self.clock, duration=duration,
-                             wall_s=time.perf_counter() - wall0, coordinator_s=time.perf_counter() - wall0 - train_s,
-                             train_s=train_s, selected=len(clients), trained=int(trained),
-                             samples_trained=int(np.asarray(clients.samples_trained)[ok_rows].sum()) if len(clients)
-                             else 0, **round_totals(clients, evals))
-        return RoundOutput(record, clients, evals, battery_rows, rows)
-
     def gateway_state_of(self, g: int) -> ServerState:
         """The optimizer state gateway g's next cycle starts from (a copy: fresh per cycle unless kept)."""
         kept = self.gateway_states.get(g) if self.gateways.keep_state else None
-        if kept is None:
-            return ServerState()
-        return ServerState({k: {n: t.clone() for n, t in v.items()} for k, v in kept.slots.items()}, kept.steps)
+        return ServerState() if kept is None else kept.copy()
 
     def keep_gateway_state(self, done: CycleDone) -> None:
         """A concluded cycle's optimizer state, kept for its gateway's next (with `keep_state`)."""
@@ -173,17 +133,20 @@ class HierarchicalSimulation(Simulation):
             self.gateway_states[done.cycle.gateway] = done.opt_state
 
     def state_dict(self) -> dict[str, Any]:
-        st = super().state_dict()
+        """The device side (batteries, device states) and the kept gateway optimizer states."""
+        st: dict[str, Any] = {}
+        r = self.rounds
+        if r.batteries is not None:
+            st["batteries"] = r.batteries.state_dict()
+        if r.device_states is not None:
+            st["device_states"] = r.device_states.state_dict()
         if self.gateways.keep_state:
-            st["gateway_states"] = {g: {"slots": {k: dict(v) for k, v in s.slots.items()}, "steps": s.steps}
-                                    for g, s in self.gateway_states.items()}
+            st["gateway_states"] = {g: s.plain() for g, s in self.gateway_states.items()}
         return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.gateway_states = {int(g): ServerState({k: {n: t.clone() for n, t in v.items()} for k, v in s["slots"].items()},
-                                                   int(s["steps"]))
-                               for g, s in state.get("gateway_states", {}).items()}
+        load_device_side(self.rounds, state)
+        self.gateway_states = {int(g): ServerState.from_plain(s) for g, s in state.get("gateway_states", {}).items()}
 
     def run_cycles(self, cycles: list[Cycle]) -> tuple[list[CycleDone], float]:
         """Run each cycle's kappa2 gateway rounds (all cycles' j-th rounds in one backend call,
@@ -191,7 +154,8 @@ class HierarchicalSimulation(Simulation):
         At most one cycle per gateway."""
         gw = self.gateways
         models = [{k: v.clone() for k, v in c.params.items()} for c in cycles]
-        held = [{k: torch.zeros(v.shape, dtype=torch.bool) for k, v in self.params.items()} for _ in cycles]
+        held = [{k: torch.zeros(v.shape, dtype=torch.bool) for k, v in self.model.params.items()} for _ in cycles]
+        rounds, shapes = self.rounds, self.model.shapes
         out = [CycleDone(c, models[i], held[i], 0, 0, c.start, [], []) for i, c in enumerate(cycles)]
         # A gateway optimizer's state lasts one cycle (each starts from a cloud model), or the run:
         # then a cycle starts from a copy of the state its gateway's last concluded cycle left,
@@ -209,14 +173,14 @@ class HierarchicalSimulation(Simulation):
                 g = c.gateway
                 # the devices' random streams' key: the cloud round itself when kappa2 is 1
                 stream = c.number * gw.rounds + j
-                d = self.draft(c.version + 1, Slot(out[i].end, gw.per_gateway, self.members[g],
+                d = rounds.draft(c.version + 1, Slot(out[i].end, gw.per_gateway, self.members[g],
                                                    self._key(g, j) + c.key))
                 drafts.append(d)
                 # Version ids are unique across the run (hosts cache weights by version); in a
                 # cycle's first gateway round every gateway starts from the cloud's model: one
                 # version for all that start from it, sent to each host once.
                 vid = stream * gw.count + g if j > 1 else (c.version * gw.rounds + 1) * gw.count
-                p, t = self.plan_tasks(d, TaskGroup(models[i], vid, i, stream, len(plans)))
+                p, t = rounds.plan_tasks(d, TaskGroup(models[i], vid, i, stream, len(plans)))
                 plans.update(p)
                 tasks += t
                 if t and vid not in versions:
@@ -224,23 +188,22 @@ class HierarchicalSimulation(Simulation):
             t0 = time.perf_counter()
             results = self.backend.train_groups(versions, plans, tasks, set(versions)) if tasks else []
             train_s += time.perf_counter() - t0
-            parts, reports = merge_groups(results, self.shapes)
-            self.keep_states(reports)
+            parts, got = merge(results, shapes)
+            reports = {rep.device_id: rep for rep in got}
+            rounds.keep_states(reports)
             for i, c in enumerate(cycles):
                 d, o, g = drafts[i], out[i], c.gateway
                 reps = {int(dev): reports[int(dev)] for dev in d.sel if int(dev) in reports}
-                sched = self.clock_kind.settle(d.sched, d.sel, d.train_idx, reps, d.stays, gw.per_gateway,
-                                               d.deadline, d.steps_full)
+                sched = rounds.settle(d, reps, gw.per_gateway)
                 part = parts.get(i)
                 if part is not None and part.devices:
                     delta, h = mean_delta(part)
-                    self.gateway_server.step(models[i], delta, h, opt_states[i])
-                    opt_states[i].steps += 1
+                    self.gateway_server.apply(models[i], delta, h, opt_states[i])
                     for k in models[i]:
                         held[i][k] |= h[k]
                     o.devices += part.devices
                     o.samples += part.samples
-                rows_g = self.client_rows(d, sched, reps)
+                rows_g = rounds.client_rows(d, sched, reps)
                 rows_g.gateway = [g] * len(rows_g)
                 rows_g.gateway_round = [j] * len(rows_g)
                 o.clients.append(rows_g)
@@ -256,27 +219,6 @@ class HierarchicalSimulation(Simulation):
                                           gw.energy_j(sched.duration, down_s=t_down)))
                 o.end += sched.duration
         return out, train_s
-
-    def _finish_rows(self, rows: list[dict[str, Any]], clients: ClientRecords, in_time: np.ndarray,
-                     finish: np.ndarray) -> None:
-        """Fill the cloud link and whether the cloud took each gateway's model; a device under a
-        gateway the cloud left out had no update applied."""
-        last = self.gateways.rounds
-        for row in rows:
-            g = row["gateway"]
-            row["applied"] = bool(in_time[g])
-            if row["gateway_round"] == last:
-                row["bytes_cloud_up"] = self.model_bytes
-                row["t_cloud_up"] = self.t_cloud_up
-                row["t_gateway_done"] = float(finish[g])
-                row["gateway_energy_j"] += self.gateways.energy_j(0.0, up_s=self.t_cloud_up)
-        for i, g in enumerate(clients.gateway):
-            if not in_time[g] and clients.version_applied[i] >= 0:
-                clients.version_applied[i] = -1
-                clients.staleness[i] = -1
-                clients.samples_trained[i] = 0
-                clients.reason[i] = (clients.reason[i] + "; " if clients.reason[i] else "") + \
-                    f"gateway {g} missed the cloud deadline"
 
 
 def gateway_row(r: int, j: int, g: int, start: float, duration: float, rows: ClientRecords,
@@ -296,16 +238,81 @@ def gateway_row(r: int, j: int, g: int, start: float, duration: float, rows: Cli
     return row
 
 
-def merge_groups(results: list[GroupResult], shapes: dict[str, tuple]) -> tuple[dict[int, PartialSum],
-                                                                                  dict[int, TrainReport]]:
-    """The hosts' partial sums added per group (exact, so in any order) and their reports by device."""
-    parts: dict[int, PartialSum] = {}
-    reports: dict[int, TrainReport] = {}
-    for res in sorted(results, key=lambda h: h.host):
-        for gid, part in sorted(res.partials.items()):
-            if gid not in parts:
-                parts[gid] = PartialSum.zeros(shapes)
-            parts[gid].merge(part)
-        for rep in res.reports:
-            reports[rep.device_id] = rep
-    return parts, reports
+class GatewayRounds:
+    """Synchronous cloud rounds through gateways (a `raysim.engine.loop.Mode`): one step is one
+    cloud round (see the module docstring)."""
+
+    def __init__(self, *, cycles: Cycles) -> None:
+        self.cycles = cycles
+
+    def gather(self, step: int) -> Gathered:
+        cy = self.cycles
+        gw, m = cy.gateways, cy.model
+        start = m.clock
+        cy.battery_at[:] = start
+        done, train_s = cy.run_cycles([Cycle(g, step - 1, start + cy.t_cloud_down, m.params)
+                                       for g in range(gw.count)])
+        finish = np.array([c.end for c in done]) + cy.t_cloud_up - start
+        in_time = finish <= gw.cloud_deadline if gw.cloud_deadline is not None else np.ones(gw.count, bool)
+        duration = float(finish.max()) if in_time.all() else float(gw.cloud_deadline)  # type: ignore[arg-type]
+        # the cloud's one arrival: the in-time gateways' changes, each weighted by its samples
+        acc = PartialSum.zeros(m.shapes)
+        for c in done:
+            if c.samples > 0 and in_time[c.cycle.gateway]:
+                fold_held(acc, c.change(m.params), c.held, c.samples)
+        for c in done:
+            cy.keep_gateway_state(c)
+        # rows in gateway-round order, then gateway order
+        clients = ClientRecords()
+        rows: list[dict[str, Any]] = []
+        for j in range(gw.rounds):
+            for c in done:
+                clients.extend(c.clients[j])
+                rows.append(c.rows[j])
+        self._finish_rows(rows, clients, in_time, finish)
+        end = start + duration
+        battery_rows: list[dict[str, Any]] = []
+        if cy.batteries is not None:
+            # every gateway's devices idle from its last gateway round to the cloud round's end
+            for g in range(gw.count):
+                cy.batteries.advance(float(cy.battery_at[g]), end, np.zeros(0, np.int64), np.zeros(0),
+                                     among=cy.members[g])
+            battery_rows = cy.batteries.rows(step, end)
+        applied = in_time[np.asarray(clients.gateway, dtype=np.int64)] if len(clients) else np.zeros(0, bool)
+        ok_rows = np.array([v >= 0 for v in clients.version_applied], dtype=bool) & applied
+        trained = sum(c.devices for c in done if in_time[c.cycle.gateway])
+        samples = int(np.asarray(clients.samples_trained)[ok_rows].sum()) if len(clients) else 0
+        return Gathered([Arrival(acc, step - 1)], start, end, duration, clients, int(trained), samples, train_s,
+                        battery_rows, rows)
+
+    def after_step(self, step: int, stepped: bool, got: Gathered) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.cycles.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cycles.load_state_dict(state)
+
+    def _finish_rows(self, rows: list[dict[str, Any]], clients: ClientRecords, in_time: np.ndarray,
+                     finish: np.ndarray) -> None:
+        """Fill the cloud link and whether the cloud took each gateway's model; a device under a
+        gateway the cloud left out had no update applied."""
+        last = self.cycles.gateways.rounds
+        for row in rows:
+            g = row["gateway"]
+            row["applied"] = bool(in_time[g])
+            if row["gateway_round"] == last:
+                row["bytes_cloud_up"] = self.cycles.model_bytes
+                row["t_cloud_up"] = self.cycles.t_cloud_up
+                row["t_gateway_done"] = float(finish[g])
+                row["gateway_energy_j"] += self.cycles.gateways.energy_j(0.0, up_s=self.cycles.t_cloud_up)
+        for i, g in enumerate(clients.gateway):
+            if not in_time[g] and clients.version_applied[i] >= 0:
+                clients.version_applied[i] = -1
+                clients.staleness[i] = -1
+                clients.samples_trained[i] = 0
+                clients.reason[i] = (clients.reason[i] + "; " if clients.reason[i] else "") + \
+                    f"gateway {g} missed the cloud deadline"
+
+

@@ -26,9 +26,10 @@ from typing import Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from raysim.errors import PluginError
 from raysim.seeding import rng
 
-__all__ = ["SelectRequest", "Selector", "Uniform", "EnergyAware"]
+__all__ = ["SelectRequest", "Selector", "Uniform", "EnergyAware", "check_selection"]
 
 
 @dataclass(frozen=True)
@@ -95,3 +96,26 @@ class EnergyAware(Selector):
         # devices of weight 0 (at their reserve) come last, in random order among themselves
         order = np.lexsort((-u, -key))
         return req.online[order[:req.want]]
+
+
+def check_selection(selector: object, picked: np.ndarray, want: int, online: np.ndarray) -> None:
+    """Raise `PluginError` naming `selector` unless `picked` is `want` distinct ids of `online`.
+
+        >>> check_selection(Uniform(), np.array([3, 1]), 2, np.array([1, 2, 3]))
+        >>> try:
+        ...     check_selection(Uniform(), np.array([3, 3]), 2, np.array([1, 2, 3]))
+        ... except PluginError as err:
+        ...     print(str(err)[:64])
+        selector raysim.engine.selection:Uniform returned device 3 twice
+    """
+    expected = f"expected {want} distinct ids of devices online at the round's start"
+    if len(picked) != want:
+        raise PluginError(selector, "selector", f"returned {len(picked)} device ids; {expected}")
+    ids, counts = np.unique(picked, return_counts=True)
+    if (counts > 1).any():
+        raise PluginError(selector, "selector", f"returned device {int(ids[counts > 1][0])} "
+                          f"{'twice' if counts.max() == 2 else f'{int(counts.max())} times'}; {expected}")
+    off = ~np.isin(picked, online)
+    if off.any():
+        raise PluginError(selector, "selector", f"returned device {int(picked[off][0])}, which is offline or not in "
+                          f"the pool it draws from; {expected}")

@@ -14,38 +14,24 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raysim.client.trainer import Trainer
-from raysim.engine.assignment import Assigner
-from raysim.engine.asynchronous import AsyncConfig
-from raysim.engine.battery import EnergyConfig
-from raysim.engine.clock import Clock, VirtualClock
+from raysim.engine.loop import RoundLoop
 from raysim.engine.loops import Parts, round_loop
-from raysim.engine.rounds import RoundConfig, Setup, Simulation
-from raysim.engine.selection import Selector, Uniform
-from raysim.engine.topology import Gateways
+from raysim.engine.setup import RoundConfig, Setup
 from raysim.records import RoundOutput
 from raysim.runtime.gpu import coordinator_gpu_options
 from raysim.runtime.placement import Placement, Pooled
 from raysim.runtime.shared import SharedData, attach, share
-from raysim.server.optimizers import ServerOptimizer
-from raysim.submodel.strategies import Strategy
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Engine:
-    """What a coordinator builds its simulation from: components and settings, no scenario."""
+    """What a coordinator builds its round loop from: the loop's parts, how devices train
+    (`trainer`), the loop's settings and where device hosts go; no scenario."""
 
-    strategy: Strategy
-    assigner: Assigner
-    server: ServerOptimizer
+    parts: Parts
     trainer: Trainer
     cfg: RoundConfig
-    placement: Placement = Pooled()
-    clock: Clock = VirtualClock()
-    asynchronous: Optional[AsyncConfig] = None  # FedBuff / FedAsync instead of sync rounds
-    selector: Selector = field(default_factory=Uniform)
-    energy: EnergyConfig = field(default_factory=EnergyConfig)  # batteries (sync rounds)
-    gateways: Optional[Gateways] = None  # rounds through gateways (sync rounds)
-    gateway_server: Optional[ServerOptimizer] = None  # how gateways aggregate (default: the plain mean)
+    placement: Placement = field(default_factory=Pooled)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -63,9 +49,8 @@ class Coordinator:
         self.data = data
         e = engine
         self.pool = e.placement.start(self.setup, e.trainer, data, host_options)
-        self.sim: Simulation = round_loop(self.setup, Parts(e.strategy, e.assigner, e.server, e.selector, e.clock,
-                                                            e.energy, e.asynchronous, e.gateways, e.gateway_server),
-                                          self.pool, e.cfg, e.trainer)
+        self.sim: RoundLoop = round_loop(setup=self.setup, parts=e.parts, backend=self.pool, cfg=e.cfg,
+                                         trainer=e.trainer)
 
     def step(self) -> RoundOutput:
         return self.sim.step()

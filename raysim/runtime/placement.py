@@ -17,11 +17,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
-from raysim.engine.rounds import Backend
+from raysim.engine.setup import Backend
 
 if TYPE_CHECKING:
     from raysim.client.trainer import Trainer
-    from raysim.engine.rounds import Setup
+    from raysim.engine.setup import Setup
     from raysim.runtime.dedicated import RealTime
     from raysim.runtime.shared import SharedData
 

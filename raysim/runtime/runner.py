@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import ray
 from ray.exceptions import RayActorError
@@ -27,6 +27,9 @@ from raysim.scenario.build import async_config, gateways, ladder_note, prepare, 
 from raysim.scenario.resolve import Components, components
 from raysim.scenario.schema import Scenario
 
+if TYPE_CHECKING:
+    from raysim.runtime.coordinator import Engine
+
 
 class CoordinatorLost(RunFailed):
     """The coordinator died more often than `runtime.coordinator_restarts` allows."""
@@ -39,8 +42,9 @@ class RunResult:
     wall_s: float
 
 
-def engine(sc: Scenario, comps: Components):
+def engine(sc: Scenario, comps: Components) -> "Engine":
     """The coordinator's `Engine`: the components plus the placement and clock the scenario picks."""
+    from raysim.engine.loops import Parts  # noqa: PLC0415
     from raysim.runtime.coordinator import Engine  # noqa: PLC0415
     from raysim.runtime.dedicated import RealTime  # noqa: PLC0415
     from raysim.runtime.placement import Dedicated, Placement, Pooled  # noqa: PLC0415
@@ -53,8 +57,10 @@ def engine(sc: Scenario, comps: Components):
     else:
         placement = Pooled(rt.hosts, rt.hosts_per)
     clock = RealtimeClock(rt.time_scale) if realtime else VirtualClock()
-    return Engine(comps.strategy, comps.assigner, comps.server, trainer(sc, comps), round_config(sc), placement, clock,
-                  async_config(sc), comps.selector, sc.energy, gateways(sc), comps.gateway_server)
+    parts = Parts(strategy=comps.strategy, assigner=comps.assigner, server=comps.server, selector=comps.selector,
+                  clock=clock, energy=sc.energy, asynchronous=async_config(sc), gateways=gateways(sc),
+                  gateway_server=comps.gateway_server)
+    return Engine(parts=parts, trainer=trainer(sc, comps), cfg=round_config(sc), placement=placement)
 
 
 def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = None,

@@ -17,7 +17,7 @@ import numpy as np
 import ray
 
 from raysim.data import Shards
-from raysim.engine.rounds import Setup
+from raysim.engine.setup import Setup
 
 PAGE = 4096
 

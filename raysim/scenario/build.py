@@ -26,7 +26,7 @@ from raysim.channels import Channel, Dense
 from raysim.client.trainer import Trainer
 from raysim.data.base import Dataset
 from raysim.engine.cost import RateCost
-from raysim.engine.rounds import RoundConfig, Setup
+from raysim.engine.setup import RoundConfig, Setup
 from raysim.errors import ScenarioError
 from raysim.models.base import ModelSpec
 from raysim.scenario.preflight import check_sizes

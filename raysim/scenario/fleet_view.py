@@ -7,7 +7,7 @@ import pandas as pd
 
 from raysim.engine.cost import device_times
 from raysim.engine.energy import Phases, phase_energy, seconds
-from raysim.engine.rounds import Setup
+from raysim.engine.setup import Setup
 from raysim.scenario.schema import Scenario
 from raysim.seeding import rng
 

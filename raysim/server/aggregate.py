@@ -11,15 +11,15 @@ the order in which partial sums arrive. That is what makes runs deterministic on
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from raysim.messages import HostResult, PartialSum, TrainReport
+from raysim.messages import GroupResult, HostResult, PartialSum, TrainReport
 from raysim.submodel.plan import Index
 
-__all__ = ["FRAC_BITS", "PartialSum", "quantise", "fold", "weight_of", "contribute", "add_weights", "merge_results",
+__all__ = ["FRAC_BITS", "PartialSum", "quantise", "fold", "weight_of", "contribute", "add_weights", "merge",
            "mean_delta", "buffered_mean", "mixed_update", "fold_extra", "extra_total", "fold_held"]
 
 FRAC_BITS = 24
@@ -122,15 +122,28 @@ def add_weights(acc: PartialSum, index: Mapping[str, Index], weight: int) -> Non
         acc.weights[k][_np_index(ix)] += weight
 
 
-def merge_results(results: list[HostResult], shapes: dict[str, tuple]) -> tuple[PartialSum, dict[int, TrainReport]]:
-    """Add the hosts' partial sums (exact, so in any order) and index their reports by device."""
-    total = PartialSum.zeros(shapes)
-    reports: dict[int, TrainReport] = {}
+def merge(results: Sequence[Union[HostResult, GroupResult]], shapes: Mapping[str, tuple[int, ...]],
+          into: Optional[dict[Any, PartialSum]] = None, key: Callable[[int], Any] = lambda g: g
+          ) -> tuple[dict[Any, PartialSum], list[TrainReport]]:
+    """The hosts' partial sums added per task group (exact, so in any order; a `HostResult` is
+    group 0) into `into` (new sums where it has none, keyed by `key(group)`), and every report,
+    in host order. The one place host results meet.
+
+        >>> parts, reports = merge([], {"w": (2,)})
+        >>> parts, reports
+        ({}, [])
+    """
+    parts: dict[Any, PartialSum] = {} if into is None else into
+    reports: list[TrainReport] = []
     for res in sorted(results, key=lambda h: h.host):
-        total.merge(res.partial)
-        for rep in res.reports:
-            reports[rep.device_id] = rep
-    return total, reports
+        groups = res.partials if isinstance(res, GroupResult) else {0: res.partial}
+        for gid, part in sorted(groups.items()):
+            k = key(gid)
+            if k not in parts:
+                parts[k] = PartialSum.zeros(shapes)
+            parts[k].merge(part)
+        reports.extend(res.reports)
+    return parts, reports
 
 
 def _np_index(index: Index) -> tuple:

@@ -45,6 +45,18 @@ class ServerState:
     slots: dict[str, dict[str, Any]] = field(default_factory=dict)
     steps: int = 0
 
+    def copy(self) -> "ServerState":
+        """A deep copy (each gateway's optimizer starts from its own)."""
+        return ServerState({k: {n: t.clone() for n, t in v.items()} for k, v in self.slots.items()}, self.steps)
+
+    def plain(self) -> dict[str, Any]:
+        """The state as plain containers of tensors (what a checkpoint holds)."""
+        return {"slots": {k: dict(v) for k, v in self.slots.items()}, "steps": self.steps}
+
+    @classmethod
+    def from_plain(cls, st: dict[str, Any]) -> "ServerState":
+        """Restore from `plain()` (a copy: the checkpoint's tensors are not shared)."""
+        return cls({k: {n: t.clone() for n, t in v.items()} for k, v in st["slots"].items()}, int(st.get("steps", 0)))
 
 
 class ServerOptimizer(ABC):
@@ -60,6 +72,12 @@ class ServerOptimizer(ABC):
     @abstractmethod
     def step(self, params: dict[str, torch.Tensor], delta: Tensors, held: Tensors, state: ServerState) -> None:
         """Move `params` in place by `delta` where `held` is true; keep what it needs in `state`."""
+
+    def apply(self, params: dict[str, torch.Tensor], delta: Tensors, held: Tensors, state: ServerState) -> None:
+        """The server step as the engine takes it: `step`, then the state counts it (an
+        optimizer overrides `step`, never this)."""
+        self.step(params, delta, held, state)
+        state.steps += 1
 
     @staticmethod
     def slot(state: ServerState, name: str, key: str, like: torch.Tensor, fill: float = 0.0) -> torch.Tensor:

@@ -147,7 +147,7 @@ def test_error_feedback_runs_are_bit_identical_across_hosts_and_resume_exactly()
     a, _ = run(sc, 4, hosts=1)
     b, _ = run(sc, 4, hosts=2)
     assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
-    assert len(a.device_states) > 0
+    assert len(a.mode.rounds.device_states) > 0
     c, _ = run(sc, 2)
     d = resumed(sc, c.state_dict(), 2)
     assert all(torch.equal(a.params[k], d.params[k]) for k in a.params)

@@ -251,9 +251,9 @@ def test_the_gpu_chunking_keeps_runs_identical_on_any_number_of_hosts(monkeypatc
 def test_auto_measures_once_and_every_host_adopts_it():
     sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(rounds=1, **{"train.batched": "auto"}))
     sim = local_sim(sc, hosts=2)
-    choices = sim.backend.choices
+    choices = sim.mode.backend.choices
     assert set(choices) == set(sim.setup.rates)
-    assert all(c.choices == choices for c in sim.backend.cores)
+    assert all(c.choices == choices for c in sim.mode.backend.cores)
 
 
 def test_yaml_on_and_off_are_words():
@@ -455,7 +455,7 @@ def test_a_gpu_host_trains_and_evaluates_on_the_gpu():
     sc = load_scenario("scenarios/quickstart.yaml", tiny_overrides(rounds=1, **{"runtime.device": "cuda",
                                                                                 "train.batched": "on"}))
     sim = local_sim(sc, hosts=1)
-    assert sim.backend.cores[0].x.device.type == "cuda" and sim.eval_device.type == "cuda"
+    assert sim.mode.backend.cores[0].x.device.type == "cuda" and sim.eval_device.type == "cuda"
     out = sim.step()
     assert out.record.trained > 0 and out.evals
 

@@ -74,18 +74,18 @@ def test_scaffold_learns_is_identical_across_hosts_and_resumes_exactly():
     for _ in range(4):
         b.step()
     assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
-    assert all(torch.equal(a.client_server[k], b.client_server[k]) for k in a.params)
+    assert all(torch.equal(a.mode.client_server[k], b.mode.client_server[k]) for k in a.params)
     # every device that trained keeps its control variate; the server's has moved
     trained = {d for o in outs for d, s in zip(o.clients.device_id, o.clients.status) if s == "ok"}
-    assert set(a.device_states._ram) == trained
-    assert any(bool(v.abs().sum() > 0) for v in a.client_server.values())
+    assert set(a.mode.rounds.device_states._ram) == trained
+    assert any(bool(v.abs().sum() > 0) for v in a.mode.client_server.values())
     # resume from round 2: the same weights and server variate
     c = local_sim(sc)
     c.step()
     c.step()
     d = resumed(sc, c.state_dict(), 2)
     assert all(torch.equal(a.params[k], d.params[k]) for k in a.params)
-    assert all(torch.equal(a.client_server[k], d.client_server[k]) for k in a.params)
+    assert all(torch.equal(a.mode.client_server[k], d.mode.client_server[k]) for k in a.params)
     # the variates matter: resumed without the devices' ones, the run differs
     e = resumed(sc, c.state_dict(), 2, drop_device_states=True)
     assert not all(torch.equal(a.params[k], e.params[k]) for k in a.params)
@@ -114,15 +114,15 @@ def test_the_server_variate_moves_by_the_summed_changes_over_the_fleet():
 
     total = {k: torch.zeros_like(v) for k, v in sim.params.items()}
     for d in ok:
-        st = sim.device_states.get(d)
-        plan = sim.strategy.plan(sim.spec, st["rate"], 1, -1, sim.params, sc.seed)
+        st = sim.mode.rounds.device_states.get(d)
+        plan = sim.mode.rounds.strategy.plan(sim.spec, st["rate"], 1, -1, sim.params, sc.seed)
         plan = type(plan)(st["rate"], st["keep"])
         full = remap(unpack(sim.spec, sim.shapes, plan, st)["client"], plan_indices(sim.spec, plan, sim.shapes),
                      sim.shapes)
         for k in total:
             total[k] += full[k]
     for k in total:
-        assert torch.allclose(sim.client_server[k], total[k] / n, atol=1e-5)
+        assert torch.allclose(sim.mode.client_server[k], total[k] / n, atol=1e-5)
 
 
 def test_scaffold_trains_one_device_at_a_time_and_costs_two_more_copies():
@@ -160,5 +160,5 @@ def test_on_ray_the_variates_travel_with_tasks_and_give_the_in_process_numbers(p
     sim.step()
     sim.step()
     assert all(torch.equal(state["params"][k], sim.params[k]) for k in sim.params)
-    assert all(torch.equal(state["client_server"][k], sim.client_server[k]) for k in sim.params)
-    assert len(state["device_states"]) == len(sim.device_states) > 0
+    assert all(torch.equal(state["client_server"][k], sim.mode.client_server[k]) for k in sim.params)
+    assert len(state["device_states"]) == len(sim.mode.rounds.device_states) > 0

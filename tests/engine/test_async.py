@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import local_sim, tiny_overrides
 
-from raysim.engine.asynchronous import AsyncSimulation
+from raysim.engine.asynchronous import FlatEvents
 from raysim.engine.events import Dispatched, Job, Timeline
 from raysim.scenario.schema import ScenarioError, load_scenario
 from raysim.server.staleness import Constant, Hinge, Polynomial, staleness_fn
@@ -120,7 +120,7 @@ def test_fedbuff_is_bit_identical_across_hosts_and_training_batches():
     ref = local_sim(sc, hosts=1)
     run(ref, 6)
     other = local_sim(sc, hosts=3)
-    other.acfg = replace(other.acfg, batch=1)  # a backend call per step, not several steps ahead
+    other.mode.acfg = replace(other.mode.acfg, batch=1)  # a backend call per step, not several steps ahead
     run(other, 6)
     assert weights_hash(ref.params) == weights_hash(other.params)
 
@@ -167,9 +167,9 @@ def test_records_one_row_per_server_step_and_staleness_columns():
             assert c["staleness"][i] == c["version_applied"][i] - 1 - c["version_start"][i] >= 0
     assert max(s for o in outs for s in o.clients["staleness"]) > 0  # C > K: some updates arrive stale
     # Only versions some device still trains from (or will arrive from) are kept.
-    in_flight = {j.version for j in sim.timeline.in_flight()}
-    assert in_flight <= set(sim.versions) <= in_flight | {sim.round} | {
-        j.version for w in sim.windows.values() for j in w.arrivals}
+    in_flight = {j.version for j in sim.mode.timeline.in_flight()}
+    assert in_flight <= set(sim.mode.versions) <= in_flight | {sim.round} | {
+        j.version for w in sim.mode.windows.values() for j in w.arrivals}
 
 
 def test_elements_no_update_held_do_not_move():
@@ -188,17 +188,17 @@ def test_elements_no_update_held_do_not_move():
 def test_fedasync_mixes_each_arrival_into_the_model():
     sc = async_scenario("fedasync", **{"server.alpha": 1.0, "server.staleness.kind": "constant"})
     sim = local_sim(sc)
-    assert isinstance(sim, AsyncSimulation) and sim.acfg.per_step == 1
+    assert isinstance(sim.mode, FlatEvents) and sim.mode.acfg.per_step == 1
     outs = run(sim, 3)
     assert all(o.record.trained <= 1 for o in outs)
     # alpha = 1, constant staleness: after a step the elements the arrival held equal its own
     # model (the version it downloaded plus its delta), whatever the global model was before.
-    win = sim.window(4)
-    if any(j.job not in sim.trained for j in win.arrivals):
-        sim.train_ahead(4)
+    win = sim.mode.window(4)
+    if any(j.job not in sim.mode.trained for j in win.arrivals):
+        sim.mode.train_ahead(4)
     (arrival,) = win.arrivals
-    part = sim.results[(4, arrival.version)]
-    start = {k: v.clone() for k, v in sim.versions[arrival.version].items()}
+    part = sim.mode.results[(4, arrival.version)]
+    start = {k: v.clone() for k, v in sim.mode.versions[arrival.version].items()}
     before = {k: v.clone() for k, v in sim.params.items()}
     sim.step()
     for k in before:

@@ -84,7 +84,8 @@ def test_devices_refuse_work_their_battery_cannot_cover_and_none_runs_empty():
     assert np.all(c["energy_j"][battery] == 0) and np.all(c["energy_compute_j"][c["status"] == EXCLUDED] == 0)
     assert DEPLETED not in set(c["status"])
     assert all(out.batteries for out in outs) and {b["device_class"] for b in outs[-1].batteries} == {"mcu", "mcu-psram"}
-    assert np.all(sim.batteries.charge >= 0) and np.all(sim.batteries.charge <= sim.batteries.capacity)
+    bat = sim.mode.rounds.batteries
+    assert np.all(bat.charge >= 0) and np.all(bat.charge <= bat.capacity)
 
 
 def test_devices_that_know_only_their_charge_run_empty_mid_round_and_lose_their_update():
@@ -100,14 +101,14 @@ def test_devices_that_know_only_their_charge_run_empty_mid_round_and_lose_their_
     last = {int(d): r for d, r in zip(c["device_id"][dead], c["round"][dead])}
     later = {int(d) for d, r in zip(c["device_id"], c["round"]) if any(int(d) == k and r > v for k, v in last.items())}
     for dev in set(last) - later:
-        assert sim.batteries.charge[np.searchsorted(sim.setup.fleet.device_id, dev)] == 0.0
+        assert sim.mode.rounds.batteries.charge[np.searchsorted(sim.setup.fleet.device_id, dev)] == 0.0
 
 
 def test_batteries_are_bit_identical_across_host_counts_and_resume_exactly():
     sc = battery_scenario(**{"energy.charging": "{mcu: {profile: constant, w: 0.002}}"})
     a, outs_a = run(sc, 4, hosts=1)
     b, outs_b = run(sc, 4, hosts=2)
-    assert np.array_equal(a.batteries.charge, b.batteries.charge)
+    assert np.array_equal(a.mode.rounds.batteries.charge, b.mode.rounds.batteries.charge)
     for x, y in zip(outs_a, outs_b):
         assert x.batteries == y.batteries
         assert x.clients.columns()["energy_j"] == y.clients.columns()["energy_j"]
@@ -116,7 +117,7 @@ def test_batteries_are_bit_identical_across_host_counts_and_resume_exactly():
     d = local_sim(sc)
     d.load_state_dict(state)
     rest = [d.step() for _ in range(2)]
-    assert np.array_equal(d.batteries.charge, a.batteries.charge)
+    assert np.array_equal(d.mode.rounds.batteries.charge, a.mode.rounds.batteries.charge)
     assert [o.batteries for o in rest] == [o.batteries for o in outs_a[2:]]
     assert [o.clients.columns()["status"] for o in rest] == [o.clients.columns()["status"] for o in outs_a[2:]]
 
@@ -125,9 +126,9 @@ def test_charging_raises_the_charge_of_idle_devices():
     plain, _ = run(battery_scenario(), 2)
     charged, _ = run(battery_scenario(**{"energy.charging": "{mcu: {profile: constant, w: 1.0}}"}), 2)
     mcu = plain.setup.fleet.classes() == "mcu"
-    assert np.all(charged.batteries.charge[mcu] >= plain.batteries.charge[mcu])
-    assert np.any(charged.batteries.charge[mcu] > plain.batteries.charge[mcu])
-    assert np.all(charged.batteries.charge[~mcu] == plain.batteries.charge[~mcu])
+    assert np.all(charged.mode.rounds.batteries.charge[mcu] >= plain.mode.rounds.batteries.charge[mcu])
+    assert np.any(charged.mode.rounds.batteries.charge[mcu] > plain.mode.rounds.batteries.charge[mcu])
+    assert np.all(charged.mode.rounds.batteries.charge[~mcu] == plain.mode.rounds.batteries.charge[~mcu])
 
 
 def test_batteries_off_leave_a_run_as_it_was():
@@ -135,7 +136,7 @@ def test_batteries_off_leave_a_run_as_it_was():
     on = load_scenario("scenarios/quickstart.yaml", tiny_overrides(rounds=2, **{"energy.batteries": "true"}))
     _, a = run(sc, 2)
     s, b = run(on, 2)  # full batteries: nothing is refused in two short rounds
-    assert s.batteries is not None and not a[0].batteries
+    assert s.mode.rounds.batteries is not None and not a[0].batteries
     for x, y in zip(a, b):
         assert x.clients.columns()["status"] == y.clients.columns()["status"]
         assert x.record.accuracy == y.record.accuracy

@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import local_sim, resumed, tiny_overrides
 
+from raysim.engine.events import NoDevices
 from raysim.scenario.schema import load_scenario
 
 
@@ -27,7 +28,7 @@ def test_one_gateway_mixed_in_whole_is_the_synchronous_hierarchy():
     one = {"topology.gateways": 1, "server.alpha": 1.0, "server.staleness.kind": "constant"}
     sync, so = run(gw_async(rounds=3, **{**one, "server.mode": "sync"}), 3)
     asyn, ao = run(gw_async(rounds=3, **one), 3)
-    assert type(asyn).__name__ == "AsyncGatewaySimulation"
+    assert type(asyn.mode).__name__ == "GatewayEvents"
     for s, a in zip(so, ao):
         assert s.clients.device_id == a.clients.device_id and s.clients.status == a.clients.status
         assert s.clients.version_applied == a.clients.version_applied
@@ -47,13 +48,13 @@ def test_gateways_answer_on_their_own_clocks_and_records_add_up():
         assert list(g["gateway_round"]) == [1, 2] and g["applied"].all()
         first, second = g.to_dict("records")
         assert second["sim_start"] == pytest.approx(first["sim_start"] + first["duration"])
-        began = first["sim_start"] - sim.t_cloud_down
+        began = first["sim_start"] - sim.mode.cycles.t_cloud_down
         if gid in next_start:   # it started again as soon as its previous model was up
             assert began == pytest.approx(next_start[gid])
         next_start[gid] = rec.sim_time
         assert began + second["t_gateway_done"] == pytest.approx(rec.sim_time)
         assert second["t_gateway_done"] == pytest.approx(first["duration"] + second["duration"]
-                                                         + sim.t_cloud_down + sim.t_cloud_up)
+                                                         + sim.mode.cycles.t_cloud_down + sim.mode.cycles.t_cloud_up)
         # device rows add up to the gateway rows, gateway rows to the step
         per = c.groupby("gateway_round")
         assert (per.size() == g.set_index("gateway_round")["selected"]).all()
@@ -104,10 +105,10 @@ def test_a_checkpoint_file_resumes_exactly_and_a_ray_run_gives_the_in_process_nu
     first, _ = run(sc, 2)
     t.save(first.state_dict(), tmp_path / "round-2.pt")
     state = load_checkpoint(tmp_path / "round-2.pt")
-    assert state["gateways_async"]["counts"] == first.counts.tolist()
+    assert state["gateways_async"]["counts"] == first.mode.counts.tolist()
     again = resumed(sc, state, 2)
     assert all(torch.equal(again.params[k], whole.params[k]) for k in whole.params)
-    assert again.counts.tolist() == whole.counts.tolist() and again.clock == whole.clock
+    assert again.mode.counts.tolist() == whole.mode.counts.tolist() and again.clock == whole.clock
     r = load_run(run_scenario(sc, out_root=str(tmp_path / "runs"), progress=False).path)
     got = load_checkpoint(latest_checkpoint(r.path))["params"]
     assert all(torch.equal(got[k], whole.params[k]) for k in whole.params)
@@ -121,7 +122,7 @@ def test_gateways_whose_devices_never_come_online_retry_on_the_poll_then_stop_wi
     sim = local_sim(gw_async(rounds=2))
     monkeypatch.setattr(sim.setup.availability, "online", lambda ids, t: np.zeros(len(ids), bool))
     monkeypatch.setattr(ga, "_MAX_IDLE", 30)
-    with pytest.raises(ValueError, match="no gateway's devices sent an update in 30 tries") as err:
+    with pytest.raises(NoDevices, match="no gateway's devices sent an update in 30 tries") as err:
         sim.step()
     # each empty try waited the poll (10 s): 31 tries over 3 gateways reach ~100 simulated seconds
     t = float(str(err.value).split("simulated time ")[1].split(" s")[0])

@@ -41,7 +41,7 @@ def test_device_rows_sum_to_gateway_rows_and_gateway_rows_to_the_cloud_round():
     for out in outs:
         rec, c, g = out.record, pd.DataFrame(out.clients.columns()), pd.DataFrame(out.gateways)
         assert len(g) == 3 * 2 and set(g["gateway_round"]) == {1, 2}
-        assert (c["gateway"].to_numpy() == sim.gateway_of[np.searchsorted(sim.setup.fleet.device_id,
+        assert (c["gateway"].to_numpy() == sim.mode.cycles.gateway_of[np.searchsorted(sim.setup.fleet.device_id,
                                                                            c["device_id"])]).all()
         per = c.groupby(["gateway", "gateway_round"])
         gi = g.set_index(["gateway", "gateway_round"]).sort_index()
@@ -55,18 +55,18 @@ def test_device_rows_sum_to_gateway_rows_and_gateway_rows_to_the_cloud_round():
         for _, rows in g.groupby("gateway"):
             first, second = rows.sort_values("gateway_round").to_dict("records")
             assert second["sim_start"] == pytest.approx(first["sim_start"] + first["duration"])
-            assert first["sim_start"] == pytest.approx(rec.sim_start + sim.t_cloud_down)
+            assert first["sim_start"] == pytest.approx(rec.sim_start + sim.mode.cycles.t_cloud_down)
             assert second["t_gateway_done"] == pytest.approx(second["sim_start"] + second["duration"]
-                                                             + sim.t_cloud_up - rec.sim_start)
+                                                             + sim.mode.cycles.t_cloud_up - rec.sim_start)
         assert rec.duration == pytest.approx(g["t_gateway_done"].max())
         # the gateway's own joules: awake from its download to its upload, radio by phase
         eth = load_radios()[load_catalogue()["gateway"].radio]
         for _, rows in g.groupby("gateway"):
             awake = rows["duration"].sum()
             want = (load_catalogue()["gateway"].idle_w * rows["t_gateway_done"].max() + eth.idle_w * awake
-                    + eth.rx_w * sim.t_cloud_down + eth.tx_w * sim.t_cloud_up)
+                    + eth.rx_w * sim.mode.cycles.t_cloud_down + eth.tx_w * sim.mode.cycles.t_cloud_up)
             assert rows["gateway_energy_j"].sum() == pytest.approx(want) and want > 0
-        assert g["bytes_cloud_down"].sum() == g["bytes_cloud_up"].sum() == 3 * sim.model_bytes
+        assert g["bytes_cloud_down"].sum() == g["bytes_cloud_up"].sum() == 3 * sim.mode.cycles.model_bytes
 
 
 def test_identical_across_hosts_and_exact_on_resume():
@@ -109,7 +109,8 @@ def test_gateways_may_take_a_server_optimizer_of_their_own():
     assert all(torch.equal(plain.params[k], named.params[k]) for k in plain.params)   # the default is the mean
     momentum, _ = run(hier(rounds=2, **{"topology.gateway_optimizer": "fedavgm",
                                         "topology.gateway_params": "{momentum: 0.5}"}), 2)
-    assert type(momentum.gateway_server).__name__ == "FedAvgM" and momentum.gateway_server.momentum == 0.5
+    gateway_server = momentum.mode.cycles.gateway_server
+    assert type(gateway_server).__name__ == "FedAvgM" and gateway_server.momentum == 0.5
     assert not all(torch.equal(plain.params[k], momentum.params[k]) for k in plain.params)
     # its state lasts a cloud round: the run resumes exactly from a checkpoint between them
     sc = hier(rounds=2, **{"topology.gateway_optimizer": "fedavgm"})
@@ -190,7 +191,7 @@ def test_a_trace_column_attaches_devices_and_a_bad_one_is_one_line(tmp_path):
     sc = hier(rounds=1, **{"fleet.trace": str(write_trace(tmp_path / "t.csv", given)), "topology.attach": "trace",
                            "selection.per_round": 6})
     sim, [out] = run(sc, 1)
-    assert sim.gateway_of.tolist() == given
+    assert sim.mode.cycles.gateway_of.tolist() == given
     assert all(given[d] == g for d, g in zip(out.clients.device_id, out.clients.gateway))
     for trace, message in ((write_trace(tmp_path / "big.csv", [5] * 30), "attaches a device to gateway 5, but "
                             "topology.gateways is 3"),
@@ -207,7 +208,7 @@ def test_batteries_move_on_each_gateways_clock_and_resume_exactly():
             "energy.initial_charge": "[0.05, 1.0]", "deadline.policy": "wait", "selection.overcommit": 0}
     sc = hier(rounds=3, **over)
     sim = local_sim(sc)
-    bat = sim.batteries
+    bat = sim.mode.cycles.batteries
     outs = []
     for _ in range(3):
         before = bat.charge.copy()
@@ -227,10 +228,10 @@ def test_batteries_move_on_each_gateways_clock_and_resume_exactly():
     two = local_sim(sc, hosts=2)
     for _ in range(3):
         two.step()
-    assert np.array_equal(two.batteries.charge, bat.charge)
+    assert np.array_equal(two.mode.cycles.batteries.charge, bat.charge)
     first, _ = run(sc, 1)
     again = resumed(sc, first.state_dict(), 2)
-    assert np.array_equal(again.batteries.charge, bat.charge)
+    assert np.array_equal(again.mode.cycles.batteries.charge, bat.charge)
     assert all(torch.equal(again.params[k], sim.params[k]) for k in sim.params)
 
 
@@ -244,7 +245,7 @@ def test_a_gateway_optimizer_state_kept_for_the_run_resumes_exactly(mode, rounds
     # each gateway's momentum has taken a step per gateway round of its that trained, over the run
     g = pd.concat([pd.DataFrame(o.gateways) for o in outs])
     steps = g[g["trained"] > 0].groupby("gateway").size().to_dict()
-    assert {gw: s.steps for gw, s in kept.gateway_states.items()} == steps and max(steps.values()) > 2
+    assert {gw: s.steps for gw, s in kept.mode.cycles.gateway_states.items()} == steps and max(steps.values()) > 2
     first, _ = run(sc, rounds // 2)
     again = resumed(sc, first.state_dict(), rounds - rounds // 2)
     assert all(torch.equal(again.params[k], kept.params[k]) for k in kept.params)

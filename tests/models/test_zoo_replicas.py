@@ -46,7 +46,7 @@ def test_a_replica_trains_batched_as_it_trains_one_device_at_a_time(name):
         runs[mode] = sim
     loop, batched = runs["off"].params, runs["on"].params
     assert all(torch.allclose(loop[k], batched[k], atol=1e-5, rtol=1e-4) for k in loop)
-    backend = runs["on"].backend
+    backend = runs["on"].mode.backend
     assert set(backend.choices) == {1.0, 0.5, 0.25, 0.125}
     assert all(backend.choices[r] or backend.reasons.get(r) for r in backend.choices)
 
