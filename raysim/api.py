@@ -33,7 +33,10 @@ The contracts (each a small base class or callable; the built-ins implement the 
   adaptive ones (`FedAdam`, `FedYogi`).
 - **channel**: `Channel.encode_tensor / decode_tensor / tensor_bytes` (how an update goes on
   the wire, with its exact byte count; `error_feedback` keeps a residual per device).
-- **callbacks**: `Callback.on_start / on_round / on_end`, in the driver process.
+- **callbacks**: `Callback.on_start / on_round / on_end`, in the driver process; `on_round`
+  may return a dict of named metrics (extra columns of rounds.parquet) or `Stop(reason)` to
+  end the run early. `TensorBoard` logs every round's scalars (`output.tensorboard: true`
+  switches it on without code).
 
 In a scenario, any of them is named by import path, `package.module:attr`, with its own
 parameters under `params:` (validated by the class's `Params` model or its signature).
@@ -50,10 +53,11 @@ from raysim.channels import FP16, Channel, Dense, Payload, Quantize, RandomK, Si
 from raysim.client.algorithms import ClientAlgorithm, FedProx, LocalData, LocalResult, LocalSGD, Scaffold
 from raysim.data.base import Dataset
 from raysim.engine.assignment import Assigner, Assignment, AssignRequest, FitDeadline, FitEnergy, FitMemory, Fixed
-from raysim.engine.callbacks import Callback
+from raysim.engine.callbacks import Callback, Stop
 from raysim.engine.selection import EnergyAware, Selector, SelectRequest, Uniform
 from raysim.models.base import ModelSpec
 from raysim.records import RoundOutput
+from raysim.rundir.tensorboard import TensorBoard
 from raysim.scenario.schema import Scenario, ScenarioError, load_scenario, parse_scenario
 from raysim.seeding import rng, torch_generator
 from raysim.server.optimizers import FedAdam, FedAvg, FedAvgM, FedOpt, FedYogi, ServerOptimizer, ServerState
@@ -67,8 +71,8 @@ __all__ = [
     "FitDeadline", "FitEnergy", "Fixed", "Selector", "SelectRequest", "Uniform", "EnergyAware", "ClientAlgorithm",
     "LocalSGD", "FedProx", "Scaffold", "LocalData", "LocalResult", "Channel", "Payload", "Dense", "FP16", "Quantize", "TopK",
     "RandomK", "Sign",
-    "ServerOptimizer", "ServerState", "FedAvg", "FedAvgM", "FedOpt", "FedAdam", "FedYogi", "Callback", "RoundOutput",
-    "as_scenario", "rate_sizes", "rng", "torch_generator", "channel_l1", "infer_spec", "SlicingError",
+    "ServerOptimizer", "ServerState", "FedAvg", "FedAvgM", "FedOpt", "FedAdam", "FedYogi", "Callback", "Stop", "TensorBoard",
+    "RoundOutput", "as_scenario", "rate_sizes", "rng", "torch_generator", "channel_l1", "infer_spec", "SlicingError",
 ]
 
 
@@ -108,6 +112,8 @@ def simulate(scenario: Union[str, Path, Mapping[str, Any], Scenario, None] = Non
     `overrides` are `--set`-style `key=value` strings; `address` joins a Ray cluster
     (default: `runtime.address`, else a private local instance). `resume` continues a stopped
     run directory from its last checkpoint (its own scenario; pass the same objects again).
+    `callbacks` see every round and may add metrics to it or end the run early
+    (`raysim.engine.callbacks`); a run a callback stopped is returned like a complete one.
 
         run = simulate({"rounds": 5, "fleet": {"devices": 200}}, model=my_model, out="/tmp/runs")
         run.rounds.accuracy.iloc[-1]

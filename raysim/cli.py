@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--no-report", action="store_true", help="skip the figures")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="log every round's scalars as TensorBoard events under RUN_DIR/tensorboard "
+                        "(output.tensorboard=true)")
     f = sub.add_parser("fleet", help="describe a scenario's fleet and which rates each class can train")
     f.add_argument("scenario")
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -59,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="validate and list the points, run nothing")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.add_argument("--no-report", action="store_true", help="skip the report")
+    sw.add_argument("--tensorboard", action="store_true",
+                    help="TensorBoard events in every run directory: tensorboard --logdir SWEEP_DIR shows "
+                         "the points side by side (output.tensorboard=true)")
     _report_flags(sw)
     return p
 
@@ -90,21 +96,28 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_tensorboard(args: argparse.Namespace) -> list[str]:
+    """The `--set` overrides, plus `output.tensorboard=true` under --tensorboard (a field that
+    changes no number, so a resumed run may switch it on)."""
+    return [*args.overrides, "output.tensorboard=true"] if args.tensorboard else list(args.overrides)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from raysim.scenario.schema import ScenarioError, load_scenario  # noqa: PLC0415
 
+    overrides = _with_tensorboard(args)
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
         if args.scenario is not None:
             raise ScenarioError(f"run: give a scenario file or --resume {resume}, not both")
         from raysim.rundir.resume import resume_scenario  # noqa: PLC0415
 
-        sc = resume_scenario(resume, args.overrides)
+        sc = resume_scenario(resume, overrides)
         _check_resumable_here(resume)
     elif args.scenario is None:
         raise ScenarioError("run: a scenario file is required")
     else:
-        sc = load_scenario(args.scenario, args.overrides)
+        sc = load_scenario(args.scenario, overrides)
     from raysim.runtime.runner import run  # noqa: PLC0415
 
     res = run(sc, out_root=args.out, address=args.address, progress=not args.quiet, resume=resume)
@@ -116,6 +129,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(summary_text(loaded))
     print()
     print(f"results  {res.path}  (raysim.load_run(path) gives the tables as DataFrames)")
+    if sc.output.tensorboard:
+        print(f"events   tensorboard --logdir {res.path / 'tensorboard'}")
     if sc.output.plots and not args.no_report:
         rep = write_report(load_runs([res.path]), res.path)
         print(f"plot     {res.path / 'accuracy.png'}")
@@ -208,7 +223,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from raysim.sweep import plan_sweep, run_sweep  # noqa: PLC0415
 
     target = _target(args.target)
-    plan = plan_sweep(args.scenario, args.grid, args.overrides)
+    plan = plan_sweep(args.scenario, args.grid, _with_tensorboard(args))
     if args.parallel < 1:
         from raysim.scenario.schema import ScenarioError  # noqa: PLC0415
 
@@ -225,6 +240,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(plan, out_root=args.out, address=args.address, progress=not args.quiet,
                        parallel=args.parallel, on_point=done)
     print(f"sweep    {result.path}  ({len(result.run_dirs)} runs; raysim.load_runs(path) stacks their tables)")
+    if any(p.scenario.output.tensorboard for p in plan.points):
+        print(f"events   tensorboard --logdir {result.path}  (one run per point)")
     if not args.no_report:
         _write_report(_load_runs([str(result.path)]), result.path, target)
     return 0

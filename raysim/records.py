@@ -177,6 +177,9 @@ class RoundOutput:
     evals: list[EvalRecord] = field(default_factory=list)
     batteries: list[dict[str, Any]] = field(default_factory=list)  # rows of batteries.parquet (per class)
     gateways: list[dict[str, Any]] = field(default_factory=list)   # rows of gateways.parquet (under a topology)
+    # Named metrics the driver's callbacks added (raysim.engine.callbacks): extra float columns
+    # of the round's row in rounds.parquet. The engine leaves it empty.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def round_row(self) -> dict[str, Any]:

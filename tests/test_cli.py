@@ -6,6 +6,7 @@ Bad input is refused before Ray starts, so most cases call `raysim.cli.main` in 
 that way, and every test that kills or resumes a run drives `python -m raysim run`).
 """
 
+import json
 import subprocess
 import sys
 
@@ -70,6 +71,29 @@ def test_bad_yaml_names_the_line(tmp_path, capfd, monkeypatch):
     f.write_text("name: x\nrounds: [1,\n")
     code, err = raysim_here(["run", str(f)], capfd, monkeypatch)
     assert code == 2 and "line" in err and "Traceback" not in err
+
+
+def test_tensorboard_flag_switches_output_tensorboard_on_for_a_new_run_and_a_resume(tmp_path, capfd, monkeypatch):
+    from raysim.rundir.resume import file_sha256
+    from raysim.scenario.schema import load_scenario
+
+    seen = []
+
+    def fake_run(sc, **kwargs):  # the flag is read before anything runs: record it and stop there
+        seen.append(sc.output.tensorboard)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("raysim.runtime.runner.run", fake_run)
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(load_scenario("scenarios/quickstart.yaml").to_yaml())
+    (run_dir / "manifest.json").write_text(json.dumps(
+        {"status": "stopped", "scenario_sha256": file_sha256(run_dir / "scenario.yaml"), "info": {}}))
+    for args in (["run", "scenarios/quickstart.yaml"], ["run", "scenarios/quickstart.yaml", "--tensorboard"],
+                 ["run", "--resume", str(run_dir), "--tensorboard"]):
+        code, err = raysim_here([*args, "--out", str(tmp_path)], capfd, monkeypatch)
+        assert code == 0, err
+    assert seen == [False, True, True]  # a resume may switch it on: it changes no number
 
 
 def test_fleet_command_prints_classes_and_rates(capfd):

@@ -22,8 +22,8 @@ API = {
     "FitDeadline", "FitEnergy", "Fixed", "Selector", "SelectRequest", "Uniform", "EnergyAware", "ClientAlgorithm",
     "LocalSGD", "Channel", "Payload", "Dense", "FP16", "Quantize", "TopK", "RandomK", "Sign", "FedProx", "Scaffold", "LocalData",
     "LocalResult",
-    "ServerOptimizer", "ServerState", "FedAvg", "FedAvgM", "FedOpt", "FedAdam", "FedYogi", "Callback", "RoundOutput",
-    "as_scenario", "rate_sizes", "rng", "torch_generator", "channel_l1", "infer_spec", "SlicingError",
+    "ServerOptimizer", "ServerState", "FedAvg", "FedAvgM", "FedOpt", "FedAdam", "FedYogi", "Callback", "Stop", "TensorBoard",
+    "RoundOutput", "as_scenario", "rate_sizes", "rng", "torch_generator", "channel_l1", "infer_spec", "SlicingError",
 }
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import tiny_overrides
@@ -99,12 +100,13 @@ GRID = "deadline.seconds=1,60"
 @pytest.fixture(scope="module")
 def swept(ray_local, tmp_path_factory):
     """A real sweep of two points through the CLI, both points at once (in this process, on the
-    session's Ray instance of 2 CPUs: the sweep's own start finds it running)."""
+    session's Ray instance of 2 CPUs: the sweep's own start finds it running), with TensorBoard on."""
     out = tmp_path_factory.mktemp("sweeps")
     sets = [a for kv in tiny_overrides() for a in ("--set", kv)]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["sweep", QUICKSTART, *sets, "--grid", GRID, "--out", str(out), "--quiet", "--parallel", "2"])
+        code = main(["sweep", QUICKSTART, *sets, "--grid", GRID, "--out", str(out), "--quiet", "--parallel", "2",
+                    "--tensorboard"])
     assert code == 0, printed.getvalue()
     (parent,) = list(out.iterdir())
     return parent, printed.getvalue()
@@ -132,6 +134,23 @@ def test_sweep_runs_each_point_into_one_parent_and_reports_it(swept):
     c = runs.clients
     missed = c[c["reason"].str.contains("deadline")].groupby("deadline.seconds").size()
     assert missed.get(1.0, 0) > 0 and missed.get(60.0, 0) == 0
+
+
+@pytest.mark.slow
+def test_sweep_with_tensorboard_logs_each_point_as_a_run_of_its_own_under_the_sweep(swept):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    parent, stdout = swept
+    assert f"events   tensorboard --logdir {parent}  (one run per point)" in stdout
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(parent))  # as `tensorboard --logdir <sweep>` finds them
+    mux.Reload()
+    runs = sorted(mux.Runs())
+    assert runs == ["deadline.seconds=1/tensorboard", "deadline.seconds=60/tensorboard"]
+    for run in runs:
+        rounds = pd.read_parquet(parent / run.split("/")[0] / "rounds.parquet")
+        got = [(e.step, e.value) for e in mux.Scalars(run, "sim_time")]
+        assert got == [(int(r), np.float32(t)) for r, t in zip(rounds["round"], rounds["sim_time"])] and len(got) == 3
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
     runs/<name>-<stamp>/
       scenario.yaml      the resolved scenario (every default written out)
-      manifest.json      versions, seed, host, timings, and status: running | complete | failed
+      manifest.json      versions, seed, host, timings, and status: running | complete | stopped |
+                         interrupted | failed (`stopped_by`: the callback that ended the run early)
       rounds.parquet     one row per round
       clients.parquet    one row per (round, selected device)
       evals.parquet      one row per (round, evaluated model)
@@ -11,6 +12,7 @@
       gateways.parquet   one row per (round, gateway round, gateway): devices, times, bytes per tier
                          (under a topology)
       checkpoints/       round-NNNNNN.pt (global model + server state), torch-safe-loadable
+      tensorboard/       TensorBoard event files (output.tensorboard on)
       *.png              the report's figures
 
 Every file is written to a temporary name and renamed, so a crash never leaves a half file;
@@ -108,11 +110,19 @@ def read_tables(path: Path, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
     return out
 
 
+def is_final(manifest: dict[str, Any]) -> bool:
+    """Whether a run's results are final: it completed, or a callback ended it early on purpose
+    (`stopped_by`), unlike a run that was interrupted, failed or stopped to be resumed."""
+    status = manifest.get("status")
+    return status == "complete" or (status == "stopped" and isinstance(manifest.get("stopped_by"), dict))
+
+
 def load_run(path: str | Path, allow_incomplete: bool = False) -> Run:
-    """Read a run directory. Raises RunError for a missing, corrupt or (unless allowed) unfinished run."""
+    """Read a run directory. Raises RunError for a missing, corrupt or (unless allowed) unfinished
+    run; a run a callback stopped early is finished."""
     p = Path(path)
     manifest = read_manifest(p)
-    if manifest.get("status") != "complete" and not allow_incomplete:
+    if not is_final(manifest) and not allow_incomplete:
         raise RunError(f"{p}: run is {manifest.get('status')!r}, not complete "
                        f"(pass allow_incomplete=True to read it anyway)")
     names = ("rounds", "clients", "evals", "fleet", "batteries", "gateways")

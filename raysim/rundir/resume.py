@@ -27,7 +27,7 @@ from raysim.scenario.schema import Scenario, ScenarioError, load_scenario
 # Fields whose value does not change a run's numbers (test_cluster and test_runtime check
 # that hosts and layouts give identical results); everything else is the run's identity.
 RESUME_SAFE = ("runtime.address", "runtime.num_cpus", "runtime.hosts", "runtime.hosts_per",
-               "runtime.coordinator_restarts", "output.dir", "output.plots")
+               "runtime.coordinator_restarts", "output.dir", "output.plots", "output.tensorboard")
 
 
 def file_sha256(path: Path) -> str:

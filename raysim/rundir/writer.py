@@ -135,6 +135,7 @@ class RunWriter:
         w.path, w.scenario = Path(path), scenario
         w.manifest = read_manifest(w.path)
         w.manifest["status"] = "running"
+        w.manifest.pop("stopped_by", None)  # a callback's stop ended the last session, not the run
         w.manifest["driver"] = {"host": platform.node(), "pid": os.getpid()}
         w.manifest.setdefault("resumed", []).append(
             {"at_round": upto, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
@@ -171,8 +172,8 @@ class RunWriter:
         self._write_manifest()
 
     def add(self, out: RoundOutput) -> None:
-        """Record one round."""
-        self.rounds.append(out.record.row())
+        """Record one round (its callbacks' metrics as extra columns of its row)."""
+        self.rounds.append({**out.record.row(), **out.metrics})
         self.clients.append(client_frame(out.clients))
         self.evals.extend(e.row() for e in out.evals)
         self.batteries.extend(out.batteries)

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import ray
 from ray.exceptions import RayActorError
 
-from raysim.engine.callbacks import Callback
+from raysim.engine.callbacks import Callback, OnRound, take_returned
 from raysim.engine.clock import RealtimeClock, VirtualClock
-from raysim.errors import RunFailed, gist
+from raysim.errors import RunFailed, gist, plugin_name
 from raysim.records import RoundOutput
 from raysim.rundir.reader import latest_checkpoint, load_checkpoint, read_manifest, read_tables
+from raysim.rundir.tensorboard import TensorBoard
 from raysim.rundir.writer import RunWriter, check_output_root, new_run_dir
 from raysim.runtime.gpu import check_device_here, resolve_device, with_device
 from raysim.runtime.session import check_hosts_fit, pickle_by_value, start_ray, stop_ray, user_modules
@@ -40,6 +41,7 @@ class RunResult:
     path: Path
     rounds: list[dict[str, Any]]
     wall_s: float
+    stopped_by: Optional[dict[str, Any]] = None  # a callback that ended the run early: callback, reason, round
 
 
 def engine(sc: Scenario, comps: Components) -> "Engine":
@@ -65,7 +67,7 @@ def engine(sc: Scenario, comps: Components) -> "Engine":
 
 def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = None,
         progress: bool = True, resume: Optional[Path] = None,
-        on_round: Optional[Callable[[RoundOutput], None]] = None, stop_after: Optional[int] = None,
+        on_round: Optional[Callable[[RoundOutput], OnRound]] = None, stop_after: Optional[int] = None,
         run_dir: Optional[Path] = None, comps: Optional[Components] = None,
         callbacks: Sequence[Callback] = ()) -> RunResult:
     """Run a scenario end to end and return where its results are.
@@ -73,10 +75,13 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
     `comps`: the components (default: those the scenario names). `resume`: an existing run
     directory to continue from its last checkpoint. `stop_after` stops after that many rounds
     without completing the run (used to test resumption). `run_dir`: write into this new
-    directory instead of `<out_root>/<name>-<stamp>` (sweeps).
+    directory instead of `<out_root>/<name>-<stamp>` (sweeps). `callbacks` (and `on_round`, a
+    plain function) may add metrics to a round or end the run early (`raysim.engine.callbacks`).
     """
     t0 = time.perf_counter()
     check_device_here(sc.runtime.device, address or sc.runtime.address)
+    # Built here, before Ray starts: a missing tensorboard package costs nothing.
+    builtin: list[Callback] = [TensorBoard()] if sc.output.tensorboard else []
     if resume is None and run_dir is None:
         check_output_root(out_root or sc.output.dir)
     comps = comps or components(sc)
@@ -132,14 +137,13 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
             path = Path(run_dir) if run_dir is not None else new_run_dir(out_root or sc.output.dir, sc.name)
             writer = RunWriter(path, sc, info)
             writer.write_fleet(ray.get(coord.fleet_frame.remote()))
-        hooks = list(callbacks)
+        # The built-in TensorBoard writer last: it logs the metrics the others add.
+        hooks = [*callbacks, *([_OnRound(on_round)] if on_round is not None else []), *builtin]
         for cb in hooks:
             cb.on_start(writer.path, info)
-        if on_round is not None:
-            hooks.append(_OnRound(on_round))
         status = "failed"
         try:
-            coord = _loop(sc, coord, spawn, writer, first, progress, hooks, stop_after)
+            coord, stop = _loop(sc, coord, spawn, writer, first, progress, hooks, stop_after)
         except (KeyboardInterrupt, SystemExit) as err:
             # Ctrl-C, or SIGTERM from a scheduler or `kill` (Ray's driver turns it into SystemExit):
             # the run stops where it is and stays resumable.
@@ -153,10 +157,15 @@ def run(sc: Scenario, out_root: Optional[str] = None, address: Optional[str] = N
         else:
             done = writer.manifest["completed_rounds"] >= sc.rounds
             status = "complete" if done else "stopped"
-            writer.finish(status, wall_s=time.perf_counter() - t0)
-            return RunResult(writer.path, writer.rounds, time.perf_counter() - t0)
+            stopped_by = stop if not done else None  # a stop in the last round cut nothing short
+            writer.finish(status, wall_s=time.perf_counter() - t0, **({"stopped_by": stopped_by} if stopped_by else {}))
+            if stopped_by is not None:
+                # Printed even with --quiet and from the API: the run ended before its rounds.
+                print(f"{sc.name}: stopped after round {stopped_by['round']} by {stopped_by['callback']}: "
+                      f"{stopped_by['reason']}", file=sys.stderr)
+            return RunResult(writer.path, writer.rounds, time.perf_counter() - t0, stopped_by)
         finally:
-            for cb in callbacks:
+            for cb in hooks:
                 cb.on_end(writer.path, status)
     finally:
         # However the run ends: on a caller's own Ray instance, a coordinator left alive would
@@ -184,13 +193,25 @@ def with_choices(eng: Any, choices: Optional[dict[str, bool]]) -> Any:
 
 
 class _OnRound(Callback):
-    """A plain function called with every round's records."""
+    """A plain function called with every round's records (it may return what `on_round` may)."""
 
-    def __init__(self, fn: Callable[[RoundOutput], None]) -> None:
+    def __init__(self, fn: Callable[[RoundOutput], OnRound]) -> None:
         self.fn = fn
 
-    def on_round(self, out: RoundOutput) -> None:
-        self.fn(out)
+    def on_round(self, out: RoundOutput) -> OnRound:
+        return self.fn(out)
+
+
+def _on_round(hooks: Sequence[Callback], out: RoundOutput) -> Optional[dict[str, Any]]:
+    """Every callback's `on_round`, in order, their metrics added to `out`; the first stop asked
+    for (`callback`, `reason`, `round`), or None. Every callback sees the round, stop or not."""
+    stop = None
+    for cb in hooks:
+        owner = cb.fn if isinstance(cb, _OnRound) else cb  # errors name the user's function, not the wrapper
+        reason = take_returned(owner, cb.on_round(out), out)
+        if reason is not None and stop is None:
+            stop = {"callback": plugin_name(owner), "reason": reason, "round": int(out.record.round)}
+    return stop
 
 
 def _restore(coord, path: Path) -> int:
@@ -205,8 +226,9 @@ def _restore(coord, path: Path) -> int:
 
 
 def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, first: int, progress: bool,
-          hooks: Sequence[Callback], stop_after: Optional[int]):
-    """Step the coordinator round by round; returns the coordinator that finished the run.
+          hooks: Sequence[Callback], stop_after: Optional[int]) -> tuple[Any, Optional[dict[str, Any]]]:
+    """Step the coordinator round by round; returns the coordinator that finished the run, and
+    the stop a callback asked for (None: the rounds ran out, or `stop_after`).
 
     A coordinator that dies (its process killed, its node lost) takes its device hosts with
     it; a new one is spawned from the same stored data and continues from the last
@@ -243,19 +265,24 @@ def _loop(sc: Scenario, coord, spawn: Callable[[], Any], writer: RunWriter, firs
                 bar.refresh()
                 r = upto + 1
                 continue
+            stop = _on_round(hooks, out)  # before the round is recorded: its metrics go into its row
             writer.add(out)
-            for cb in hooks:
-                cb.on_round(out)
             rec = out.record
             bar.set_postfix_str(f"t_sim={rec.sim_time:.0f}s acc={rec.accuracy:.3f} "
                                 f"late={rec.n_late} offline={rec.n_offline} excl={rec.n_excluded}",
                                 refresh=False)
             bar.update(1)
+            if stop is not None and state is None:
+                # A stopped run is checkpointed at its last round, so that it resumes from there.
+                # (A coordinator lost just now fails the run; it resumes from the checkpoint before.)
+                state = ray.get(coord.state_dict.remote())
             if state is not None:
                 writer.checkpoint(state)
+            if stop is not None:
+                return coord, stop
             if stop_after is not None and r >= stop_after:
                 break
             r += 1
     finally:
         bar.close()
-    return coord
+    return coord, None

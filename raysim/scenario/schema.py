@@ -312,6 +312,8 @@ class OutputConfig(_Section):
     dir: str = Field("runs", description="parent of run directories (--out overrides)")
     checkpoint_every: int = Field(5, ge=1, description="checkpoint every N rounds (and the last)")
     plots: bool = Field(True, description="write the report's figures at the end")
+    tensorboard: bool = Field(False, description="log every round's scalars as TensorBoard events under "
+                              "<run_dir>/tensorboard/ (--tensorboard switches it on; needs the tensorboard package)")
 
 
 class Scenario(_Section):
