@@ -65,8 +65,14 @@ class PluginError(BadInput):
     """
 
     def __init__(self, plugin: object, role: str, problem: str) -> None:
-        self.plugin, self.role = plugin_name(plugin), role
+        # a name (str) is taken as it is: that is how the error crosses processes (`__reduce__`)
+        self.plugin = plugin if isinstance(plugin, str) else plugin_name(plugin)
+        self.role, self.problem = role, problem
         super().__init__(f"{role} {self.plugin} {problem}")
+
+    def __reduce__(self) -> tuple[type["PluginError"], tuple[str, str, str]]:
+        # Ray sends an actor's exception to the driver pickled: rebuilt from the three parts
+        return type(self), (self.plugin, self.role, self.problem)
 
 
 def plugin_name(obj: object) -> str:
@@ -91,8 +97,18 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def unwrap(err: BaseException) -> BaseException:
+    """The original error behind one raised in a Ray task or actor (Ray wraps it, with the
+    remote traceback in its text, and keeps the original as `cause`)."""
+    seen = 0
+    while isinstance(getattr(err, "cause", None), BaseException) and seen < 8:
+        err, seen = err.cause, seen + 1  # type: ignore[attr-defined]
+    return err
+
+
 def describe(err: BaseException) -> Optional[tuple[int, str]]:
     """(exit code, one-line message) of an anticipated failure, or None for anything else."""
+    err = unwrap(err)
     if isinstance(err, BadInput):
         return EXIT_BAD_INPUT, one_line(err)
     if isinstance(err, RunFailed):
@@ -125,9 +141,7 @@ def gist(err: BaseException, limit: int = 160) -> str:
     """`err` in a few words: its type and the first line of its message, at most `limit`
     characters. An error raised in a Ray task carries the original one (`cause`) and the
     remote traceback in its text: the gist is the original's, and the traceback goes to the log."""
-    seen = 0
-    while isinstance(getattr(err, "cause", None), BaseException) and seen < 8:
-        err, seen = err.cause, seen + 1  # type: ignore[attr-defined]
+    err = unwrap(err)
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     if len(lines) > 1 and any(ln.startswith(("Traceback", 'File "')) for ln in lines):
         lines = lines[-1:]   # a traceback in the text (an actor's creation task): its last line says what
@@ -186,7 +200,8 @@ def api_boundary() -> Iterator[None]:
     whose one-line message names the log file."""
     try:
         yield
-    except (BadInput, RunFailed) as err:
+    except (BadInput, RunFailed) as wrapped:
+        err = unwrap(wrapped)   # raised in an actor: the original, not Ray's wrapper and its text
         err.__cause__ = None
         err.__suppress_context__ = True
         raise err.with_traceback(None) from None
