@@ -37,6 +37,7 @@ from raysim.engine.cost import device_times
 from raysim.engine.energy import Phases, phase_energy, seconds
 from raysim.engine.events import Dispatched, Job, Refusal, Timeline, Window
 from raysim.engine.loop import Gathered, Global
+from raysim.engine.recording import add_device_row
 from raysim.engine.setup import Backend, RoundConfig, Setup, host_work
 from raysim.engine.versions import Versions
 from raysim.messages import GroupResult, PartialSum, TrainReport, TrainTask
@@ -292,11 +293,10 @@ class FlatEvents:
         phases: list[tuple[int, float, float, float, bool, float, float]] = []
         for r in win.refused:
             phases.append((r.pos, 0.0, 0.0, 0.0, False, 0.0, 0.0))
-            out.append(round=w, device_id=r.device, device_class=str(classes[r.pos]), rate=nan, status=EXCLUDED,
-                       reason=r.reason, t_download=nan, t_compute=nan, t_upload=nan, t_total=nan, t_finish=nan,
-                       work_fraction=0.0, samples=int(self.samples[r.pos]), samples_trained=0, steps=0, loss=nan,
-                       bytes_down=0, bytes_up=0, host=-1, wall_s=0.0, version_start=r.version,
-                       version_applied=-1, staleness=-1)
+            add_device_row(out, round=w, device_id=r.device, device_class=str(classes[r.pos]), rate=nan,
+                           status=EXCLUDED, reason=r.reason, times=(nan, nan, nan), t_finish=nan, work_fraction=0.0,
+                           samples=int(self.samples[r.pos]), report=None, applied=False, bytes_down=0, bytes_up=0,
+                           version_start=r.version)
         for j in win.lost + win.arrivals:
             # no round closes on a device here: it does its whole timeline; a lost one never sends
             phases.append((j.pos, j.t_download, j.t_compute, 0.0 if j.lost else j.t_upload, True, j.w_download,
@@ -312,15 +312,11 @@ class FlatEvents:
                 st, why = OK, ""
             ok = j.job in applied
             nbytes, up_bytes = int(costs[j.rate].wire_down), int(costs[j.rate].wire_up)
-            out.append(round=w, device_id=j.device, device_class=str(classes[j.pos]), rate=j.rate, status=st,
-                       reason=why, t_download=j.t_download, t_compute=j.t_compute, t_upload=j.t_upload,
-                       t_total=j.t_download + j.t_compute + j.t_upload, t_finish=j.finish - win.start,
-                       work_fraction=1.0 if ok else 0.0, samples=j.samples,
-                       samples_trained=int(rep.samples) if ok and rep is not None else 0, steps=int(rep.steps) if rep else 0,
-                       loss=float(rep.loss) if rep else nan, bytes_down=nbytes, bytes_up=up_bytes if ok else 0,
-                       host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0,
-                       version_start=j.version, version_applied=w if ok else -1,
-                       staleness=w - 1 - j.version if ok else -1)
+            add_device_row(out, round=w, device_id=j.device, device_class=str(classes[j.pos]), rate=j.rate,
+                           status=st, reason=why, times=(j.t_download, j.t_compute, j.t_upload),
+                           t_finish=j.finish - win.start, work_fraction=1.0 if ok else 0.0, samples=j.samples,
+                           report=rep, applied=ok, bytes_down=nbytes, bytes_up=up_bytes if ok else 0,
+                           version_start=j.version)
         pos, dl, comp, up, sent, wd, wu = (np.array(c) for c in zip(*phases)) if phases else (np.zeros(0, np.int64),) * 7
         todo = Phases(dl.astype(float), comp.astype(float), up.astype(float), np.ones(len(pos)), sent.astype(bool),
                       wd.astype(float), wu.astype(float))

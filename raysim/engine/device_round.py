@@ -25,6 +25,7 @@ from raysim.engine.cost import device_times
 from raysim.engine.deadlines import Schedule
 from raysim.engine.device_state import DeviceStates
 from raysim.engine.energy import Energy, Phases, phase_energy, seconds, work_energy
+from raysim.engine.recording import add_device_row
 from raysim.engine.selection import Selector, SelectRequest, check_selection
 from raysim.engine.setup import RoundConfig, Setup, host_work
 from raysim.fleet import Fleet
@@ -316,18 +317,12 @@ class DeviceRounds:
             elif rep is not None and rep.status != OK:
                 st, why = rep.status, rep.reason
             applied = rep is not None and st in (OK, PARTIAL)
-            trained = rep.samples if rep is not None and applied else 0
-            up = int(bytes_up[i]) if st in (OK, PARTIAL) else 0
-            clients.append(round=d.round, device_id=dev, device_class=str(cls[i]), rate=float(d.rate[i]), status=st,
-                           reason=why, t_download=float(d.t_down[i]), t_compute=float(d.t_comp[i]),
-                           t_upload=float(d.t_up[i]), t_total=float(total[i]), t_finish=float(sched.finish[i]),
-                           work_fraction=float(sched.step_fraction[i]), samples=int(d.samples[i]),
-                           samples_trained=int(trained), steps=int(rep.steps) if rep else 0,
-                           loss=float(rep.loss) if rep else float("nan"),
-                           bytes_down=int(bytes_down[i]) if st != EXCLUDED else 0, bytes_up=up,
-                           host=int(rep.host) if rep else -1, wall_s=float(rep.wall_s) if rep else 0.0,
-                           version_start=d.round - 1, version_applied=d.round if applied else -1,
-                           staleness=0 if applied else -1)
+            add_device_row(clients, round=d.round, device_id=dev, device_class=str(cls[i]), rate=float(d.rate[i]),
+                           status=st, reason=why, times=(float(d.t_down[i]), float(d.t_comp[i]), float(d.t_up[i])),
+                           t_finish=float(sched.finish[i]), work_fraction=float(sched.step_fraction[i]),
+                           samples=int(d.samples[i]), report=rep, applied=applied,
+                           bytes_down=int(bytes_down[i]) if st != EXCLUDED else 0,
+                           bytes_up=int(bytes_up[i]) if st in (OK, PARTIAL) else 0, version_start=d.round - 1)
         status = np.array(clients.status, dtype=object)
         # an out-of-memory device fails at its first step: no compute, no upload
         oom = status == OOM
