@@ -29,14 +29,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from raysim.errors import ScenarioError, SweepError
 from raysim.rundir.reader import SWEEP_FILE
-from raysim.scenario.schema import Scenario, ScenarioError, load_scenario
+from raysim.scenario.schema import Scenario, load_scenario
 
 _OPEN, _CLOSE = "[{(", "]})"
-
-
-class SweepError(ScenarioError):
-    """A grid is malformed; the message is one line naming the grid item."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from ray.exceptions import RayActorError
 
 from raysim.engine.callbacks import Callback
 from raysim.engine.clock import RealtimeClock, VirtualClock
-from raysim.errors import RunFailed, gist
+from raysim.errors import CoordinatorLost, gist
 from raysim.records import RoundOutput
 from raysim.rundir.reader import latest_checkpoint, load_checkpoint, read_manifest, read_tables
 from raysim.rundir.writer import RunWriter, check_output_root, new_run_dir
@@ -26,10 +26,6 @@ from raysim.runtime.session import check_hosts_fit, pickle_by_value, start_ray, 
 from raysim.scenario.build import async_config, gateways, ladder_note, prepare, round_config, trainer
 from raysim.scenario.resolve import Components, components
 from raysim.scenario.schema import Scenario
-
-
-class CoordinatorLost(RunFailed):
-    """The coordinator died more often than `runtime.coordinator_restarts` allows."""
 
 
 @dataclass
