@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+import numpy as np
 from torch import nn
 
 from raysim.channels import Channel, Dense
@@ -23,7 +24,7 @@ from raysim.client.algorithms import ClientAlgorithm
 from raysim.data.base import DataError, Dataset, dataset_from
 from raysim.engine.assignment import Assigner
 from raysim.engine.selection import Selector, Uniform
-from raysim.errors import ScenarioError
+from raysim.errors import BadInput, PluginError, ScenarioError, gist
 from raysim.models.base import ModelSpec
 from raysim.scenario import registry
 from raysim.scenario.schema import Scenario
@@ -62,7 +63,8 @@ class Components:
     gateway_server: Optional[ServerOptimizer] = None   # how gateways aggregate (topology.gateways)
 
     def load_dataset(self, seed: int) -> Dataset:
-        """The dataset, checked (one-line DataError on bad output)."""
+        """The dataset, checked (one-line DataError on bad data, PluginError when a plug-in's
+        factory raises or returns something else than arrays)."""
         return _load(self.dataset, self.dataset_name, self.sources.get("dataset") == "built-in", seed)
 
     @property
@@ -192,17 +194,34 @@ def load_dataset(cfg: Any, seed: int) -> Dataset:
     return _load(dataset_factory(cfg), cfg.dataset, not registry.is_import_path(cfg.dataset), seed)
 
 
+DATASET_CONTRACT = "a Dataset or a tuple (x_train, y_train, x_test, y_test[, groups]) of numpy arrays"
+
+
 def _load(fn: DatasetFactory, name: str, builtin: bool, seed: int) -> Dataset:
     try:
         out = fn(seed)
-    except (DataError, ScenarioError):
+    except BadInput:
         raise
     except Exception as err:  # noqa: BLE001 - a plug-in loader failing is bad input, not a bug here
         if builtin:
             raise
-        raise DataError(f"data.dataset: {name} failed: {type(err).__name__}: {err}") from None
+        raise PluginError(fn, "data.dataset", f"raised {gist(err)} when called with seed {seed}; expected "
+                          f"{DATASET_CONTRACT}") from None
+    if not builtin:
+        arrays = out if isinstance(out, (tuple, list)) else None
+        if not isinstance(out, Dataset) and (arrays is None or len(arrays) not in (4, 5)
+                                             or not all(isinstance(a, np.ndarray) for a in arrays)):
+            raise PluginError(fn, "data.dataset", f"returned {_shown(out)}; expected {DATASET_CONTRACT}")
     ds = dataset_from(name, out)
     for split, y in (("training", ds.y_train), ("test", ds.y_test)):
         if len(y) == 0:  # whatever the loader: a set to train on and one to test with
             raise DataError(f"data.dataset {name}: holds no {split} samples")
     return ds
+
+
+def _shown(out: Any) -> str:
+    """What a factory returned, in a few words: its type, and for a tuple or list its items' types."""
+    if isinstance(out, (tuple, list)):
+        items = ", ".join(type(a).__name__ for a in out[:6]) + (", ..." if len(out) > 6 else "")
+        return f"a {type(out).__name__} of {len(out)} ({items})"
+    return f"a {type(out).__name__}"
