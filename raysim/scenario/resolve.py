@@ -26,7 +26,7 @@ from raysim.engine.assignment import Assigner
 from raysim.engine.selection import Selector, Uniform
 from raysim.errors import BadInput, PluginError, ScenarioError, gist
 from raysim.models.base import ModelSpec
-from raysim.scenario import registry
+from raysim.scenario import compat, registry
 from raysim.scenario.schema import Scenario
 from raysim.server.optimizers import ServerOptimizer
 from raysim.submodel.strategies import Strategy
@@ -111,25 +111,20 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
     ch = sc.channel
     up = _choose(sources, "channel_up", "channel.up", Channel, channel_up, ch.up, ch.up_params)
     down = _choose(sources, "channel_down", "channel.down", Channel, channel_down, ch.down, ch.down_params)
-    if down.error_feedback:
+    if down.error_feedback:   # not a matter of mode: a downlink has no residual to keep in any
         raise ScenarioError("channel.down_params.error_feedback: error feedback keeps what a device's update lost; "
                             "it applies to channel.up only")
-    if up.error_feedback and sc.server.mode != "sync":
-        raise ScenarioError(f"channel.up_params.error_feedback: residuals are kept in synchronous rounds only; "
-                            f"server.mode {sc.server.mode!r} does not keep them yet")
-    if client.server_state and sc.topology.gateways:
-        raise ScenarioError(f"train.algorithm: {type(client).__name__} keeps a server quantity, which does not "
-                            f"pass through gateways yet (topology.gateways is set)")
-    if (client.keeps_state or client.server_state) and sc.server.mode != "sync":
-        raise ScenarioError(f"train.algorithm: {type(client).__name__} keeps state across rounds, which is kept in "
-                            f"synchronous rounds only; server.mode {sc.server.mode!r} does not keep it yet")
     topo = sc.topology
     gateway_server = (_choose(sources, "gateway_server", "topology.gateway_optimizer", ServerOptimizer, None,
                               topo.gateway_optimizer, topo.gateway_params) if topo.gateways else None)
     smallest = min(m.rates) if baseline == "fedavg-smallest" else None
     narrow = smallest is not None or (strategy.compresses and baseline == "none" and list(m.rates) != [1.0])
-    return Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
-                      narrow, m.scaler, sources, selector, up, down, gateway_server)
+    comps = Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
+                       narrow, m.scaler, sources, selector, up, down, gateway_server)
+    # The mode-and-feature table's rows that only the objects can answer (a channel's error
+    # feedback, a client algorithm's state); the scenario's own were checked when it was validated.
+    compat.check(sc, comps)
+    return comps
 
 
 def _factory(sources: dict[str, str], slot: str, given: Optional[Callable], make: Callable[[], Callable],
