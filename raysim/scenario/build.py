@@ -158,6 +158,8 @@ def build_setup(sc: Scenario, comps: Components, dataset: Dataset) -> Setup:
     if sc.selection.per_round > len(fleet):
         raise ScenarioError(f"selection.per_round: {sc.selection.per_round} exceeds the fleet's {len(fleet)} devices")
     async_config(sc, len(fleet))  # a concurrency the fleet cannot fill is refused before anything runs
+    if sc.topology.gateways > len(fleet):   # a trace's fleet is known only now (the schema checks fleet.devices)
+        raise ScenarioError(f"topology.gateways: {sc.topology.gateways} gateways for {len(fleet)} devices")
     if sc.topology.gateways and sc.topology.attach == "trace":
         from raysim.engine.topology import check_trace_gateways  # noqa: PLC0415
 
