@@ -1,6 +1,7 @@
 """The error boundary, the dedicated-round capacity, and no process left behind a killed driver."""
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -238,3 +239,27 @@ def test_a_model_that_cannot_be_sliced_is_bad_input():
     assert guard(unsliceable, stderr=err) == EXIT_BAD_INPUT
     assert err.getvalue() == ("raysim: error: model: cannot slice: module 'body' calls torch.roll (a data-dependent "
                               "shift); use compression.strategy: full\n")
+
+
+def test_a_sweep_records_a_failed_point_in_a_few_words_not_ray_s_traceback(tmp_path, monkeypatch):
+    from ray.exceptions import RayTaskError
+
+    from raysim import sweep
+    from raysim.errors import PluginError
+
+    cause = PluginError(len, "channel.up", "decode() returned 'w' of shape (4,); expected (2, 2)")
+    wrapped = RayTaskError("Coordinator.step", "Traceback (most recent call last):\n  ...\nPluginError: x",
+                           RayTaskError("DeviceHost.train", "Traceback ...", cause).as_instanceof_cause())
+
+    def fails(*args, **kwargs):
+        raise wrapped.as_instanceof_cause()
+
+    monkeypatch.setattr("raysim.runtime.runner.run", fails)
+    monkeypatch.setattr("raysim.runtime.session.start_ray", lambda *a, **k: False)
+    plan = sweep.plan_sweep("scenarios/quickstart.yaml", ["seed=1,2"], tiny_overrides())
+    seen = []
+    with pytest.raises(RayTaskError):
+        sweep.run_sweep(plan, out_root=str(tmp_path), progress=False, on_point=seen.append)
+    assert seen[0].error == f"PluginError: {cause}"
+    book = json.loads(next(tmp_path.glob("*/sweep.json")).read_text())
+    assert book["points"]["seed=1"]["error"] == f"PluginError: {cause}" and book["status"] == "failed"
