@@ -32,7 +32,7 @@ _HOMES = {
     "plan_sweep": "raysim.sweep", "run_sweep": "raysim.sweep",
     "load_scenario": "raysim.scenario.schema", "parse_scenario": "raysim.scenario.schema",
     "Scenario": "raysim.scenario.schema", "ScenarioError": "raysim.errors",
-    "load_run": "raysim.rundir.reader", "Run": "raysim.rundir.reader", "RunError": "raysim.rundir.reader",
+    "load_run": "raysim.rundir.reader", "Run": "raysim.rundir.reader", "RunError": "raysim.errors",
     "load_runs": "raysim.report.tables", "Runs": "raysim.report.tables",
     "write_report": "raysim.report.markdown",
     "time_to_target": "raysim.report.summaries", "default_target": "raysim.report.summaries",
@@ -50,11 +50,11 @@ __all__ = [
 if TYPE_CHECKING:
     from raysim import api
     from raysim.api import simulate
-    from raysim.errors import ScenarioError
+    from raysim.errors import RunError, ScenarioError
     from raysim.report.markdown import write_report
     from raysim.report.summaries import default_target, rate_label, rate_order, time_to_target
     from raysim.report.tables import Runs, load_runs
-    from raysim.rundir.reader import Run, RunError, load_run
+    from raysim.rundir.reader import Run, load_run
     from raysim.runtime.runner import RunResult, run
     from raysim.runtime.session import ray_session
     from raysim.scenario.schema import Scenario, load_scenario, parse_scenario

@@ -1,15 +1,36 @@
 """The error boundary: every failure of a command or an API call ends as one clear line.
 
-Two kinds of anticipated failure have their own base class, and every one-line error of
-raysim derives from one of them:
+Every one-line error of raysim is defined here and derives from one of two bases: `BadInput`
+(exit code 2: fix the input and run again) or `RunFailed` (exit code 1: the run could not go
+on). The tree, with when each is raised (the older homes, e.g. `raysim.data.base.DataError`,
+still import them):
 
-* `BadInput` (exit code 2): a scenario, an override, a data or trace file, a run directory
-  or a cluster address is wrong; the message names the file, field or line and the fix.
-* `RunFailed` (exit code 1): a run could not go on (e.g. its coordinator was lost too often);
-  the message says what to do next.
+    BadInput (ValueError)      exit 2  input raysim cannot use; the line names the file, field or line and the fix
+    |-- ScenarioError          exit 2  a scenario or --set override is invalid: a field, or a combination of
+    |   |                              modes and features (raysim.scenario.compat)
+    |   `-- SweepError         exit 2  a --grid is malformed, or one of its points is an invalid scenario
+    |-- PluginError            exit 2  a component brought by import path or as an object broke its contract:
+    |                                  names it (module:QualName), what it returned or raised, what was expected
+    |-- SlicingError           exit 2  a plain torch module cannot be sliced into submodels (names the module,
+    |                                  the op, and the way out: train it whole)
+    |-- YamlInputError         exit 2  YAML the strict loader refuses (duplicate key, too deep, not UTF-8, ...)
+    |-- DataError              exit 2  a dataset's files or arrays cannot be loaded or partitioned
+    |-- FleetError             exit 2  a fleet, device catalogue, availability or fleet trace problem
+    |-- RunError               exit 2  a run directory is missing, incomplete, corrupt, or cannot be resumed
+    |-- DeviceError            exit 2  runtime.device / runtime.gpus_per_host cannot be served where the run is
+    `-- ClusterError           exit 2  a Ray cluster cannot be reached, refuses to join, or is too small
+    RunFailed (RuntimeError)   exit 1  a run could not go on; the line says what happened and what to do
+    |-- CoordinatorLost        exit 1  the coordinator died more often than runtime.coordinator_restarts allows
+    `-- NoDevices              exit 1  no device (or gateway) could train for too long: all offline for good
+    InternalError              exit 1  (Python API) anything unanticipated: a raysim bug, already logged
+    KeyboardInterrupt          exit 130
 
 Anything else is a bug or an environment failure nobody anticipated: the boundary writes its
-traceback to a log file and reports one line with the log's path (exit code 1).
+traceback to a log file and reports one line with the log's path and "please report it" (exit
+code 1). An error raised inside a Ray actor (a device host, the coordinator) reaches the driver
+wrapped in Ray's `RayTaskError`, whose text is the remote traceback: the boundary unwraps it
+(`unwrap`), so a `BadInput` raised on a device host is still one line and exit 2. Every class
+here pickles (Ray sends it back to the driver), whatever its constructor takes.
 
     from raysim.errors import guard
     guard(lambda: do_the_work())          # CLI: prints one line on failure, returns the exit code
@@ -22,6 +43,7 @@ waits for torch or Ray to load.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -39,20 +61,80 @@ EXIT_INTERRUPTED = 130
 LOG_DIR_ENV = "RAYSIM_LOG_DIR"
 
 
+def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    """An error unpickled without calling its constructor (see `_reduce`)."""
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
+
+def _reduce(self: BaseException) -> tuple:
+    # The default (`cls(*self.args)`) calls the constructor with the message alone, which fails
+    # for a class whose constructor takes its parts (PluginError, SlicingError): Ray would then
+    # lose the error it sends back from an actor.
+    return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
 class BadInput(ValueError):
     """Input raysim cannot use; the message is one line naming the file, field or line."""
+
+    __reduce__ = _reduce
 
 
 class RunFailed(RuntimeError):
     """A run could not go on; the message is one line saying what happened and what to do."""
+
+    __reduce__ = _reduce
 
 
 class ScenarioError(BadInput):
     """A scenario (or override) is invalid; the message is one line naming the field."""
 
 
+class SweepError(ScenarioError):
+    """A grid is malformed; the message is one line naming the grid item."""
+
+
 class ClusterError(BadInput):
     """A Ray cluster cannot be reached or refuses the connection; the message names the fix."""
+
+
+class DeviceError(BadInput):
+    """`runtime.device` or `runtime.gpus_per_host` cannot be served where the run is."""
+
+
+class YamlInputError(BadInput):
+    """YAML that the strict loader refuses; one line naming the source and the line."""
+
+
+class DataError(BadInput):
+    """A dataset cannot be loaded or partitioned; the message is one line naming the file."""
+
+
+class FleetError(BadInput):
+    """A fleet, catalogue or trace problem, as one line.
+
+    For trace files the message names the file, and the line (CSV) or row (parquet) and the
+    column of the offending cell, so the CLI can print it as is and exit with code 2.
+    """
+
+
+class RunError(BadInput):
+    """A run directory is missing, incomplete or malformed."""
+
+
+class SlicingError(BadInput):
+    """A model cannot be sliced into submodels; the message is one line naming the module and
+    the op, and the way out (train the whole model)."""
+
+    def __init__(self, path: str, op: str, reason: str) -> None:
+        self.path = path
+        self.op = op
+        self.reason = reason
+        where = path or "(root)"
+        super().__init__(f"model: cannot slice: module '{where}' calls {op} ({reason}); "
+                         "use compression.strategy: full")
 
 
 class PluginError(BadInput):
@@ -75,21 +157,45 @@ class PluginError(BadInput):
         return type(self), (self.plugin, self.role, self.problem)
 
 
+class CoordinatorLost(RunFailed):
+    """The coordinator died more often than `runtime.coordinator_restarts` allows."""
+
+
+class NoDevices(RunFailed):
+    """No device (flat) or no gateway's devices (gateways) could train for too long: every
+    device offline for good, or without training samples."""
+
+
+class InternalError(RuntimeError):
+    """An unanticipated failure, already logged; the message holds the log file's path."""
+
+
 def plugin_name(obj: object) -> str:
     """How a component is named to its author: `module:QualName` of a function or class, or of
-    an instance's class.
+    an instance's class (of a `functools.partial`: of the function it binds).
 
         >>> plugin_name(one_line)
         'raysim.errors:one_line'
     """
+    while isinstance(obj, functools.partial):
+        obj = obj.func
     target = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") else type(obj)
     mod = getattr(target, "__module__", None) or "?"
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
     return f"{mod}:{name}"
 
 
-class InternalError(RuntimeError):
-    """An unanticipated failure, already logged; the message holds the log file's path."""
+def is_builtin(obj: object) -> bool:
+    """Whether a component is one of raysim's own (its module is in the raysim package)."""
+    return plugin_name(obj).startswith("raysim.")
+
+
+def broken(obj: object, role: str, problem: str) -> Exception:
+    """The error for a component that broke its contract: a `PluginError` for the user's, and
+    for one of raysim's own a plain `RuntimeError` (a raysim bug: the boundary logs it and asks
+    for a report)."""
+    err = PluginError(obj, role, problem)
+    return RuntimeError(f"built-in {err}") if is_builtin(obj) else err
 
 
 def one_line(text: object) -> str:
@@ -98,8 +204,10 @@ def one_line(text: object) -> str:
 
 
 def unwrap(err: BaseException) -> BaseException:
-    """The original error behind one raised in a Ray task or actor (Ray wraps it, with the
-    remote traceback in its text, and keeps the original as `cause`)."""
+    """The error itself, out of the Ray errors that carry it: an error raised in a Ray task or
+    actor reaches the caller as a `RayTaskError` whose `cause` is the original (and whose text is
+    the remote traceback); one raised on a device host and passed on by the coordinator is
+    wrapped twice."""
     seen = 0
     while isinstance(getattr(err, "cause", None), BaseException) and seen < 8:
         err, seen = err.cause, seen + 1  # type: ignore[attr-defined]
@@ -107,7 +215,8 @@ def unwrap(err: BaseException) -> BaseException:
 
 
 def describe(err: BaseException) -> Optional[tuple[int, str]]:
-    """(exit code, one-line message) of an anticipated failure, or None for anything else."""
+    """(exit code, one-line message) of an anticipated failure, or None for anything else
+    (wherever it was raised: see `unwrap`)."""
     err = unwrap(err)
     if isinstance(err, BadInput):
         return EXIT_BAD_INPUT, one_line(err)
@@ -200,12 +309,12 @@ def api_boundary() -> Iterator[None]:
     whose one-line message names the log file."""
     try:
         yield
-    except (BadInput, RunFailed) as wrapped:
-        err = unwrap(wrapped)   # raised in an actor: the original, not Ray's wrapper and its text
-        err.__cause__ = None
-        err.__suppress_context__ = True
-        raise err.with_traceback(None) from None
     except InternalError:
         raise
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - the boundary: anticipated errors leave as themselves
+        known = unwrap(err)
+        if isinstance(known, (BadInput, RunFailed)):
+            known.__cause__ = None
+            known.__suppress_context__ = True
+            raise known.with_traceback(None) from None
         raise InternalError(internal_message(err, write_log(err))) from err

@@ -29,14 +29,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from raysim.errors import ScenarioError, SweepError, gist
 from raysim.rundir.reader import SWEEP_FILE
-from raysim.scenario.schema import Scenario, ScenarioError, load_scenario
+from raysim.scenario.schema import Scenario, load_scenario
 
 _OPEN, _CLOSE = "[{(", "]})"
-
-
-class SweepError(ScenarioError):
-    """A grid is malformed; the message is one line naming the grid item."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +202,8 @@ def run_sweep(plan: SweepPlan, out_root: Optional[str | Path] = None, address: O
         try:
             run(sc, address=address, progress=progress and parallel == 1, run_dir=path)
         except BaseException as err:
-            res = PointResult(point, path, "failed", time.perf_counter() - t0, f"{type(err).__name__}: {err}")
+            # the error in a few words (one raised in a Ray actor: the original's, not the remote traceback)
+            res = PointResult(point, path, "failed", time.perf_counter() - t0, gist(err, 300))
             book.update(point, status="failed", wall_s=res.wall_s, error=res.error)
             _notify(on_point, res)
             raise

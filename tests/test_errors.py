@@ -1,6 +1,7 @@
 """The error boundary, the dedicated-round capacity, and no process left behind a killed driver."""
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -136,3 +137,127 @@ def test_a_killed_local_driver_leaves_no_process_behind(tmp_path):
     finally:
         for q in session_pids(p.pid):
             os.kill(q, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------- one error tree
+ROOT = Path(__file__).resolve().parents[1]
+# Private control flow, never shown to anyone (caught where raised).
+PRIVATE = {("raysim/slicing/opcall.py", "Unsupported"), ("raysim/client/batched_forward.py", "Unsupported")}
+
+
+def exception_classes_outside_errors_py():
+    """(file, class) of every class in raysim, outside errors.py, that derives from an exception."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "raysim").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        if rel == "raysim/errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = [ast.unparse(b) for b in node.bases]
+                if any(b.endswith(("Error", "Exception", "BadInput", "RunFailed", "Lost")) for b in bases):
+                    found.append((rel, node.name))
+    return found
+
+
+def test_every_error_class_lives_in_errors_py():
+    assert set(exception_classes_outside_errors_py()) == PRIVATE
+
+
+def error_classes():
+    import raysim.errors as errors
+
+    return {n: c for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, BaseException)
+            and c.__module__ == "raysim.errors"}
+
+
+def test_every_error_is_bad_input_or_a_failed_run_and_the_docstring_draws_each_with_its_exit_code():
+    import raysim.errors as errors
+
+    classes = error_classes()
+    assert {"BadInput", "RunFailed", "PluginError", "SlicingError", "RunError", "CoordinatorLost"} <= set(classes)
+    tree = {}
+    for line in errors.__doc__.splitlines():
+        words = line.replace("|--", " ").replace("`--", " ").replace("|", " ").split()
+        if len(words) >= 3 and words[0][0].isupper() and "exit" in words:
+            tree[words[0]] = int(words[words.index("exit") + 1])
+    assert set(tree) == set(classes) | {"KeyboardInterrupt"}, "draw every class in the tree"
+    for name, cls in classes.items():
+        if name == "InternalError":
+            assert tree[name] == errors.EXIT_FAILED and not issubclass(cls, (errors.BadInput, errors.RunFailed))
+            continue
+        assert issubclass(cls, (errors.BadInput, errors.RunFailed)), name
+        code = errors.EXIT_BAD_INPUT if issubclass(cls, errors.BadInput) else errors.EXIT_FAILED
+        assert tree[name] == code, name
+
+
+def test_every_error_pickles_whatever_its_constructor_takes():
+    # Ray sends an error raised in an actor back pickled: one whose constructor takes its parts
+    # (not the message) must still come back as itself, with its message and fields.
+    import pickle
+
+    from raysim.errors import PluginError, SlicingError
+
+    samples = {"PluginError": PluginError(len, "channel.up", "returned x; expected y"),
+               "SlicingError": SlicingError("body.0", "torch.roll", "a shift")}
+    for name, cls in error_classes().items():
+        err = samples.get(name) or cls(f"{name}: one line")
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is cls and str(back) == str(err) and back.__dict__ == err.__dict__, name
+    assert pickle.loads(pickle.dumps(samples["PluginError"])).plugin == "builtins:len"
+
+
+def test_the_old_homes_of_the_errors_still_import_them():
+    import raysim
+    import raysim.errors as errors
+    from raysim.data.base import DataError
+    from raysim.fleet import FleetError
+    from raysim.rundir.reader import RunError
+    from raysim.runtime.gpu import DeviceError
+    from raysim.runtime.runner import CoordinatorLost
+    from raysim.scenario.strict_yaml import YamlInputError
+    from raysim.slicing import SlicingError
+    from raysim.sweep import SweepError
+
+    assert (DataError, FleetError, RunError, DeviceError, CoordinatorLost, YamlInputError, SlicingError, SweepError) == (
+        errors.DataError, errors.FleetError, errors.RunError, errors.DeviceError, errors.CoordinatorLost,
+        errors.YamlInputError, errors.SlicingError, errors.SweepError)
+    assert raysim.RunError is errors.RunError
+
+
+def test_a_model_that_cannot_be_sliced_is_bad_input():
+    from raysim.slicing import SlicingError
+
+    def unsliceable():
+        raise SlicingError("body", "torch.roll", "a data-dependent shift")
+
+    err = io.StringIO()
+    assert guard(unsliceable, stderr=err) == EXIT_BAD_INPUT
+    assert err.getvalue() == ("raysim: error: model: cannot slice: module 'body' calls torch.roll (a data-dependent "
+                              "shift); use compression.strategy: full\n")
+
+
+def test_a_sweep_records_a_failed_point_in_a_few_words_not_ray_s_traceback(tmp_path, monkeypatch):
+    from ray.exceptions import RayTaskError
+
+    from raysim import sweep
+    from raysim.errors import PluginError
+
+    cause = PluginError(len, "channel.up", "decode() returned 'w' of shape (4,); expected (2, 2)")
+    wrapped = RayTaskError("Coordinator.step", "Traceback (most recent call last):\n  ...\nPluginError: x",
+                           RayTaskError("DeviceHost.train", "Traceback ...", cause).as_instanceof_cause())
+
+    def fails(*args, **kwargs):
+        raise wrapped.as_instanceof_cause()
+
+    monkeypatch.setattr("raysim.runtime.runner.run", fails)
+    monkeypatch.setattr("raysim.runtime.session.start_ray", lambda *a, **k: False)
+    plan = sweep.plan_sweep("scenarios/quickstart.yaml", ["seed=1,2"], tiny_overrides())
+    seen = []
+    with pytest.raises(RayTaskError):
+        sweep.run_sweep(plan, out_root=str(tmp_path), progress=False, on_point=seen.append)
+    assert seen[0].error == f"PluginError: {cause}"
+    book = json.loads(next(tmp_path.glob("*/sweep.json")).read_text())
+    assert book["points"]["seed=1"]["error"] == f"PluginError: {cause}" and book["status"] == "failed"

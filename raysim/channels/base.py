@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from raysim.errors import broken
+
 __all__ = ["Channel", "Payload", "roundtrip", "with_feedback"]
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -82,15 +84,43 @@ class Channel(ABC):
         return self.name
 
 
-def roundtrip(channel: Channel, update: Mapping[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """What arrives: `update` encoded and decoded (on the update's device)."""
+def roundtrip(channel: Channel, update: Mapping[str, torch.Tensor], gen: torch.Generator,
+              role: str = "channel") -> dict[str, torch.Tensor]:
+    """What arrives: `update` encoded and decoded (on the update's device). A channel that
+    breaks its contract (a payload that is not one, a decoded tensor missing or of another
+    shape) is a `raysim.errors.PluginError` naming it as `role` (`channel.up`, `channel.down`)."""
     dev = next(iter(update.values())).device if update else torch.device("cpu")
     shapes = {k: tuple(v.shape) for k, v in update.items()}
-    return {k: v.to(dev) for k, v in channel.decode(channel.encode(update, gen), shapes).items()}
+    payload = channel.encode(update, gen)
+    if not isinstance(payload, Payload):
+        raise broken(channel, role, f"encode() returned a {type(payload).__name__}; expected a raysim Payload")
+    out = channel.decode(payload, shapes)
+    why = decoded_problem(out, shapes)
+    if why is not None:
+        raise broken(channel, role, f"decode() {why} (docs/channels.md)")
+    return {k: v.to(dev) for k, v in out.items()}
+
+
+def decoded_problem(out: object, shapes: Shapes) -> Optional[str]:
+    """What is wrong with a decoded update, in a few words (None: nothing): it holds a tensor of
+    every encoded name, each of the shape it was encoded with."""
+    if not isinstance(out, Mapping):
+        return f"returned a {type(out).__name__}; expected a dict of tensors named as encoded"
+    for k, shape in shapes.items():
+        v = out.get(k)
+        if not isinstance(v, torch.Tensor):
+            got = "nothing" if v is None else f"a {type(v).__name__}"
+            return f"returned {got} for {k!r}; expected a float tensor of shape {tuple(shape)}"
+        if tuple(v.shape) != tuple(shape):
+            return f"returned {k!r} of shape {tuple(v.shape)}; expected {tuple(shape)}, the shape it was encoded with"
+    extra = sorted(set(out) - set(shapes))
+    if extra:
+        return f"returned {extra[0]!r}, which was not encoded; expected only {', '.join(map(repr, shapes))}"
+    return None
 
 
 def with_feedback(channel: Channel, update: Mapping[str, torch.Tensor], residual: Optional[Mapping[str, torch.Tensor]],
-                  gen: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                  gen: torch.Generator, role: str = "channel") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Error feedback: send `update + residual`, keep what the channel dropped.
 
     Returns (what arrives, the new residual); `residual` None is zero. The residual is exactly
@@ -98,5 +128,5 @@ def with_feedback(channel: Channel, update: Mapping[str, torch.Tensor], residual
     """
     corrected = {k: v + residual[k].to(v.device) if residual is not None and k in residual else v.clone()
                  for k, v in update.items()}
-    arrived = roundtrip(channel, corrected, gen)
+    arrived = roundtrip(channel, corrected, gen, role)
     return arrived, {k: corrected[k] - arrived[k] for k in corrected}

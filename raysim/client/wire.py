@@ -26,7 +26,8 @@ def receive(trainer: Trainer, start: Tensors, key: int, version: int, plan_id: i
     """The submodel weights a device starts from, as its downlink channel delivers them."""
     if isinstance(trainer.down, Dense):
         return dict(start)
-    return roundtrip(trainer.down, start, torch_generator(trainer.seed, "channel-down", key, version, plan_id))
+    return roundtrip(trainer.down, start, torch_generator(trainer.seed, "channel-down", key, version, plan_id),
+                     "channel.down")
 
 
 def send(trainer: Trainer, delta: Tensors, key: int, device_id: int, residual: Optional[Tensors]
@@ -38,5 +39,5 @@ def send(trainer: Trainer, delta: Tensors, key: int, device_id: int, residual: O
         return dict(delta), None
     gen = torch_generator(trainer.seed, "channel-up", key, device_id)
     if ch.error_feedback:
-        return with_feedback(ch, delta, residual, gen)
-    return roundtrip(ch, delta, gen), None
+        return with_feedback(ch, delta, residual, gen, "channel.up")
+    return roundtrip(ch, delta, gen, "channel.up"), None

@@ -8,11 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from raysim.errors import BadInput
-
-
-class DataError(BadInput):
-    """A dataset cannot be loaded or partitioned; the message is one line naming the file."""
+from raysim.errors import DataError
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing numpy arrays has no single truth value

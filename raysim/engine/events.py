@@ -20,7 +20,7 @@ import heapq
 from dataclasses import astuple, dataclass
 from typing import Any, Callable, Optional
 
-from raysim.errors import RunFailed
+from raysim.errors import NoDevices
 
 FINISH, RETRY = 0, 1
 
@@ -110,10 +110,6 @@ class Snapshot:
                 "heap": [[t, s, k, list(astuple(j)) if j is not None else None] for t, s, k, j in self.heap],
                 "refused": [list(astuple(r)) for r in self.refused], "dispatched": self.dispatched,
                 "idle_polls": self.idle_polls, "started": self.started}
-
-
-class NoDevices(RunFailed):
-    """No device could be dispatched for too long (an availability trace that ended)."""
 
 
 class Timeline:

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from raysim.engine.asynchronous import AsyncConfig
-from raysim.engine.events import NoDevices
 from raysim.engine.hierarchy import Cycle, CycleDone, Cycles
 from raysim.engine.loop import Gathered
 from raysim.engine.versions import Versions
+from raysim.errors import NoDevices
 from raysim.messages import PartialSum
 from raysim.records import ClientRecords
 from raysim.server.aggregate import fold_held

@@ -12,9 +12,9 @@
 
 from __future__ import annotations
 
+from raysim.errors import FleetError
 from raysim.fleet.availability import Availability
 from raysim.fleet.catalogue import DeviceClass, load_catalogue
-from raysim.fleet.errors import FleetError
 from raysim.fleet.fleet import Fleet
 from raysim.fleet.make import make_fleet
 from raysim.fleet.mix import largest_remainder

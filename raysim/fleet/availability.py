@@ -27,7 +27,7 @@ from typing import Literal, Optional, Protocol, Union
 import numpy as np
 from pydantic import Field, model_validator
 
-from raysim.fleet.errors import FleetError
+from raysim.errors import FleetError
 from raysim.fleet.fleet import Fleet
 from raysim.fleet.trace import Intervals, load_intervals
 from raysim.settings import Section

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from raysim.fleet.errors import FleetError
+from raysim.errors import FleetError
 from raysim.fleet.figures import finite_number, read_mapping
 from raysim.fleet.radios import load_radios
 

@@ -1,13 +1,8 @@
-"""The one error type of the fleet package."""
+"""The one error type of the fleet package: `raysim.errors.FleetError` (a `BadInput`), here where
+the fleet modules have always imported it."""
 
 from __future__ import annotations
 
-from raysim.errors import BadInput
+from raysim.errors import FleetError
 
-
-class FleetError(BadInput):
-    """A fleet, catalogue or trace problem, as one line.
-
-    For trace files the message names the file, and the line (CSV) or row (parquet) and the
-    column of the offending cell, so the CLI can print it as is and exit with code 2.
-    """
+__all__ = ["FleetError"]

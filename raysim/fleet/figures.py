@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from raysim.fleet.errors import FleetError
+from raysim.errors import FleetError
 
 __all__ = ["finite_number", "read_mapping"]
 

@@ -6,9 +6,9 @@ from typing import Any, Optional
 
 from pydantic import Field, field_validator
 
+from raysim.errors import FleetError
 from raysim.fleet.availability import AvailabilityConfig
 from raysim.fleet.catalogue import DeviceClass, load_catalogue, with_classes
-from raysim.fleet.errors import FleetError
 from raysim.fleet.fleet import Fleet
 from raysim.fleet.mix import fleet_from_mix
 from raysim.fleet.trace import fleet_from_trace

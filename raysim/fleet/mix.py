@@ -12,8 +12,8 @@ from typing import Mapping
 
 import numpy as np
 
+from raysim.errors import FleetError
 from raysim.fleet.catalogue import DeviceClass
-from raysim.fleet.errors import FleetError
 from raysim.fleet.fleet import Fleet
 from raysim.fleet.power import PowerStates
 

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-from raysim.fleet.errors import FleetError
+from raysim.errors import FleetError
 from raysim.fleet.figures import finite_number, read_mapping
 
 __all__ = ["Radio", "load_radios", "RADIOS_PATH"]

@@ -42,8 +42,8 @@ from typing import Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from raysim.errors import FleetError
 from raysim.fleet.catalogue import DeviceClass
-from raysim.fleet.errors import FleetError
 from raysim.fleet.fleet import Fleet
 from raysim.fleet.power import PowerStates
 from raysim.fleet.trace_table import Table, optional_column, read_table

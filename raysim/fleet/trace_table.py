@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from raysim.fleet.errors import FleetError
+from raysim.errors import FleetError
 
 __all__ = ["Table", "read_table"]
 

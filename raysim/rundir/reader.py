@@ -31,14 +31,10 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from raysim.errors import BadInput
+from raysim.errors import BadInput, RunError
 
 CHECKPOINTS = "checkpoints"
 SWEEP_FILE = "sweep.json"  # a sweep's parent directory: its points and their states
-
-
-class RunError(BadInput):
-    """A run directory is missing, incomplete or malformed."""
 
 
 def latest_checkpoint(path: Path) -> Optional[Path]:

@@ -17,12 +17,8 @@ import math
 from dataclasses import replace
 from typing import Any, Optional, Sequence
 
-from raysim.errors import BadInput
+from raysim.errors import DeviceError
 from raysim.hosts.cuda import EVAL_GPU_SHARE
-
-
-class DeviceError(BadInput):
-    """`runtime.device` or `runtime.gpus_per_host` cannot be served where the run is."""
 
 
 def _cuda_here() -> bool:

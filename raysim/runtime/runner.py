@@ -17,7 +17,7 @@ from ray.exceptions import RayActorError
 
 from raysim.engine.callbacks import Callback, OnRound, take_returned
 from raysim.engine.clock import RealtimeClock, VirtualClock
-from raysim.errors import RunFailed, gist, plugin_name
+from raysim.errors import CoordinatorLost, gist, plugin_name
 from raysim.records import RoundOutput
 from raysim.rundir.reader import latest_checkpoint, load_checkpoint, read_manifest, read_tables
 from raysim.rundir.tensorboard import TensorBoard
@@ -30,10 +30,6 @@ from raysim.scenario.schema import Scenario
 
 if TYPE_CHECKING:
     from raysim.runtime.coordinator import Engine
-
-
-class CoordinatorLost(RunFailed):
-    """The coordinator died more often than `runtime.coordinator_restarts` allows."""
 
 
 @dataclass

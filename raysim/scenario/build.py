@@ -27,7 +27,7 @@ from raysim.client.trainer import Trainer
 from raysim.data.base import Dataset
 from raysim.engine.cost import RateCost
 from raysim.engine.setup import RoundConfig, Setup
-from raysim.errors import ScenarioError
+from raysim.errors import BadInput, PluginError, ScenarioError, broken, gist
 from raysim.models.base import ModelSpec
 from raysim.scenario.preflight import check_sizes
 from raysim.scenario.resolve import Components, components
@@ -44,6 +44,9 @@ def prepare(sc: Scenario, comps: Optional[Components] = None) -> Setup:
     return build_setup(sc, comps, comps.load_dataset(sc.seed))
 
 
+MODEL_CONTRACT = "a torch.nn.Module or a raysim ModelSpec"
+
+
 def model_spec(comps: Components, input_shape: tuple[int, ...], num_classes: int, seed: int = 0) -> ModelSpec:
     """The global model as a width family: the factory's `ModelSpec`, or a plain module as a
     family of one width (no channel groups: it trains whole).
@@ -52,17 +55,18 @@ def model_spec(comps: Components, input_shape: tuple[int, ...], num_classes: int
     a plain module's tensors that slicing cannot rebuild by a layer's constructor (a weight its
     forward reads by name, a layer scale) keep the values the module was made with, so those
     must not depend on what ran before."""
+    builtin = comps.sources.get("model") == "built-in"
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed_sequence(seed, "model.init").generate_state(1, np.uint64)[0] >> 1))
             out = comps.model(tuple(input_shape), int(num_classes))
-    except ScenarioError:
+    except BadInput:
         raise
     except Exception as err:  # noqa: BLE001 - a plug-in model failing to build is bad input
-        if comps.sources.get("model") == "built-in":
+        if builtin:
             raise
-        raise ScenarioError(f"model.arch: {comps.model_name}{tuple(input_shape)} failed: "
-                            f"{type(err).__name__}: {err}") from None
+        raise PluginError(comps.model, "model.arch", f"raised {gist(err)} when called with ({tuple(input_shape)}, "
+                          f"{int(num_classes)}); expected {MODEL_CONTRACT}") from None
     if isinstance(out, ModelSpec):
         spec = out
     elif isinstance(out, nn.Module) and comps.narrow:
@@ -72,10 +76,11 @@ def model_spec(comps: Components, input_shape: tuple[int, ...], num_classes: int
         factory = cast(Callable[[tuple[int, ...], int], nn.Module], comps.model)  # it made a module just now
         spec = ModelSpec.whole(comps.model_name, factory, tuple(input_shape), int(num_classes))
     else:
-        raise ScenarioError(f"model.arch: {comps.model_name} returned {type(out).__name__}, "
-                            f"not a torch.nn.Module or ModelSpec")
+        raise broken(comps.model, "model.arch", f"returned a {type(out).__name__} when called with "
+                     f"({tuple(input_shape)}, {int(num_classes)}); expected {MODEL_CONTRACT}")
     if not any(True for _ in spec.build().parameters()):
-        raise ScenarioError(f"model.arch: {comps.model_name} has no parameters to train")
+        raise broken(comps.model, "model.arch", "returned a model with no parameters to train; expected "
+                     f"{MODEL_CONTRACT} with at least one parameter")
     if comps.smallest is not None:
         spec = scaled_spec(spec, comps.smallest)
     return spec
@@ -153,6 +158,8 @@ def build_setup(sc: Scenario, comps: Components, dataset: Dataset) -> Setup:
     if sc.selection.per_round > len(fleet):
         raise ScenarioError(f"selection.per_round: {sc.selection.per_round} exceeds the fleet's {len(fleet)} devices")
     async_config(sc, len(fleet))  # a concurrency the fleet cannot fill is refused before anything runs
+    if sc.topology.gateways > len(fleet):   # a trace's fleet is known only now (the schema checks fleet.devices)
+        raise ScenarioError(f"topology.gateways: {sc.topology.gateways} gateways for {len(fleet)} devices")
     if sc.topology.gateways and sc.topology.attach == "trace":
         from raysim.engine.topology import check_trace_gateways  # noqa: PLC0415
 

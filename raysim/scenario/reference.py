@@ -22,8 +22,9 @@ HEADER = """# Scenario reference
 
 Every key a scenario YAML file accepts, generated from the schema (`raysim reference` prints
 it; `tests/scenario/test_reference.py` checks that this file is current). Unknown keys are errors;
-`--set a.b=value` overrides any key, the value parsed as YAML. Sections are listed as dotted
-paths: `data.partition.alpha` is
+`--set a.b=value` overrides any key, the value parsed as YAML. Which server modes, topologies,
+placements and clocks combine with which features is one table: [modes.md](modes.md). Sections
+are listed as dotted paths: `data.partition.alpha` is
 
 ```yaml
 data:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from raysim.errors import ScenarioError
+from raysim.errors import PluginError, ScenarioError, gist, is_builtin, plugin_name
 
 CHANNELS = {
     "none": "raysim.channels.codecs:Dense",
@@ -211,8 +211,11 @@ def instantiate(key: str, obj: Any, params: Mapping[str, Any], inherited: Option
         kwargs = validate_params(key, obj, params, inherited)
         try:
             return obj(**kwargs)
-        except Exception as err:  # noqa: BLE001 - a plug-in refusing its parameters is bad input
-            raise ScenarioError(f"{key}: {describe(obj)}({_kwargs(kwargs)}) failed: {type(err).__name__}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - a component refusing its parameters is bad input
+            if is_builtin(obj):
+                raise ScenarioError(f"{key}: {describe(obj)}({_kwargs(kwargs)}) failed: {gist(err)}") from None
+            raise PluginError(obj, key, f"raised {gist(err)} when built as {obj.__name__}({_kwargs(kwargs)}); "
+                              f"expected an instance built from the parameters it declares") from None
     if params:
         raise ScenarioError(f"{key.rsplit('.', 1)[0]}.params: {describe(obj)} is an instance and takes no parameters")
     return obj
@@ -228,11 +231,9 @@ def bind(key: str, fn: Callable[..., Any], params: Mapping[str, Any], inherited:
 
 
 def describe(obj: Any) -> str:
-    """`module:qualname` of a class or function (of an instance: of its class)."""
-    if isinstance(obj, functools.partial):
-        obj = obj.func
-    target = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") else type(obj)
-    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', repr(target))}"
+    """`module:qualname` of a class or function (of an instance: of its class; of a partial: of
+    its function), as `raysim.errors.plugin_name` names a component."""
+    return plugin_name(obj)
 
 
 def _kwargs(kwargs: Mapping[str, Any]) -> str:

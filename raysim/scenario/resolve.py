@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+import numpy as np
 from torch import nn
 
 from raysim.channels import Channel, Dense
@@ -23,9 +24,9 @@ from raysim.client.algorithms import ClientAlgorithm
 from raysim.data.base import DataError, Dataset, dataset_from
 from raysim.engine.assignment import Assigner
 from raysim.engine.selection import Selector, Uniform
-from raysim.errors import ScenarioError
+from raysim.errors import BadInput, PluginError, ScenarioError, gist
 from raysim.models.base import ModelSpec
-from raysim.scenario import registry
+from raysim.scenario import compat, registry
 from raysim.scenario.schema import Scenario
 from raysim.server.optimizers import ServerOptimizer
 from raysim.submodel.strategies import Strategy
@@ -62,7 +63,8 @@ class Components:
     gateway_server: Optional[ServerOptimizer] = None   # how gateways aggregate (topology.gateways)
 
     def load_dataset(self, seed: int) -> Dataset:
-        """The dataset, checked (one-line DataError on bad output)."""
+        """The dataset, checked (one-line DataError on bad data, PluginError when a plug-in's
+        factory raises or returns something else than arrays)."""
         return _load(self.dataset, self.dataset_name, self.sources.get("dataset") == "built-in", seed)
 
     @property
@@ -109,25 +111,20 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
     ch = sc.channel
     up = _choose(sources, "channel_up", "channel.up", Channel, channel_up, ch.up, ch.up_params)
     down = _choose(sources, "channel_down", "channel.down", Channel, channel_down, ch.down, ch.down_params)
-    if down.error_feedback:
+    if down.error_feedback:   # not a matter of mode: a downlink has no residual to keep in any
         raise ScenarioError("channel.down_params.error_feedback: error feedback keeps what a device's update lost; "
                             "it applies to channel.up only")
-    if up.error_feedback and sc.server.mode != "sync":
-        raise ScenarioError(f"channel.up_params.error_feedback: residuals are kept in synchronous rounds only; "
-                            f"server.mode {sc.server.mode!r} does not keep them yet")
-    if client.server_state and sc.topology.gateways:
-        raise ScenarioError(f"train.algorithm: {type(client).__name__} keeps a server quantity, which does not "
-                            f"pass through gateways yet (topology.gateways is set)")
-    if (client.keeps_state or client.server_state) and sc.server.mode != "sync":
-        raise ScenarioError(f"train.algorithm: {type(client).__name__} keeps state across rounds, which is kept in "
-                            f"synchronous rounds only; server.mode {sc.server.mode!r} does not keep it yet")
     topo = sc.topology
     gateway_server = (_choose(sources, "gateway_server", "topology.gateway_optimizer", ServerOptimizer, None,
                               topo.gateway_optimizer, topo.gateway_params) if topo.gateways else None)
     smallest = min(m.rates) if baseline == "fedavg-smallest" else None
     narrow = smallest is not None or (strategy.compresses and baseline == "none" and list(m.rates) != [1.0])
-    return Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
-                      narrow, m.scaler, sources, selector, up, down, gateway_server)
+    comps = Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
+                       narrow, m.scaler, sources, selector, up, down, gateway_server)
+    # The mode-and-feature table's rows that only the objects can answer (a channel's error
+    # feedback, a client algorithm's state); the scenario's own were checked when it was validated.
+    compat.check(sc, comps)
+    return comps
 
 
 def _factory(sources: dict[str, str], slot: str, given: Optional[Callable], make: Callable[[], Callable],
@@ -192,17 +189,34 @@ def load_dataset(cfg: Any, seed: int) -> Dataset:
     return _load(dataset_factory(cfg), cfg.dataset, not registry.is_import_path(cfg.dataset), seed)
 
 
+DATASET_CONTRACT = "a Dataset or a tuple (x_train, y_train, x_test, y_test[, groups]) of numpy arrays"
+
+
 def _load(fn: DatasetFactory, name: str, builtin: bool, seed: int) -> Dataset:
     try:
         out = fn(seed)
-    except (DataError, ScenarioError):
+    except BadInput:
         raise
     except Exception as err:  # noqa: BLE001 - a plug-in loader failing is bad input, not a bug here
         if builtin:
             raise
-        raise DataError(f"data.dataset: {name} failed: {type(err).__name__}: {err}") from None
+        raise PluginError(fn, "data.dataset", f"raised {gist(err)} when called with seed {seed}; expected "
+                          f"{DATASET_CONTRACT}") from None
+    if not builtin:
+        arrays = out if isinstance(out, (tuple, list)) else None
+        if not isinstance(out, Dataset) and (arrays is None or len(arrays) not in (4, 5)
+                                             or not all(isinstance(a, np.ndarray) for a in arrays)):
+            raise PluginError(fn, "data.dataset", f"returned {_shown(out)}; expected {DATASET_CONTRACT}")
     ds = dataset_from(name, out)
     for split, y in (("training", ds.y_train), ("test", ds.y_test)):
         if len(y) == 0:  # whatever the loader: a set to train on and one to test with
             raise DataError(f"data.dataset {name}: holds no {split} samples")
     return ds
+
+
+def _shown(out: Any) -> str:
+    """What a factory returned, in a few words: its type, and for a tuple or list its items' types."""
+    if isinstance(out, (tuple, list)):
+        items = ", ".join(type(a).__name__ for a in out[:6]) + (", ..." if len(out) > 6 else "")
+        return f"a {type(out).__name__} of {len(out)} ({items})"
+    return f"a {type(out).__name__}"

@@ -24,6 +24,7 @@ from raysim.engine.battery import EnergyConfig
 from raysim.engine.topology import TopologyConfig
 from raysim.errors import BadInput, ScenarioError
 from raysim.fleet.make import FleetConfig
+from raysim.scenario import compat
 from raysim.scenario.strict_yaml import parse_value, read_yaml_file
 from raysim.settings import Section
 
@@ -353,26 +354,10 @@ class Scenario(_Section):
             raise ValueError("assignment.fixed_rate: required when assignment.policy is 'fixed'")
         if self.assignment.policy == "fit-deadline" and self.deadline.seconds is None:
             raise ValueError("assignment.policy: 'fit-deadline' needs deadline.seconds")
-        if self.runtime.clock == "realtime" and self.runtime.placement != "dedicated":
-            raise ValueError("runtime.clock: 'realtime' needs runtime.placement 'dedicated'")
-        if self.server.mode != "sync":
-            if self.runtime.placement != "pooled" or self.runtime.clock != "virtual":
-                raise ValueError(f"server.mode: {self.server.mode!r} runs on runtime.placement 'pooled' with "
-                                 f"runtime.clock 'virtual'")
-            # through gateways, the gateway rounds keep their deadline; only the cloud is asynchronous
-            if self.assignment.policy == "fit-deadline" and not self.topology.gateways:
-                raise ValueError(f"assignment.policy: 'fit-deadline' needs rounds with a deadline; server.mode "
-                                 f"{self.server.mode!r} has none (use fit-memory)")
-            if self.deadline.policy == "partial" and not self.topology.gateways:
-                raise ValueError(f"deadline.policy: 'partial' needs rounds with a deadline; server.mode "
-                                 f"{self.server.mode!r} has none")
+        # which modes, topologies, placements and clocks combine with which features: one table
+        compat.check(self)
         self._cross_energy()
         self._cross_topology()
-        if self.runtime.device == "cuda" and self.runtime.placement != "pooled":
-            raise ValueError("runtime.device: 'cuda' needs runtime.placement 'pooled' (a dedicated device "
-                             "trains under a CPU memory cap)")
-        if self.runtime.placement == "dedicated" and self.runtime.hosts_per == "node":
-            raise ValueError("runtime.hosts_per: 'node' applies to placement 'pooled' only")
         if self.selection.per_round > self.fleet.devices and self.fleet.trace is None:
             raise ValueError(
                 f"selection.per_round: {self.selection.per_round} exceeds fleet.devices ({self.fleet.devices})"
@@ -381,13 +366,6 @@ class Scenario(_Section):
 
     def _cross_energy(self) -> None:
         e = self.energy
-        if self.server.mode != "sync":
-            if e.batteries:
-                raise ValueError(f"energy.batteries: tracked in synchronous rounds only; server.mode "
-                                 f"{self.server.mode!r} does not track them yet")
-            if self.selection.policy != "uniform" and not self.topology.gateways:
-                raise ValueError(f"selection.policy: {self.selection.policy!r} applies to synchronous rounds; "
-                                 f"server.mode {self.server.mode!r} dispatches idle devices at random")
         if self.selection.policy == "energy-aware" and not e.batteries:
             raise ValueError("selection.policy: 'energy-aware' weighs battery levels; set energy.batteries: true")
         if e.charging:
@@ -406,15 +384,6 @@ class Scenario(_Section):
         t = self.topology
         if not t.gateways:
             return
-        if self.server.mode != "sync":
-            if t.cloud_deadline is not None:
-                raise ValueError(f"topology.cloud_deadline: applies to synchronous cloud rounds; with server.mode "
-                                 f"{self.server.mode!r} the cloud waits for no gateway")
-            if self.server.concurrency is not None:
-                raise ValueError(f"server.concurrency: with topology.gateways every gateway is always at work; "
-                                 f"server.mode {self.server.mode!r} takes their models as they arrive")
-        if self.runtime.placement != "pooled" or self.runtime.clock != "virtual":
-            raise ValueError("topology.gateways: runs on runtime.placement 'pooled' with runtime.clock 'virtual'")
         if self.fleet.trace is None and t.gateways > self.fleet.devices:
             raise ValueError(f"topology.gateways: {t.gateways} gateways for {self.fleet.devices} devices")
         if t.attach == "trace" and self.fleet.trace is None:

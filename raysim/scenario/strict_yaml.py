@@ -13,7 +13,7 @@ where there is one, the line and column.
 
     >>> parse_yaml("a: 1\\na: 2\\n", "s.yaml")
     Traceback (most recent call last):
-    raysim.scenario.strict_yaml.YamlInputError: s.yaml: line 2, column 1: key 'a' given twice (first on line 1)
+    raysim.errors.YamlInputError: s.yaml: line 2, column 1: key 'a' given twice (first on line 1)
 """
 
 from __future__ import annotations
@@ -24,15 +24,11 @@ from typing import Any
 
 import yaml
 
-from raysim.errors import BadInput
+from raysim.errors import YamlInputError
 
 MAX_DEPTH = 32           # a scenario is 3 levels deep; lists add one or two
 MAX_NODES = 100_000      # values after aliases are expanded
 MAX_BYTES = 1 << 20      # a scenario file; real ones are a few KB
-
-
-class YamlInputError(BadInput):
-    """YAML that the strict loader refuses; one line naming the source and the line."""
 
 
 _FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?

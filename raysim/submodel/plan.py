@@ -55,12 +55,40 @@ def prefix_plan(spec: ModelSpec, rate: float) -> SubmodelPlan:
 
 def validate_plan(spec: ModelSpec, plan: SubmodelPlan) -> None:
     """Raise ValueError unless every group keeps sorted unique in-range indices."""
+    why = plan_problem(spec, plan)
+    if why is not None:
+        raise ValueError(f"plan: {why}")
+
+
+def plan_problem(spec: ModelSpec, plan: SubmodelPlan, rate: Optional[float] = None) -> Optional[str]:
+    """What is wrong with a plan for `spec`, in a few words (None: nothing). Every group of the
+    model keeps sorted, unique integer indices into its global width, and no other group is
+    named; with `rate`, the plan is at that rate and keeps `rate_sizes(width, rate)` of each."""
+    if not isinstance(plan, SubmodelPlan):
+        return f"is a {type(plan).__name__}, not a SubmodelPlan"
+    if rate is not None and plan.rate != rate:
+        return f"is at rate {plan.rate:g} for rate {rate:g}"
+    extra = sorted(set(plan.keep) - set(spec.groups))
+    if extra:
+        return f"names group {extra[0]!r}, which the model does not have (its groups: {', '.join(spec.groups)})"
     for g, w in spec.groups.items():
         ix = plan.keep.get(g)
         if ix is None:
-            raise ValueError(f"plan misses group {g!r}")
-        if len(ix) == 0 or ix.min() < 0 or ix.max() >= w or np.any(np.diff(ix) <= 0):
-            raise ValueError(f"group {g!r}: indices must be sorted, unique and in [0, {w})")
+            return f"misses group {g!r} (every group of the model needs its kept indices)"
+        if not isinstance(ix, np.ndarray) or ix.ndim != 1 or not np.issubdtype(ix.dtype, np.integer):
+            what = f"{ix.dtype} array of shape {ix.shape}" if isinstance(ix, np.ndarray) else type(ix).__name__
+            return f"keeps a {what} for group {g!r}, not a 1-d numpy array of integers"
+        if rate is not None and len(ix) != rate_sizes(w, rate):
+            return (f"keeps {len(ix)} channels of group {g!r} (width {w}) at rate {rate:g}, not rate_sizes({w}, "
+                    f"{rate:g}) = {rate_sizes(w, rate)}")
+        if len(ix) == 0:
+            return f"keeps no channel of group {g!r}"
+        if ix.min() < 0 or ix.max() >= w:
+            bad = int(ix.max()) if ix.max() >= w else int(ix.min())
+            return f"keeps index {bad} of group {g!r}, outside the global width [0, {w})"
+        if np.any(np.diff(ix) <= 0):
+            return f"keeps indices of group {g!r} that are not sorted and unique"
+    return None
 
 
 def _as_slice(ix: np.ndarray) -> slice | None:

@@ -11,21 +11,51 @@
 
 Every strategy keeps exactly `rate_sizes(width, rate)` sorted, unique indices of every group;
 the plan of a residual stream is one group, so it is consistent across the layers sharing it.
+Every plan a strategy returns is checked against that contract as it leaves `plan` (or
+`eval_plan`): a plug-in that breaks it is one line naming it (`raysim.errors.PluginError`),
+before any host indexes a tensor with it.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from raysim.errors import broken
 from raysim.models.base import ModelSpec
 from raysim.models.span import Fixed, Span
 from raysim.seeding import rng
-from raysim.submodel.plan import SubmodelPlan, full_plan, prefix_plan, rate_sizes
+from raysim.submodel.plan import SubmodelPlan, full_plan, plan_problem, prefix_plan, rate_sizes
+
+ROLE = "compression.strategy"
+
+
+def _checked(fn: Callable[..., SubmodelPlan], method: str) -> Callable[..., SubmodelPlan]:
+    """`fn` (a strategy's `plan` or `eval_plan`) with its result checked: the groups of the model,
+    each at most its width, sorted and unique, and `rate_sizes(width, rate)` of them at the
+    rate asked for (every channel when the strategy does not compress)."""
+
+    @functools.wraps(fn)
+    def checked(self: Strategy, *args: Any, **kwargs: Any) -> SubmodelPlan:
+        out = fn(self, *args, **kwargs)
+        spec = args[0] if args else kwargs.get("spec")
+        rate = args[1] if len(args) > 1 else kwargs.get("rate")
+        if isinstance(spec, ModelSpec) and isinstance(rate, (int, float)):
+            why = plan_problem(spec, out, float(rate) if self.compresses else 1.0)
+            if why is not None:
+                want = (f"rate_sizes(width, {float(rate):g}) sorted, unique indices in [0, width) of each of its "
+                        f"groups" if self.compresses else "every channel of each of its groups (compresses is False)")
+                raise broken(self, ROLE, f"{method}(rate {float(rate):g}) returned a plan that {why}; expected "
+                             f"{want} (docs/plugins.md)")
+        return out
+
+    checked._plan_checked = True  # type: ignore[attr-defined]
+    return checked
 
 
 class Strategy(ABC):
@@ -52,6 +82,13 @@ class Strategy(ABC):
     name: str = ""
     per_device: bool = False
     compresses: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for method in ("plan", "eval_plan"):
+            fn = cls.__dict__.get(method)
+            if callable(fn) and not getattr(fn, "_plan_checked", False):
+                setattr(cls, method, _checked(fn, method))
 
     @abstractmethod
     def plan(self, spec: ModelSpec, rate: float, round_idx: int, device_id: int,

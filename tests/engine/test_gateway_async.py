@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import local_sim, resumed, tiny_overrides
 
-from raysim.engine.events import NoDevices
+from raysim.errors import NoDevices
 from raysim.scenario.schema import load_scenario
 
 

@@ -41,3 +41,15 @@ def test_a_ladder_with_1_has_no_note():
                          ids=lambda p: p.stem)
 def test_every_shipped_scenario_is_valid(path):
     assert load_scenario(path).name
+
+
+def test_more_gateways_than_a_trace_has_devices_is_refused_before_anything_runs(tmp_path):
+    from raysim.scenario.build import prepare
+
+    trace = tmp_path / "fleet.csv"
+    trace.write_text("device_id,flops,memory_bytes,down_kbps,up_kbps\n" + "".join(
+        f"{i},1e9,100000000,1000,1000\n" for i in range(2)))
+    sc = scenario(f"fleet.trace={trace}", "selection.per_round=1", "topology.gateways=3")
+    with pytest.raises(ScenarioError, match=r"^topology.gateways: 3 gateways for 2 devices$"):
+        prepare(sc)
+    assert len(prepare(scenario(f"fleet.trace={trace}", "selection.per_round=1", "topology.gateways=2")).fleet) == 2
