@@ -1,5 +1,12 @@
 """The event-queue clock of asynchronous FL: when devices start, finish, and when the server steps.
 
+`EventQueue` is the one event queue of both asynchronous modes: events in simulated-time order,
+ties by a key; an event whose time is known only once its work is done (a gateway's cycle of
+rounds) waits as pending with a lower bound (its start) and is resolved, in batches, once it
+might be the next. `MAX_IDLE` bounds the empty tries in a row before a run stops (`NoDevices`).
+`Timeline` below is the flat asynchronous mode's use of it; `raysim.engine.gateway_async` the
+gateways'.
+
 At most C devices train at once. A device is dispatched against the global version current at
 that moment, finishes at its predicted time (cost model, jitter) unless its availability ends
 first (then its update is lost), and whenever one finishes another is dispatched, so that C
@@ -17,12 +24,56 @@ future steps together) and a run is bit-identical however its work is split.
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import astuple, dataclass
 from typing import Any, Callable, Optional
 
 from raysim.errors import NoDevices
 
 FINISH, RETRY = 0, 1
+# Empty tries in a row (slots nobody could take, gateway cycles nobody trained in) before a run
+# gives up: at a 10 s poll, about 11 simulated days.
+MAX_IDLE = 100_000
+
+
+class EventQueue:
+    """Events `(time, key, kind, item)` popped in (time, key) order; pending events (time not
+    known yet) resolved when they might come next.
+
+        >>> q = EventQueue()
+        >>> q.push(5.0, 1, FINISH, "a"); q.defer(2.0, 0, "b")
+        >>> q.pop(lambda items: [(3.0, 0, FINISH, items[0] + "!")])
+        (3.0, 0, 0, 'b!')
+    """
+
+    def __init__(self) -> None:
+        self.heap: list[tuple] = []
+        self.pending: dict[Any, tuple[float, Any]] = {}   # key -> (lower bound, item)
+
+    def push(self, t: float, key: Any, kind: int, item: Any) -> None:
+        """An event at a known time."""
+        heapq.heappush(self.heap, (t, key, kind, item))
+
+    def defer(self, bound: float, key: Any, item: Any) -> None:
+        """An event no earlier than `bound`, whose time `resolve` (see `pop`) will tell."""
+        self.pending[key] = (bound, item)
+
+    def pop(self, resolve: Optional[Callable[[list[Any]], list[tuple]]] = None) -> tuple:
+        """The next event. First the pending events that might come before every known one are
+        resolved (in key order, all of them in one `resolve(items)` call, which returns their
+        events), until none might."""
+        while self.pending:
+            bound = self.heap[0][0] if self.heap else math.inf
+            due = sorted(k for k, (b, _) in self.pending.items() if b <= bound)
+            if not due:
+                break
+            assert resolve is not None, "pending events need a resolve"
+            for ev in resolve([self.pending.pop(k)[1] for k in due]):
+                self.push(*ev)
+        return heapq.heappop(self.heap)
+
+    def __len__(self) -> int:
+        return len(self.heap) + len(self.pending)
 
 
 @dataclass(frozen=True)
@@ -116,7 +167,7 @@ class Timeline:
     """The event queue: `next_window()` advances to the next server step."""
 
     def __init__(self, dispatch: Dispatch, concurrency: int, buffer: int, poll_s: float = 10.0,
-                 max_idle_polls: int = 100_000) -> None:
+                 max_idle_polls: int = MAX_IDLE) -> None:
         self.dispatch = dispatch
         self.concurrency = concurrency
         self.buffer = buffer
@@ -126,16 +177,21 @@ class Timeline:
         self.steps = 0
         self.next_job = 0
         self.seq = 0
-        self.heap: list[tuple] = []      # (time, seq, kind, job or None)
+        self.queue = EventQueue()        # (time, seq, kind, job or None)
         self.busy: set[int] = set()
         self.refused: list[Refusal] = []  # refusals since the last step
         self.dispatched = 0               # jobs started since the last step
         self.idle_polls = 0
         self.started = False
 
+    @property
+    def heap(self) -> list[tuple]:
+        """The queued events (time, seq, kind, job or None)."""
+        return self.queue.heap
+
     # ------------------------------------------------------------------ events
     def _push(self, t: float, kind: int, job: Optional[Job]) -> None:
-        heapq.heappush(self.heap, (t, self.seq, kind, job))
+        self.queue.push(t, self.seq, kind, job)
         self.seq += 1
 
     def _fill(self, n: int, t: float, version: int) -> None:
@@ -163,7 +219,7 @@ class Timeline:
         arrivals: list[Job] = []
         lost: list[Job] = []
         while len(arrivals) < self.buffer:
-            t, _, kind, job = heapq.heappop(self.heap)
+            t, _, kind, job = self.queue.pop()
             self.time = t
             if kind == RETRY:
                 self.idle_polls += 1
@@ -206,8 +262,9 @@ class Timeline:
         self.steps = int(st["steps"])
         self.next_job = int(st["next_job"])
         self.seq = int(st["seq"])
-        self.heap = [(float(t), int(s), int(k), Job(*j) if j is not None else None) for t, s, k, j in st["heap"]]
-        heapq.heapify(self.heap)
+        self.queue = EventQueue()
+        self.queue.heap = [(float(t), int(s), int(k), Job(*j) if j is not None else None) for t, s, k, j in st["heap"]]
+        heapq.heapify(self.queue.heap)
         self.busy = {e[3].device for e in self.heap if e[2] == FINISH}
         self.refused = [Refusal(*r) for r in st["refused"]]
         self.dispatched = int(st["dispatched"])

@@ -30,12 +30,13 @@ same numbers (their draws are keyed, aggregation is exact).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
+from raysim.engine import events
 from raysim.engine.asynchronous import AsyncConfig
+from raysim.engine.events import FINISH, EventQueue
 from raysim.engine.hierarchy import Cycle, CycleDone, Cycles
 from raysim.engine.loop import Gathered
 from raysim.engine.versions import Versions
@@ -48,8 +49,8 @@ from raysim.server.rules import Arrival
 __all__ = ["GatewayEvents"]
 
 # Attempts in a row that trained nothing anywhere before a run gives up (devices never online,
-# or without samples): at a 10 s poll, about 11 simulated days for one gateway.
-_MAX_IDLE = 100_000
+# or without samples): the flat timeline's bound (`raysim.engine.events.MAX_IDLE`).
+MAX_IDLE = events.MAX_IDLE
 
 
 class GatewayEvents:
@@ -61,35 +62,30 @@ class GatewayEvents:
         self.model = cycles.model
         self.versions = Versions(self.model.params)
         self.counts = np.zeros(cycles.gateways.count, np.int64)   # cycles each gateway has started
-        self.running: dict[int, Cycle] = {}
-        self.done: dict[int, CycleDone] = {}                     # trained ahead, not yet arrived
+        self.running: dict[int, Cycle] = {}                      # every gateway's cycle in flight
+        # in flight: pending until trained, then at the time it is over (key: the gateway)
+        self.queue = EventQueue()
+        self._train_s = 0.0
         self._last: tuple[int, float] = (-1, 0.0)                # the step's last arrival: gateway, time
         for g in range(cycles.gateways.count):
             self._start(g, self.model.clock + cycles.t_cloud_down, 0, True)
 
     def _start(self, g: int, at: float, version: int, download: bool) -> None:
-        self.running[g] = Cycle(g, version, at, self.versions[version], int(self.counts[g]), download)
+        c = self.running[g] = Cycle(g, version, at, self.versions[version], int(self.counts[g]), download)
         self.counts[g] += 1
+        self.queue.defer(at, g, c)   # a cycle is over no earlier than it starts
 
-    def _event(self, g: int) -> float:
-        """When gateway g's trained cycle is over: its upload arrives, or (nothing to send) it tries again."""
-        d = self.done[g]
+    def _event(self, d: CycleDone) -> float:
+        """When a trained cycle is over: its upload arrives, or (nothing to send) it tries again."""
         if d.samples > 0:
             return d.end + self.cycles.t_cloud_up
         return max(d.end, d.cycle.start + self.acfg.poll_s)
 
-    def _train_due(self) -> float:
-        """Train the cycles that might arrive before every trained one; returns the seconds it took."""
-        took = 0.0
-        while True:
-            bound = min((self._event(g) for g in self.done), default=math.inf)
-            # a cycle is over no earlier than it starts
-            due = [g for g in sorted(self.running) if g not in self.done and self.running[g].start <= bound]
-            if not due:
-                return took
-            out, s = self.cycles.run_cycles([self.running[g] for g in due])
-            took += s
-            self.done.update(zip(due, out))
+    def _train(self, due: list[Cycle]) -> list[tuple]:
+        """The event queue's resolve: train cycles that might be over next, all in one call."""
+        out, took = self.cycles.run_cycles(due)
+        self._train_s += took
+        return [(self._event(d), d.cycle.gateway, FINISH, d) for d in out]
 
     # ---------------------------------------------------------------- one cloud step
     def gather(self, step: int) -> Gathered:
@@ -97,12 +93,9 @@ class GatewayEvents:
         start = self.model.clock
         arrived: list[tuple[float, CycleDone]] = []
         concluded: list[tuple[float, CycleDone]] = []   # in time order, arrivals and empty tries
-        train_s, idle = 0.0, 0
+        self._train_s, idle = 0.0, 0
         while len(arrived) < self.acfg.per_step:
-            train_s += self._train_due()
-            g = min(self.done, key=lambda h: (self._event(h), h))
-            t = self._event(g)
-            d = self.done.pop(g)
+            t, g, _, d = self.queue.pop(self._train)
             cy.keep_gateway_state(d)
             concluded.append((t, d))
             if d.samples > 0:
@@ -112,8 +105,8 @@ class GatewayEvents:
                     self._start(g, t + cy.t_cloud_down, self.model.round, True)
             else:
                 idle += 1
-                if idle > _MAX_IDLE:
-                    raise NoDevices(f"topology.gateways: no gateway's devices sent an update in {_MAX_IDLE} tries "
+                if idle > MAX_IDLE:
+                    raise NoDevices(f"topology.gateways: no gateway's devices sent an update in {MAX_IDLE} tries "
                                     f"(simulated time {t:.0f} s): are their devices never online, or without "
                                     f"training samples?")
                 fresh = self.model.round != d.cycle.version
@@ -124,7 +117,7 @@ class GatewayEvents:
         ok = np.array([v >= 0 for v in clients.version_applied], dtype=bool)
         samples = int(np.asarray(clients.samples_trained)[ok].sum()) if len(clients) else 0
         return Gathered(self._arrivals(arrived), start, now, now - start, clients,
-                        int(sum(d.devices for _, d in arrived)), samples, train_s, [], rows)
+                        int(sum(d.devices for _, d in arrived)), samples, self._train_s, [], rows)
 
     def _arrivals(self, arrived: list[tuple[float, CycleDone]]) -> list[Arrival]:
         """Each arrived gateway's change from the version it started from, as the cloud's rule
@@ -191,4 +184,7 @@ class GatewayEvents:
         self.counts = np.asarray(a["counts"], dtype=np.int64)
         self.running = {int(g): Cycle(int(g), int(v), float(s), self.versions[int(v)], int(n), bool(dl))
                         for g, (v, s, n, dl) in a["running"].items()}
-        self.done.clear()
+        # cycles trained ahead are trained again: to the same numbers (their draws are keyed)
+        self.queue = EventQueue()
+        for g, c in sorted(self.running.items()):
+            self.queue.defer(c.start, g, c)

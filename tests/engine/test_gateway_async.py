@@ -121,7 +121,7 @@ def test_gateways_whose_devices_never_come_online_retry_on_the_poll_then_stop_wi
 
     sim = local_sim(gw_async(rounds=2))
     monkeypatch.setattr(sim.setup.availability, "online", lambda ids, t: np.zeros(len(ids), bool))
-    monkeypatch.setattr(ga, "_MAX_IDLE", 30)
+    monkeypatch.setattr(ga, "MAX_IDLE", 30)
     with pytest.raises(NoDevices, match="no gateway's devices sent an update in 30 tries") as err:
         sim.step()
     # each empty try waited the poll (10 s): 31 tries over 3 gateways reach ~100 simulated seconds
