@@ -19,7 +19,7 @@ directory and `raysim report` treat it like any run.
   even when a step takes one update. Which call trains a device changes nothing in the numbers.
 
     mode = FlatEvents(setup=setup, cfg=cfg, strategy=Static(), assigner=FitMemory(), model=model,
-                      backend=backend, acfg=AsyncConfig("fedbuff", 100, 10))
+                      backend=backend, acfg=AsyncConfig(mode="fedbuff", concurrency=100, buffer=10))
     got = mode.gather(1)   # the arrivals of server step 1
 """
 
@@ -52,7 +52,7 @@ from raysim.submodel.strategies import Strategy
 __all__ = ["AsyncConfig", "Dispatcher", "FlatEvents"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AsyncConfig:
     """The asynchronous server: `mode` fedbuff (step every `buffer` arrivals) or fedasync (every
     arrival, mixed in with weight `alpha` x staleness); `concurrency` devices train at once."""

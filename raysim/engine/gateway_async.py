@@ -24,7 +24,7 @@ Resume: the state is each gateway's running cycle (start version, start time, co
 cloud versions they start from; cycles trained ahead are trained again after a resume, to the
 same numbers (their draws are keyed, aggregation is exact).
 
-    mode = GatewayEvents(cycles=cycles, acfg=AsyncConfig("fedasync", concurrency=gw.count))
+    mode = GatewayEvents(cycles=cycles, acfg=AsyncConfig(mode="fedasync", concurrency=gw.count))
     got = mode.gather(1)    # one cloud step: the arriving gateway's rows and its devices'
 """
 

@@ -53,7 +53,7 @@ class TopologyConfig(Section):
         "(each gateway keeps its own for the whole run, checkpointed)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Gateways:
     """A topology as the engine takes it: how many gateways, how devices attach, the gateway
     rounds per cloud round, K per gateway round, and the gateway-cloud link."""

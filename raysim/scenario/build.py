@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Callable, Optional, cast
+from typing import TYPE_CHECKING, Callable, Optional, cast
 
 import numpy as np
 import torch
@@ -35,6 +35,10 @@ from raysim.scenario.schema import Scenario
 from raysim.seeding import seed_sequence
 from raysim.submodel.plan import rate_sizes
 from raysim.submodel.strategies import Static
+
+if TYPE_CHECKING:
+    from raysim.engine.asynchronous import AsyncConfig
+    from raysim.engine.topology import Gateways
 
 
 def prepare(sc: Scenario, comps: Optional[Components] = None) -> Setup:
@@ -194,7 +198,7 @@ def round_config(sc: Scenario) -> RoundConfig:
                        torch_threads=sc.runtime.torch_threads)
 
 
-def async_config(sc: Scenario, fleet_size: Optional[int] = None):
+def async_config(sc: Scenario, fleet_size: Optional[int] = None) -> Optional["AsyncConfig"]:
     """The asynchronous server a scenario's `server.mode` asks for (None: sync rounds)."""
     from raysim.engine.asynchronous import AsyncConfig  # noqa: PLC0415
     from raysim.server.staleness import staleness_fn  # noqa: PLC0415
@@ -206,14 +210,16 @@ def async_config(sc: Scenario, fleet_size: Optional[int] = None):
     stale = staleness_fn(sv.staleness.kind, sv.staleness.a, sv.staleness.b)
     if sc.topology.gateways:  # the cloud takes gateways' models: every gateway is always at work
         g = sc.topology.gateways
-        return AsyncConfig(sv.mode, g, sv.buffer or max(1, g // 2), stale, sv.alpha, sv.poll_s)
+        return AsyncConfig(mode=sv.mode, concurrency=g, buffer=sv.buffer or max(1, g // 2), staleness=stale,
+                           alpha=sv.alpha, poll_s=sv.poll_s)
     c = sv.concurrency or max(1, math.ceil(sel.per_round * (1 + sel.overcommit) - 1e-9))
     if fleet_size is not None and c > fleet_size:
         raise ScenarioError(f"server.concurrency: {c} devices training at once exceeds the fleet's {fleet_size} devices")
-    return AsyncConfig(sv.mode, c, sv.buffer or sel.per_round, stale, sv.alpha, sv.poll_s)
+    return AsyncConfig(mode=sv.mode, concurrency=c, buffer=sv.buffer or sel.per_round, staleness=stale,
+                       alpha=sv.alpha, poll_s=sv.poll_s)
 
 
-def gateways(sc: Scenario):
+def gateways(sc: Scenario) -> Optional["Gateways"]:
     """The topology a scenario's `topology` section asks for (None: flat rounds)."""
     from raysim.engine.topology import Gateways  # noqa: PLC0415
 
@@ -226,9 +232,11 @@ def gateways(sc: Scenario):
     link = catalogue[t.gateway_class]
     p = PowerStates.of([t.gateway_class], catalogue)
     per = t.per_gateway or max(1, math.ceil(sc.selection.per_round / t.gateways))
-    return Gateways(t.gateways, t.gateway_rounds, per, t.attach, link.down_bps, link.up_bps, link.latency_s,
-                    t.cloud_deadline, t.gateway_class, t.gateway_state == "run", float(p.idle_w[0]),
-                    float(p.radio_idle_w[0]), float(p.rx_w[0]), float(p.tx_w[0]))
+    return Gateways(count=t.gateways, rounds=t.gateway_rounds, per_gateway=per, attach=t.attach,
+                    down_bps=link.down_bps, up_bps=link.up_bps, latency_s=link.latency_s,
+                    cloud_deadline=t.cloud_deadline, class_name=t.gateway_class, keep_state=t.gateway_state == "run",
+                    idle_w=float(p.idle_w[0]), radio_idle_w=float(p.radio_idle_w[0]), rx_w=float(p.rx_w[0]),
+                    tx_w=float(p.tx_w[0]))
 
 
 def trainer(sc: Scenario, comps: Components) -> Trainer:

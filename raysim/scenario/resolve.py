@@ -35,7 +35,7 @@ ModelFactory = Callable[[tuple, int], Union[nn.Module, ModelSpec]]
 DatasetFactory = Callable[[int], Any]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Components:
     """The components of one run, as objects.
 
@@ -119,8 +119,10 @@ def components(sc: Scenario, *, model: Optional[ModelFactory] = None, dataset: O
                               topo.gateway_optimizer, topo.gateway_params) if topo.gateways else None)
     smallest = min(m.rates) if baseline == "fedavg-smallest" else None
     narrow = smallest is not None or (strategy.compresses and baseline == "none" and list(m.rates) != [1.0])
-    comps = Components(model, dataset, strategy, assigner, client, server, model_name, dataset_name, smallest,
-                       narrow, m.scaler, sources, selector, up, down, gateway_server)
+    comps = Components(model=model, dataset=dataset, strategy=strategy, assigner=assigner, client=client,
+                       server=server, model_name=model_name, dataset_name=dataset_name, smallest=smallest,
+                       narrow=narrow, scaler=m.scaler, sources=sources, selector=selector, channel_up=up,
+                       channel_down=down, gateway_server=gateway_server)
     # The mode-and-feature table's rows that only the objects can answer (a channel's error
     # feedback, a client algorithm's state); the scenario's own were checked when it was validated.
     compat.check(sc, comps)
