@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import astuple, dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from raysim.errors import RunFailed
 
@@ -69,8 +69,11 @@ class Dispatched:
     attempts: int        # job numbers consumed (started + refused)
 
 
+# A queued event: (time, seq, kind, job); the job of a FINISH event, None for a RETRY.
+Event = tuple[float, int, int, Optional[Job]]
+
 # dispatch(n, t, version, first_job, busy device ids) -> Dispatched (at most n jobs)
-Dispatch = Callable[[int, float, int, int, frozenset], Dispatched]
+Dispatch = Callable[[int, float, int, int, frozenset[int]], Dispatched]
 
 
 @dataclass
@@ -95,15 +98,15 @@ class Snapshot:
     steps: int
     next_job: int
     seq: int
-    heap: tuple
-    refused: tuple
+    heap: tuple[Event, ...]
+    refused: tuple[Refusal, ...]
     dispatched: int
     idle_polls: int
     started: bool
 
     def versions(self) -> set[int]:
         """Global versions the jobs in flight started from."""
-        return {e[3].version for e in self.heap if e[2] == FINISH}
+        return {cast(Job, e[3]).version for e in self.heap if e[2] == FINISH}
 
     def plain(self) -> dict[str, Any]:
         return {"time": self.time, "steps": self.steps, "next_job": self.next_job, "seq": self.seq,
@@ -130,7 +133,7 @@ class Timeline:
         self.steps = 0
         self.next_job = 0
         self.seq = 0
-        self.heap: list[tuple] = []      # (time, seq, kind, job or None)
+        self.heap: list[Event] = []      # (time, seq, kind, job or None)
         self.busy: set[int] = set()
         self.refused: list[Refusal] = []  # refusals since the last step
         self.dispatched = 0               # jobs started since the last step
@@ -176,6 +179,7 @@ class Timeline:
                                     f"seconds (by t={t:g} s): is every device offline for good?")
                 self._fill(1, t, self.steps)
                 continue
+            job = cast(Job, job)  # a FINISH event carries its job
             self.busy.discard(job.device)
             if job.lost:
                 lost.append(job)
@@ -193,7 +197,7 @@ class Timeline:
     # ------------------------------------------------------------------ checkpoints
     def in_flight(self) -> list[Job]:
         """Jobs dispatched and not yet concluded."""
-        return [e[3] for e in self.heap if e[2] == FINISH]
+        return [cast(Job, e[3]) for e in self.heap if e[2] == FINISH]
 
     def snapshot(self) -> "Snapshot":
         """The queue as it is now, cheaply (jobs are immutable: a shallow copy suffices)."""
@@ -212,7 +216,7 @@ class Timeline:
         self.seq = int(st["seq"])
         self.heap = [(float(t), int(s), int(k), Job(*j) if j is not None else None) for t, s, k, j in st["heap"]]
         heapq.heapify(self.heap)
-        self.busy = {e[3].device for e in self.heap if e[2] == FINISH}
+        self.busy = {cast(Job, e[3]).device for e in self.heap if e[2] == FINISH}
         self.refused = [Refusal(*r) for r in st["refused"]]
         self.dispatched = int(st["dispatched"])
         self.idle_polls = int(st["idle_polls"])
