@@ -226,7 +226,8 @@ class FedProx(LocalSGD):
         super().__init__(lr, momentum, weight_decay)
         self.mu = float(mu)
 
-    def objective(self, model, x, y, start):
+    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  start: Mapping[str, torch.Tensor]) -> torch.Tensor:
         loss = F.cross_entropy(model(x), y)
         if self.mu:
             prox = sum(((p - start[k]) ** 2).sum() for k, p in model.named_parameters())

@@ -209,7 +209,8 @@ def _plan_steps(works: Sequence[DeviceWork], slots: int, epochs: int, batch_size
     return idx, valid, valid.sum(dim=2)
 
 
-def _loss_fn(module: nn.Module, names: list[str], mu: float, start: Mapping[str, torch.Tensor]) -> Callable:
+def _loss_fn(module: nn.Module, names: list[str], mu: float, start: Mapping[str, torch.Tensor]
+             ) -> Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """One device's minibatch loss as a function of its weights: mean cross-entropy over its
     real samples (plus FedProx's proximal term), for `grad_and_value` under `vmap`."""
 

@@ -81,7 +81,7 @@ _CHANNEL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.A
 # call's positional and keyword arguments are bound to these names when the program is built;
 # anything else is no grouped form, never an error when it runs).
 _INPLACE = ("inplace",)
-_ELEMENTWISE_FUNCTIONS: dict[Callable, tuple[str, ...]] = {
+_ELEMENTWISE_FUNCTIONS: dict[Callable[..., Any], tuple[str, ...]] = {
     torch.relu: (), torch.sigmoid: (), torch.tanh: (), F.sigmoid: (), F.tanh: (),
     F.relu: _INPLACE, F.relu6: _INPLACE, F.silu: _INPLACE, F.hardswish: _INPLACE, F.hardsigmoid: _INPLACE,
     F.mish: _INPLACE, F.selu: _INPLACE, F.gelu: ("approximate",), F.leaky_relu: ("negative_slope", "inplace"),
@@ -90,7 +90,7 @@ _ELEMENTWISE_FUNCTIONS: dict[Callable, tuple[str, ...]] = {
 # Functions that act on each channel (dimension 1) alone, and their parameters after the input.
 _MAX_POOL = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 _AVG_POOL = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
-_CHANNEL_FUNCTIONS: dict[Callable, tuple[str, ...]] = {
+_CHANNEL_FUNCTIONS: dict[Callable[..., Any], tuple[str, ...]] = {
     F.max_pool1d: _MAX_POOL, F.max_pool2d: _MAX_POOL, F.max_pool3d: _MAX_POOL,
     F.avg_pool1d: _AVG_POOL[:-1], F.avg_pool2d: _AVG_POOL, F.avg_pool3d: _AVG_POOL,
     F.adaptive_avg_pool1d: ("output_size",), F.adaptive_avg_pool2d: ("output_size",),
@@ -314,7 +314,8 @@ def _conv(name: str, m: nn.modules.conv._ConvNd) -> Step:
             if unfold:
                 out = _conv2d_unfolded(x, w, b, s, m.kernel_size, stride, padding, dilation)
             else:
-                out = _NativeConv.apply(x, w, b, stride, padding, dilation, groups * s)
+                # torch leaves `Function.apply` unannotated (no stub to fix it)
+                out = _NativeConv.apply(x, w, b, stride, padding, dilation, groups * s)  # type: ignore[no-untyped-call]
         else:
             out = conv(x, w, b, stride, padding, dilation, groups * s)
         return Act(out, False, a[0].rank)
@@ -508,6 +509,8 @@ class _MaxPool2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int],
                 dilation: list[int], ceil_mode: bool) -> torch.Tensor:
+        out: torch.Tensor
+        idx: torch.Tensor
         out, idx = torch.ops.aten.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), kernel,
                                                           stride, padding, dilation, ceil_mode)
         ctx.save_for_backward(x, idx.contiguous())
@@ -529,7 +532,9 @@ def max_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any = None, padding: A
     if x.device.type != "cpu" or x.dim() != 4:
         return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)
     stride = kernel_size if stride is None or (not isinstance(stride, int) and not stride) else stride
-    return _MaxPool2d.apply(x, _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), bool(ceil_mode))
+    # torch leaves `Function.apply` unannotated (no stub to fix it)
+    return _MaxPool2d.apply(x, _pair(kernel_size), _pair(stride), _pair(padding),  # type: ignore[no-untyped-call]
+                            _pair(dilation), bool(ceil_mode))
 
 
 def stack_input(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,7 @@ class Dispatcher:
         self.samples = setup.shards.sizes()
         self.ids = setup.fleet.device_id
 
-    def candidates(self, n: int, t: float, busy: frozenset, key: int) -> np.ndarray:
+    def candidates(self, n: int, t: float, busy: frozenset[int], key: int) -> np.ndarray:
         """Up to n distinct fleet positions of devices online at t and not training, at random."""
         g = rng(self.cfg.seed, "dispatch", key)
         size = len(self.ids)
@@ -108,7 +108,7 @@ class Dispatcher:
             return free
         return np.sort(g.choice(free, size=n, replace=False))
 
-    def __call__(self, n: int, t: float, version: int, first_job: int, busy: frozenset) -> Dispatched:
+    def __call__(self, n: int, t: float, version: int, first_job: int, busy: frozenset[int]) -> Dispatched:
         setup, cfg = self.setup, self.cfg
         jobs: list[Job] = []
         refused: list[Refusal] = []
@@ -161,7 +161,7 @@ class FlatEvents:
         self.reports: dict[int, TrainReport] = {}              # job -> report
         self.trained: set[int] = set()                         # jobs trained (or lost with their host)
         self._applied_state = self.timeline.snapshot()  # the timeline as of the last applied step
-        self._plans: dict[tuple, SubmodelPlan] = {}
+        self._plans: dict[tuple[int, float, int], SubmodelPlan] = {}   # by `_plan_key`
         self._win: Optional[Window] = None
 
     # ---------------------------------------------------------------- checkpoints
@@ -229,7 +229,7 @@ class FlatEvents:
             jobs += [(step, j) for j in win.arrivals if j.version <= w - 1 and j.job not in self.trained]
             step += 1
         plans: dict[int, SubmodelPlan] = {}
-        plan_ids: dict[tuple, int] = {}
+        plan_ids: dict[tuple[int, float, int], int] = {}
         groups: dict[tuple[int, int], int] = {}
         tasks: list[TrainTask] = []
         for arrival, j in jobs:

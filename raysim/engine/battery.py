@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, cast
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -121,7 +121,7 @@ def _cumulative(profile: np.ndarray, t: np.ndarray | float) -> np.ndarray:
     days, rest = divmod(float(t), DAY)
     h = int(rest // HOUR)
     frac = rest - h * HOUR
-    return days * cum[:, 24] + cum[:, h] + profile[:, min(h, 23)] * frac
+    return cast(np.ndarray, days * cum[:, 24] + cum[:, h] + profile[:, min(h, 23)] * frac)
 
 
 @dataclass
@@ -180,7 +180,7 @@ class Batteries:
     # ---------------------------------------------------------------- what the engine asks
     def available(self, pos: np.ndarray) -> np.ndarray:
         """Joules above the reserve (inf: mains-powered; 0 at or below the reserve)."""
-        return np.maximum(self.charge[pos] - self.reserve[pos], 0.0)
+        return cast(np.ndarray, np.maximum(self.charge[pos] - self.reserve[pos], 0.0))
 
     def level(self, pos: np.ndarray) -> np.ndarray:
         """Charge above the reserve as a share of what the reserve leaves (1: full or mains; 0: at it)."""
@@ -193,7 +193,7 @@ class Batteries:
         """Joules each class's profile delivers between simulated t0 and t1."""
         if not self.profile.any():
             return np.zeros(self.profile.shape[0])
-        return _cumulative(self.profile, self.offset_s + t1) - _cumulative(self.profile, self.offset_s + t0)
+        return cast(np.ndarray, _cumulative(self.profile, self.offset_s + t1) - _cumulative(self.profile, self.offset_s + t0))
 
     def advance(self, t0: float, t1: float, pos: np.ndarray, spent: np.ndarray,
                 among: Optional[np.ndarray] = None) -> None:
@@ -208,7 +208,7 @@ class Batteries:
 
     def empty(self, pos: np.ndarray) -> np.ndarray:
         """Devices whose battery is empty."""
-        return np.isfinite(self.capacity[pos]) & (self.charge[pos] <= 0.0)
+        return cast(np.ndarray, np.isfinite(self.capacity[pos]) & (self.charge[pos] <= 0.0))
 
     # ---------------------------------------------------------------- records and checkpoints
     def rows(self, round_idx: int, sim_time: float) -> list[dict[str, Any]]:

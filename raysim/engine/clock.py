@@ -58,7 +58,7 @@ class Clock(ABC):
 class VirtualClock(Clock):
     """Time from the cost model: everything decided ahead, from predictions."""
 
-    def ahead(self, p, k, deadline, policy):
+    def ahead(self, p: Predicted, k: int, deadline: Optional[float], policy: str) -> Schedule:
         return decide(p.total, p.download, p.upload, p.compute, p.assigned, p.stays_online, k, deadline, policy)
 
 
@@ -69,14 +69,15 @@ class RealtimeClock(Clock):
     time_scale: float = 0.01
     realtime = True
 
-    def ahead(self, p, k, deadline, policy):
+    def ahead(self, p: Predicted, k: int, deadline: Optional[float], policy: str) -> Schedule:
         # Only exclusion and availability are decided ahead: every assigned, staying device trains.
         return decide(p.total, p.download, p.upload, p.compute, p.assigned, p.stays_online, len(p.total), None, "wait")
 
-    def task_deadline(self, deadline):
+    def task_deadline(self, deadline: Optional[float]) -> Optional[float]:
         return deadline
 
-    def settle(self, ahead, sel, sent, reports, stays, k, deadline, steps_full):
+    def settle(self, ahead: Schedule, sel: np.ndarray, sent: np.ndarray, reports: Mapping[int, TrainReport],
+               stays: np.ndarray, k: int, deadline: Optional[float], steps_full: np.ndarray) -> Schedule:
         return measured_schedule(sel, sent, reports, stays, k, deadline, steps_full)
 
 

@@ -19,14 +19,14 @@ Two halves, both pure numerics (no Ray):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from raysim.models.base import ModelSpec
+from raysim.models.base import Axes, ModelSpec
 from raysim.submodel.plan import rate_sizes
 
 if TYPE_CHECKING:  # only for annotations: the cost model needs no fleet machinery at import
@@ -79,8 +79,10 @@ class RateCost:
         return self.param_bytes if self.up_bytes is None else self.up_bytes
 
 
-def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+def _conv_backward_flop(grad_out_shape: Sequence[int], x_shape: Sequence[int], w_shape: Sequence[int],
+                        _bias: Optional[Sequence[int]], _stride: Sequence[int], _padding: Sequence[int],
+                        _dilation: Sequence[int], transposed: bool, _output_padding: Sequence[int], _groups: int,
+                        output_mask: Sequence[bool], out_shape: object = None, **kwargs: object) -> int:
     """FLOPs of a convolution's backward: the input gradient and the weight gradient each cost
     what the forward costs. torch's own formula (2.13) counts the weight gradient of a grouped
     conv as if it were ungrouped, `groups` times too much (a depthwise conv's backward came
@@ -164,10 +166,14 @@ def profile_rate(spec: ModelSpec, rate: float, batch_size: int, momentum: bool =
     )
 
 
-_LADDER_CACHE: dict[tuple, dict[float, RateCost]] = {}
+# What a spec is told apart by: its name, group widths, parameter axes, input shape and classes.
+_SpecKey = tuple[str, tuple[tuple[str, int], ...], tuple[tuple[str, Axes], ...], tuple[int, ...], int]
+
+# (spec, rates, batch size, momentum) -> ladder
+_LADDER_CACHE: dict[tuple[_SpecKey, tuple[float, ...], int, bool], dict[float, RateCost]] = {}
 
 
-def _spec_key(spec: ModelSpec) -> tuple:
+def _spec_key(spec: ModelSpec) -> _SpecKey:
     # The builder is a closure (a new object per spec), so identity is the spec's description.
     # Axes are included because they tell norm layers apart (`none` has no norm parameters).
     axes = tuple(sorted((k, tuple(v)) for k, v in spec.axes.items()))
@@ -232,7 +238,7 @@ class DeviceTimes:
     @property
     def total(self) -> np.ndarray:
         """Download, then compute, then upload (sequential on a device)."""
-        return self.download + self.compute + self.upload
+        return cast(np.ndarray, self.download + self.compute + self.upload)
 
 
 def device_times(

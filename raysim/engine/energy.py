@@ -29,7 +29,7 @@ no FL work and spends nothing. Devices of unknown power (a trace's own class) ge
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Union, cast
 
 import numpy as np
 
@@ -79,7 +79,7 @@ class Energy:
 
     @property
     def total(self) -> np.ndarray:
-        return self.compute + self.tx + self.rx + self.idle
+        return cast(np.ndarray, self.compute + self.tx + self.rx + self.idle)
 
 
 def seconds(t: Phases, round_s: Union[float, np.ndarray]) -> Seconds:

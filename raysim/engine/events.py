@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import astuple, dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from raysim.errors import NoDevices
 
@@ -34,6 +34,10 @@ FINISH, RETRY = 0, 1
 # Empty tries in a row (slots nobody could take, gateway cycles nobody trained in) before a run
 # gives up: at a 10 s poll, about 11 simulated days.
 MAX_IDLE = 100_000
+
+
+# An event as the queue holds it: (time, key, kind, item); a mode says what key and item are.
+Queued = tuple[float, Any, int, Any]
 
 
 class EventQueue:
@@ -47,7 +51,7 @@ class EventQueue:
     """
 
     def __init__(self) -> None:
-        self.heap: list[tuple] = []
+        self.heap: list[Queued] = []
         self.pending: dict[Any, tuple[float, Any]] = {}   # key -> (lower bound, item)
 
     def push(self, t: float, key: Any, kind: int, item: Any) -> None:
@@ -58,7 +62,7 @@ class EventQueue:
         """An event no earlier than `bound`, whose time `resolve` (see `pop`) will tell."""
         self.pending[key] = (bound, item)
 
-    def pop(self, resolve: Optional[Callable[[list[Any]], list[tuple]]] = None) -> tuple:
+    def pop(self, resolve: Optional[Callable[[list[Any]], list[Queued]]] = None) -> Queued:
         """The next event. First the pending events that might come before every known one are
         resolved (in key order, all of them in one `resolve(items)` call, which returns their
         events), until none might."""
@@ -120,8 +124,11 @@ class Dispatched:
     attempts: int        # job numbers consumed (started + refused)
 
 
+# A queued event: (time, seq, kind, job); the job of a FINISH event, None for a RETRY.
+Event = tuple[float, int, int, Optional[Job]]
+
 # dispatch(n, t, version, first_job, busy device ids) -> Dispatched (at most n jobs)
-Dispatch = Callable[[int, float, int, int, frozenset], Dispatched]
+Dispatch = Callable[[int, float, int, int, frozenset[int]], Dispatched]
 
 
 @dataclass
@@ -146,15 +153,15 @@ class Snapshot:
     steps: int
     next_job: int
     seq: int
-    heap: tuple
-    refused: tuple
+    heap: tuple[Event, ...]
+    refused: tuple[Refusal, ...]
     dispatched: int
     idle_polls: int
     started: bool
 
     def versions(self) -> set[int]:
         """Global versions the jobs in flight started from."""
-        return {e[3].version for e in self.heap if e[2] == FINISH}
+        return {cast(Job, e[3]).version for e in self.heap if e[2] == FINISH}
 
     def plain(self) -> dict[str, Any]:
         return {"time": self.time, "steps": self.steps, "next_job": self.next_job, "seq": self.seq,
@@ -185,9 +192,9 @@ class Timeline:
         self.started = False
 
     @property
-    def heap(self) -> list[tuple]:
+    def heap(self) -> list[Event]:
         """The queued events (time, seq, kind, job or None)."""
-        return self.queue.heap
+        return cast(list[Event], self.queue.heap)
 
     # ------------------------------------------------------------------ events
     def _push(self, t: float, kind: int, job: Optional[Job]) -> None:
@@ -228,6 +235,7 @@ class Timeline:
                                     f"seconds (by t={t:g} s): is every device offline for good?")
                 self._fill(1, t, self.steps)
                 continue
+            job = cast(Job, job)  # a FINISH event carries its job
             self.busy.discard(job.device)
             if job.lost:
                 lost.append(job)
@@ -245,7 +253,7 @@ class Timeline:
     # ------------------------------------------------------------------ checkpoints
     def in_flight(self) -> list[Job]:
         """Jobs dispatched and not yet concluded."""
-        return [e[3] for e in self.heap if e[2] == FINISH]
+        return [cast(Job, e[3]) for e in self.heap if e[2] == FINISH]
 
     def snapshot(self) -> "Snapshot":
         """The queue as it is now, cheaply (jobs are immutable: a shallow copy suffices)."""
@@ -265,7 +273,7 @@ class Timeline:
         self.queue = EventQueue()
         self.queue.heap = [(float(t), int(s), int(k), Job(*j) if j is not None else None) for t, s, k, j in st["heap"]]
         heapq.heapify(self.queue.heap)
-        self.busy = {e[3].device for e in self.heap if e[2] == FINISH}
+        self.busy = {cast(Job, e[3]).device for e in self.heap if e[2] == FINISH}
         self.refused = [Refusal(*r) for r in st["refused"]]
         self.dispatched = int(st["dispatched"])
         self.idle_polls = int(st["idle_polls"])

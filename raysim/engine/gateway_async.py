@@ -36,7 +36,7 @@ import numpy as np
 
 from raysim.engine import events
 from raysim.engine.asynchronous import AsyncConfig
-from raysim.engine.events import FINISH, EventQueue
+from raysim.engine.events import FINISH, EventQueue, Queued
 from raysim.engine.hierarchy import Cycle, CycleDone, Cycles
 from raysim.engine.loop import Gathered
 from raysim.engine.versions import Versions
@@ -81,7 +81,7 @@ class GatewayEvents:
             return d.end + self.cycles.t_cloud_up
         return max(d.end, d.cycle.start + self.acfg.poll_s)
 
-    def _train(self, due: list[Cycle]) -> list[tuple]:
+    def _train(self, due: list[Cycle]) -> list[Queued]:
         """The event queue's resolve: train cycles that might be over next, all in one call."""
         out, took = self.cycles.run_cycles(due)
         self._train_s += took

@@ -36,11 +36,12 @@ from raysim.engine.flat import load_device_side
 from raysim.engine.loop import Gathered, Global
 from raysim.engine.setup import Backend
 from raysim.engine.topology import Gateways, attach, dominant_labels
-from raysim.messages import PartialSum
+from raysim.messages import PartialSum, TrainTask
 from raysim.records import STATUSES, ClientRecords
 from raysim.server.aggregate import fold_held, mean_delta, merge
 from raysim.server.optimizers import FedAvg, ServerOptimizer, ServerState
 from raysim.server.rules import Arrival
+from raysim.submodel import SubmodelPlan
 
 __all__ = ["Cycles", "GatewayRounds", "Cycle", "CycleDone", "gateway_row"]
 
@@ -166,8 +167,8 @@ class Cycles:
         train_s = 0.0
         for j in range(1, gw.rounds + 1):
             drafts: list[RoundDraft] = []
-            plans: dict = {}
-            tasks: list = []
+            plans: dict[int, SubmodelPlan] = {}
+            tasks: list[TrainTask] = []
             versions: dict[int, dict[str, torch.Tensor]] = {}
             for i, c in enumerate(cycles):
                 g = c.gateway

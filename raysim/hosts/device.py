@@ -21,7 +21,7 @@ import torch
 from raysim.client.evaluate import load_params
 from raysim.client.trainer import Trainer
 from raysim.client.wire import receive, send
-from raysim.hosts.host import HostCore
+from raysim.hosts.host import HostCore, ShapeKey
 from raysim.hosts.memcap import (
     AS_SCALE,
     AS_SLACK,
@@ -57,7 +57,7 @@ class DeviceCore:
         self.device_id = int(device_id)
         self.memory = float(memory)
         self.capped = tame_allocator() and address_space_bytes() is not None
-        self._warm: set[tuple] = set()
+        self._warm: set[ShapeKey] = set()
         self._overran = False
         self.n = len(self.host.shard(self.device_id))
 

@@ -45,6 +45,7 @@ from raysim.submodel.plan import rate_sizes
 
 log = logging.getLogger(__name__)
 Parts = dict[str, dict[str, torch.Tensor]]  # a device's state by part (`raysim.hosts.state`)
+ShapeKey = tuple[tuple[tuple[str, int], ...], float]  # a submodel's (group, width) pairs and its rate
 OOM_REASON = "CUDA out of memory"
 
 
@@ -74,11 +75,11 @@ class HostCore:
         # its position. Without it, ids are positions (fleets drawn from a class mix).
         self.ids = None if ids is None else np.asarray(ids)
         self.shapes = spec.global_shapes()
-        self._modules: dict[tuple, torch.nn.Module] = {}
-        self._live: dict[tuple, Optional[list[str]]] = {}   # per shape: batchable (live params) or None
+        self._modules: dict[ShapeKey, torch.nn.Module] = {}
+        self._live: dict[ShapeKey, Optional[list[str]]] = {}   # per shape: batchable (live params) or None
         self.choices: dict[float, bool] = dict(trainer.choices or ())  # on, auto: batched per rate
         self.reasons: dict[float, str] = {}   # why a rate of `choices` trains one device at a time
-        self._why: dict[tuple, str] = {}      # per shape: why it cannot batch
+        self._why: dict[ShapeKey, str] = {}      # per shape: why it cannot batch
 
     def shard(self, device_id: int) -> np.ndarray:
         """Indices of the device's training samples."""
@@ -328,7 +329,7 @@ def _task_key(task: TrainTask) -> tuple[int, int]:
     return task.device_id, task.stream
 
 
-def _shape_key(sizes: Mapping[str, int], rate: float) -> tuple:
+def _shape_key(sizes: Mapping[str, int], rate: float) -> ShapeKey:
     """What a submodel module is cached by: its group widths and its rate (the scalers')."""
     return tuple(sorted(sizes.items())), rate
 

@@ -146,7 +146,7 @@ def merge(results: Sequence[Union[HostResult, GroupResult]], shapes: Mapping[str
     return parts, reports
 
 
-def _np_index(index: Index) -> tuple:
+def _np_index(index: Index) -> tuple[Union[slice, np.ndarray], ...]:
     """The same index for numpy arrays (index tensors become arrays; slices stay)."""
     return tuple(p if isinstance(p, slice) else p.numpy() for p in index)
 

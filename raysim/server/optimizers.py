@@ -16,7 +16,8 @@ subclasses `ServerOptimizer` (or `FedOpt` for another second-moment rule):
         def __init__(self, lr: float = 0.01) -> None:
             self.lr = lr
 
-        def step(self, params, delta, held, state):
+        def step(self, params: dict[str, torch.Tensor], delta: Mapping[str, torch.Tensor],
+                 held: Mapping[str, torch.Tensor], state: ServerState) -> None:
             for k, p in params.items():
                 h = held[k]
                 p[h] += self.lr * torch.sign(delta[k][h])
@@ -42,7 +43,7 @@ class ServerState:
     lazily by the optimizer that needs them; `steps` counts server steps taken.
     """
 
-    slots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slots: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     steps: int = 0
 
     def copy(self) -> "ServerState":
@@ -98,7 +99,7 @@ class FedAvg(ServerOptimizer):
     def __init__(self, lr: float = 1.0) -> None:
         self.lr = lr
 
-    def step(self, params, delta, held, state):
+    def step(self, params: dict[str, torch.Tensor], delta: Tensors, held: Tensors, state: ServerState) -> None:
         for k, p in params.items():
             # a dense select, not p[h] += ...[h]: the boolean gather and scatter cost several
             # times more (once per gateway and round with gateways); unheld elements keep their bits
@@ -116,7 +117,7 @@ class FedAvgM(ServerOptimizer):
     def __init__(self, lr: float = 1.0, momentum: float = 0.9) -> None:
         self.lr, self.momentum = lr, momentum
 
-    def step(self, params, delta, held, state):
+    def step(self, params: dict[str, torch.Tensor], delta: Tensors, held: Tensors, state: ServerState) -> None:
         for k, p in params.items():
             d, h = delta[k], held[k]
             m = self.slot(state, k, "m", p)
@@ -144,7 +145,7 @@ class FedOpt(ServerOptimizer):
     def second_moment(self, v: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
         """The new second moment of the held elements from the old one and the squared delta."""
 
-    def step(self, params, delta, held, state):
+    def step(self, params: dict[str, torch.Tensor], delta: Tensors, held: Tensors, state: ServerState) -> None:
         for k, p in params.items():
             d, h = delta[k], held[k]
             m, v = self.slot(state, k, "m", p), self.slot(state, k, "v", p, fill=self.eps**2)
@@ -156,12 +157,12 @@ class FedOpt(ServerOptimizer):
 class FedAdam(FedOpt):
     """v = beta2 v + (1 - beta2) d^2."""
 
-    def second_moment(self, v, d2):
+    def second_moment(self, v: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
         return self.beta2 * v + (1 - self.beta2) * d2
 
 
 class FedYogi(FedOpt):
     """v = v - (1 - beta2) d^2 sign(v - d^2): v grows no faster than additively (Yogi)."""
 
-    def second_moment(self, v, d2):
+    def second_moment(self, v: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
         return v - (1 - self.beta2) * d2 * torch.sign(v - d2)
