@@ -210,7 +210,7 @@ def test_static_bn_evaluation_does_not_depend_on_the_eval_batch_size():
     for bs in (7, 512):
         sim = make_sim(**{"model.norm": "static-bn", "eval.batch_size": bs})
         sim.step()
-        evals.append(sim.evaluate(1))
+        evals.append(sim.evaluator(1, sim.params, sim.clock))
     a, b = evals
     assert [e.model for e in a] == ["global", "rate-0.5", "rate-0.25", "rate-0.125"]
     for ea, eb in zip(a, b):
