@@ -68,12 +68,7 @@ class FlatRounds:
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        r = self.rounds
-        state: dict[str, Any] = {}
-        if r.batteries is not None:
-            state["batteries"] = r.batteries.state_dict()
-        if r.device_states is not None:
-            state["device_states"] = r.device_states.state_dict()
+        state = device_side_state(self.rounds)
         if self.client_server is not None:
             state["client_server"] = self.client_server
         return state
@@ -84,6 +79,16 @@ class FlatRounds:
             if "client_server" not in state:
                 raise ValueError("checkpoint: holds no server state for the client algorithm, which keeps one")
             self.client_server = {k: v.clone() for k, v in state["client_server"].items()}
+
+
+def device_side_state(rounds: DeviceRounds) -> dict[str, Any]:
+    """The batteries and the per-device states, as a checkpoint holds them."""
+    state: dict[str, Any] = {}
+    if rounds.batteries is not None:
+        state["batteries"] = rounds.batteries.state_dict()
+    if rounds.device_states is not None:
+        state["device_states"] = rounds.device_states.state_dict()
+    return state
 
 
 def load_device_side(rounds: DeviceRounds, state: dict[str, Any]) -> None:

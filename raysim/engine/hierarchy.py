@@ -32,7 +32,7 @@ import torch
 
 from raysim.engine.battery import Batteries
 from raysim.engine.device_round import DeviceRounds, RoundDraft, Slot, TaskGroup
-from raysim.engine.flat import load_device_side
+from raysim.engine.flat import device_side_state, load_device_side
 from raysim.engine.loop import Gathered, Global
 from raysim.engine.setup import Backend
 from raysim.engine.topology import Gateways, attach, dominant_labels
@@ -135,12 +135,7 @@ class Cycles:
 
     def state_dict(self) -> dict[str, Any]:
         """The device side (batteries, device states) and the kept gateway optimizer states."""
-        st: dict[str, Any] = {}
-        r = self.rounds
-        if r.batteries is not None:
-            st["batteries"] = r.batteries.state_dict()
-        if r.device_states is not None:
-            st["device_states"] = r.device_states.state_dict()
+        st = device_side_state(self.rounds)
         if self.gateways.keep_state:
             st["gateway_states"] = {g: s.plain() for g, s in self.gateway_states.items()}
         return st
